@@ -1,0 +1,109 @@
+# berth — build, test, install, benchmark.
+#
+#   make build     binaries into bin/
+#   make test      install what the tests need, then every test (as root)
+#   make bench     benchmarks against runc/crun (and later containerd)
+#   make install   binaries into $(PREFIX)/bin
+#   make run       build, then run a container from a busybox bundle
+
+GO        ?= go
+CC        ?= gcc
+PREFIX    ?= /usr/local
+BINDIR    := bin
+VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+# seccomp: link libseccomp for seccomp profiles (as runc's release builds do).
+# The others keep berth lean, since every container start runs the binary
+# twice (the CLI and the container's init): no man-page generator in the
+# CLI library, no CRIU client, pure-Go user and host lookups.
+TAGS      := seccomp urfave_cli_no_docs runc_nocriu netgo osusergo containers_image_openpgp
+LDFLAGS   := -X main.version=$(VERSION)
+GOFLAGS   := -trimpath -tags '$(TAGS)'
+# berth is linked statically: no dynamic loader at each of its two execs.
+STATIC    := -extldflags -static
+# Per-test-binary timeout; the whole suite must stay well under CI's limit.
+TEST_TIMEOUT ?= 30m
+# Pass TEST=<regexp> to run a subset of the end-to-end tests.
+TEST      ?=
+TESTRUN   := $(if $(TEST),-run '$(TEST)',)
+
+BINARIES  := berth berth-shim pause berthd berthctl
+
+.PHONY: all build deps test-deps unit e2e test lint vet fmt install bench clean run fuzz fuzz-ci
+
+all: build
+
+deps:
+	@hack/install-deps.sh build
+
+test-deps:
+	@hack/install-deps.sh test
+
+build: deps
+	@mkdir -p $(BINDIR)
+	$(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS) $(STATIC)' -o $(BINDIR)/berth ./cmd/berth
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS)' -o $(BINDIR)/berth-shim ./cmd/berth-shim
+	$(CC) -Os -static -s -Wall -Werror -o $(BINDIR)/pause cmd/pause/pause.c
+	$(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS)' -o $(BINDIR)/berthd ./cmd/berthd
+	$(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS)' -o $(BINDIR)/berthctl ./cmd/berthctl
+
+lint: vet
+	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(GOFLAGS) ./...
+
+fmt:
+	gofmt -w $$(find . -name '*.go' -not -path './.git/*')
+
+# Unit tests: everything outside conformance/. Some (the shim's) drive the
+# built binaries too.
+unit: build
+	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) $(GO) test $(GOFLAGS) -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v /conformance/)
+
+# End-to-end tests drive the built binaries as root. One package at a time:
+# they share the host's cgroups and network.
+RUNTIME_TOOLS := $(CURDIR)/.cache/runtime-tools
+
+e2e: build
+	hack/runtime-tools/build.sh $(RUNTIME_TOOLS)
+	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_RUNTIME_TOOLS=$(RUNTIME_TOOLS) $(GO) test $(GOFLAGS) -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TESTRUN) ./conformance/...
+
+# Fuzz targets as package:Target. CI runs each for FUZZ_CI_TIME; `make
+# fuzz` for FUZZTIME. Minimization is off: on two cores it stalls the
+# engine for minutes per new input.
+FUZZ_TARGETS := ./runtime:FuzzParseSpec ./image:FuzzUnpack ./image:FuzzReference
+FUZZ_CI_TIME ?= 15s
+FUZZTIME     ?= 10m
+
+# The cached corpus goes first: replaying hundreds of saved inputs can
+# outlast a short -fuzztime, and CI starts without one anyway.
+fuzz-ci:
+	$(GO) clean -fuzzcache
+	@set -e; for ft in $(FUZZ_TARGETS); do \
+		pkg=$${ft%%:*}; fn=$${ft##*:}; \
+		echo "fuzz $$fn ($$pkg) for $(FUZZ_CI_TIME)"; \
+		$(GO) test $(GOFLAGS) -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZ_CI_TIME) -fuzzminimizetime 0s $$pkg; \
+	done
+
+fuzz:
+	@set -e; for ft in $(FUZZ_TARGETS); do \
+		pkg=$${ft%%:*}; fn=$${ft##*:}; \
+		$(GO) test $(GOFLAGS) -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 0s $$pkg; \
+	done
+
+test: test-deps build lint unit fuzz-ci e2e
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(addprefix $(BINDIR)/,$(BINARIES)) $(DESTDIR)$(PREFIX)/bin/
+
+bench: build
+	@hack/install-deps.sh bench
+	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) $(GO) run $(GOFLAGS) ./conformance/bench/cmd/berth-bench -out bench/results
+
+run: build test-deps
+	@hack/demo.sh $(CURDIR)/$(BINDIR)/berth
+
+clean:
+	rm -rf $(BINDIR) .cache

@@ -1,0 +1,86 @@
+// Command berth-shim is the per-pod monitor berthd starts: the parent of
+// the pod's processes, keeper of their stdio and logs, and recorder of
+// their exits. It keeps running when berthd stops or crashes; berthd finds
+// it again through its socket.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/berth-runtime/berth/internal/logging"
+	"github.com/berth-runtime/berth/internal/shim"
+)
+
+func main() {
+	var (
+		socket      = flag.String("socket", "", "Unix socket to serve on")
+		stateDir    = flag.String("state-dir", "", "directory for the shim's temporary files")
+		runtimeBin  = flag.String("runtime", "/usr/local/bin/berth", "the berth OCI runtime binary")
+		runtimeRoot = flag.String("runtime-root", "/run/berth/runtime", "the runtime's --root")
+		systemd     = flag.Bool("systemd-cgroup", false, "pass --systemd-cgroup to the runtime")
+		logPath     = flag.String("log", "", "log file (default: <state-dir>/shim.log)")
+		debugLog    = flag.Bool("debug", false, "debug logging")
+		readyFd     = flag.Int("ready-fd", -1, "file descriptor to write one byte to once serving")
+		id          = flag.String("id", "", "the pod's id, for the logs")
+	)
+	flag.Parse()
+	if *socket == "" || *stateDir == "" {
+		fmt.Fprintln(os.Stderr, "berth-shim: --socket and --state-dir are required")
+		os.Exit(2)
+	}
+	// One runs per pod: keep the heap small and collected early.
+	debug.SetGCPercent(50)
+	debug.SetMemoryLimit(8 << 20)
+
+	if *logPath == "" {
+		*logPath = *stateDir + "/shim.log"
+	}
+	if err := os.MkdirAll(*stateDir, 0o700); err != nil {
+		fmt.Fprintln(os.Stderr, "berth-shim:", err)
+		os.Exit(1)
+	}
+	level := slog.LevelInfo
+	if *debugLog {
+		level = slog.LevelDebug
+	}
+	logger, closeLog, err := logging.New(logging.Options{Path: *logPath, Format: "json", Level: level})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "berth-shim:", err)
+		os.Exit(1)
+	}
+	defer closeLog()
+	logger = logger.With("pod", *id)
+
+	srv, err := shim.NewServer(shim.Config{
+		Socket: *socket, StateDir: *stateDir,
+		Runtime: *runtimeBin, RuntimeRoot: *runtimeRoot, SystemdCgroup: *systemd,
+		Logger: logger,
+	})
+	if err != nil {
+		logger.Error("start", "error", err)
+		os.Exit(1)
+	}
+	// Signals meant for a terminal or a service manager must not stop the
+	// keeper of running containers; berthd stops it through its socket.
+	signal.Ignore(unix.SIGINT, unix.SIGHUP, unix.SIGTERM, unix.SIGPIPE)
+	if *readyFd >= 0 {
+		f := os.NewFile(uintptr(*readyFd), "ready")
+		_, _ = f.Write([]byte{1})
+		f.Close()
+	}
+	logger.Info("serving", "socket", *socket, "pid", os.Getpid())
+	if err := srv.Serve(); err != nil {
+		logger.Error("serve", "error", err)
+		os.Exit(1)
+	}
+	logger.Info("stopped: nothing left to watch")
+	os.RemoveAll(*stateDir)
+	os.Remove(*socket)
+}

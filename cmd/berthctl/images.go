@@ -1,0 +1,322 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/urfave/cli"
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/decor"
+	"golang.org/x/term"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/cri/adminapi"
+)
+
+var pullCommand = cli.Command{
+	Name:      "pull",
+	Usage:     "pull an image, with a progress bar per layer",
+	ArgsUsage: "IMAGE",
+	Flags: []cli.Flag{
+		cli.StringFlag{Name: "creds", Usage: "USER[:PASSWORD] for the registry"},
+		cli.StringFlag{Name: "auth", Usage: "base64 USER:PASSWORD, as in Docker's config"},
+		cli.BoolFlag{Name: "quiet, q", Usage: "print only the image id"},
+	},
+	Action: withClients(func(ctx *cli.Context, c *clients) error {
+		if ctx.NArg() != 1 {
+			return errors.New("pull takes one image")
+		}
+		ref := ctx.Args().First()
+		req := &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}
+		if creds := ctx.String("creds"); creds != "" {
+			user, pass, _ := strings.Cut(creds, ":")
+			req.Auth = &runtimeapi.AuthConfig{Username: user, Password: pass}
+		} else if a := ctx.String("auth"); a != "" {
+			req.Auth = &runtimeapi.AuthConfig{Auth: a}
+		}
+		id, err := pullWithProgress(c, req, !ctx.Bool("quiet"))
+		if err != nil {
+			return err
+		}
+		if ctx.Bool("quiet") {
+			fmt.Println(id)
+		} else {
+			fmt.Printf("Image is up to date for %s\n", id)
+		}
+		return nil
+	}),
+}
+
+// pullWithProgress pulls while drawing, from berthd's side channel, a bar
+// per layer. Without the side channel (another runtime, no permission) it
+// just waits.
+func pullWithProgress(c *clients, req *runtimeapi.PullImageRequest, show bool) (string, error) {
+	type result struct {
+		id  string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		resp, err := c.img.PullImage(context.Background(), req)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		done <- result{id: resp.ImageRef}
+	}()
+	if !show {
+		r := <-done
+		return r.id, r.err
+	}
+	admin := adminClient(c.socket)
+	p := mpb.New(mpb.WithOutput(os.Stderr), mpb.WithWidth(40), mpb.WithRefreshRate(150*time.Millisecond))
+	bars := map[string]*mpb.Bar{}
+	states := map[string]*atomic.Value{}
+	ref := req.Image.Image
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	finish := func(ok bool) {
+		for d, b := range bars {
+			if ok {
+				states[d].Store("done")
+				b.SetTotal(-1, true)
+			} else {
+				b.Abort(false)
+			}
+		}
+		p.Wait()
+	}
+	for {
+		select {
+		case r := <-done:
+			finish(r.err == nil)
+			return r.id, r.err
+		case <-tick.C:
+			pull, err := admin.pull(ref)
+			if err != nil || pull == nil {
+				continue
+			}
+			for _, l := range pull.Layers {
+				b, ok := bars[l.Digest]
+				if !ok {
+					st := &atomic.Value{}
+					states[l.Digest] = st
+					name := strings.TrimPrefix(l.Digest, "sha256:")
+					if len(name) > 12 {
+						name = name[:12]
+					}
+					b = p.AddBar(max(l.Size, 0),
+						mpb.PrependDecorators(decor.Name(name, decor.WC{W: 13, C: decor.DindentRight}),
+							decor.Any(func(decor.Statistics) string { s, _ := st.Load().(string); return s }, decor.WC{W: 12, C: decor.DindentRight})),
+						mpb.AppendDecorators(decor.CountersKibiByte("% .1f / % .1f"), decor.Name(" "), decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", 30)),
+					)
+					bars[l.Digest] = b
+				}
+				states[l.Digest].Store(l.State)
+				switch l.State {
+				case "exists", "done":
+					b.SetTotal(-1, true)
+				default:
+					if l.Size > 0 {
+						b.SetTotal(l.Size, false)
+					}
+					b.EwmaSetCurrent(l.Done, 200*time.Millisecond)
+				}
+			}
+		}
+	}
+}
+
+// admin is a client of berthd's side channel.
+type admin struct{ http *http.Client }
+
+func adminClient(criSocket string) *admin {
+	path := adminapi.SocketFor(criSocket)
+	return &admin{http: &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}},
+	}}
+}
+
+func (a *admin) pulls() ([]adminapi.Pull, error) {
+	resp, err := a.http.Get("http://berthd" + adminapi.PullsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("side channel: %s", resp.Status)
+	}
+	var out []adminapi.Pull
+	return out, json.NewDecoder(resp.Body).Decode(&out)
+}
+
+// pull finds the pull of ref in flight, if any.
+func (a *admin) pull(ref string) (*adminapi.Pull, error) {
+	list, err := a.pulls()
+	if err != nil {
+		return nil, err
+	}
+	for i := range list {
+		if list[i].Ref == ref {
+			return &list[i], nil
+		}
+	}
+	return nil, nil
+}
+
+var imagesCommand = cli.Command{
+	Name:      "images",
+	Aliases:   []string{"image", "img"},
+	Usage:     "list images, or with --pulling the pulls in flight",
+	ArgsUsage: "[REPOSITORY[:TAG]]",
+	Flags: []cli.Flag{
+		outputFlag,
+		cli.BoolFlag{Name: "quiet, q", Usage: "only image ids"},
+		cli.BoolFlag{Name: "pulling", Usage: "show pulls in progress (also the kubelet's), per layer"},
+		cli.BoolFlag{Name: "digests", Usage: "show digests"},
+	},
+	Action: withClients(func(ctx *cli.Context, c *clients) error {
+		if ctx.Bool("pulling") {
+			return showPulls(ctx, c)
+		}
+		cctx, cancel := c.ctx()
+		defer cancel()
+		req := &runtimeapi.ListImagesRequest{}
+		if ctx.NArg() > 0 {
+			req.Filter = &runtimeapi.ImageFilter{Image: &runtimeapi.ImageSpec{Image: ctx.Args().First()}}
+		}
+		resp, err := c.img.ListImages(cctx, req)
+		if err != nil {
+			return err
+		}
+		switch ctx.String("output") {
+		case "json", "yaml":
+			return printMessage(ctx.String("output"), resp)
+		case "", "table":
+		default:
+			return fmt.Errorf("output format %q: want table, json or yaml", ctx.String("output"))
+		}
+		if ctx.Bool("quiet") {
+			for _, img := range resp.Images {
+				fmt.Println(img.Id)
+			}
+			return nil
+		}
+		t := newTable("IMAGE", "TAG", "DIGEST", "IMAGE ID", "SIZE")
+		for _, img := range resp.Images {
+			digest := "<none>"
+			if len(img.RepoDigests) > 0 {
+				_, d, _ := strings.Cut(img.RepoDigests[0], "@")
+				digest = short(d)
+			}
+			names := img.RepoTags
+			if len(names) == 0 {
+				names = []string{"<none>:<none>"}
+			}
+			for _, n := range names {
+				repo, tag := n, "<none>"
+				if i := strings.LastIndex(n, ":"); i > strings.LastIndex(n, "/") {
+					repo, tag = n[:i], n[i+1:]
+				}
+				t.row(repo, tag, digest, short(img.Id), humanBytes(img.Size))
+			}
+		}
+		t.flush()
+		return nil
+	}),
+}
+
+func showPulls(ctx *cli.Context, c *clients) error {
+	list, err := adminClient(c.socket).pulls()
+	if err != nil {
+		return fmt.Errorf("berthd side channel (%s): %w", adminapi.SocketFor(c.socket), err)
+	}
+	if f := ctx.String("output"); f == "json" || f == "yaml" {
+		data, err := json.MarshalIndent(list, "", "  ")
+		if err != nil {
+			return err
+		}
+		return printJSON(f, data)
+	}
+	t := newTable("IMAGE", "LAYERS", "DOWNLOADED", "ELAPSED")
+	for _, p := range list {
+		var done, total int64
+		finished := 0
+		for _, l := range p.Layers {
+			if l.State == "done" || l.State == "exists" {
+				finished++
+			}
+			if l.State != "exists" {
+				done += l.Done
+				total += max(l.Size, 0)
+			}
+		}
+		t.row(p.Ref, fmt.Sprintf("%d/%d", finished, len(p.Layers)),
+			fmt.Sprintf("%s / %s", humanBytes(uint64(done)), humanBytes(uint64(total))), time.Since(p.Started).Round(time.Second).String())
+	}
+	t.flush()
+	return nil
+}
+
+var rmiCommand = cli.Command{
+	Name:      "rmi",
+	Usage:     "remove images (all their names)",
+	ArgsUsage: "IMAGE...",
+	Action: withClients(func(ctx *cli.Context, c *clients) error {
+		if ctx.NArg() == 0 {
+			return errors.New("rmi takes one image or more")
+		}
+		for _, ref := range ctx.Args() {
+			cctx, cancel := c.ctx()
+			st, err := c.img.ImageStatus(cctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
+			if err == nil && st.Image == nil {
+				cancel()
+				return fmt.Errorf("no such image %s", ref)
+			}
+			_, err = c.img.RemoveImage(cctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
+			cancel()
+			if err != nil {
+				return fmt.Errorf("remove %s: %w", ref, err)
+			}
+			fmt.Println("Deleted:", ref)
+		}
+		return nil
+	}),
+}
+
+var inspectiCommand = cli.Command{
+	Name:      "inspecti",
+	Usage:     "show an image's status",
+	ArgsUsage: "IMAGE",
+	Flags:     []cli.Flag{outputFlag},
+	Action: withClients(func(ctx *cli.Context, c *clients) error {
+		if ctx.NArg() != 1 {
+			return errors.New("inspecti takes one image")
+		}
+		cctx, cancel := c.ctx()
+		defer cancel()
+		resp, err := c.img.ImageStatus(cctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: ctx.Args().First()}, Verbose: true})
+		if err != nil {
+			return err
+		}
+		if resp.Image == nil {
+			return fmt.Errorf("no such image %s", ctx.Args().First())
+		}
+		return printMessage(ctx.String("output"), resp)
+	}),
+}
+
+// isTerminal reports whether f is a terminal.
+func isTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }

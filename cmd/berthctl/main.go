@@ -1,0 +1,235 @@
+// Command berthctl is a small CRI client for people and tests, in the
+// manner of crictl: pods, containers, images, exec, logs and stats over
+// berthd's socket, with per-layer progress bars while it pulls.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli"
+	"go.yaml.in/yaml/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+var version = "dev"
+
+const defaultEndpoint = "unix:///run/berth/berth.sock"
+
+func main() {
+	app := cli.NewApp()
+	app.Name = "berthctl"
+	app.Usage = "talk to berthd (or any CRI runtime) over its socket"
+	app.Version = version
+	app.Flags = []cli.Flag{
+		cli.StringFlag{Name: "runtime-endpoint, r", Value: defaultEndpoint, EnvVar: "BERTH_ENDPOINT,CONTAINER_RUNTIME_ENDPOINT", Usage: "CRI endpoint"},
+		cli.DurationFlag{Name: "timeout, t", Value: 2 * time.Minute, Usage: "timeout of each call (pulls: no timeout)"},
+	}
+	app.Commands = []cli.Command{
+		versionCommand, infoCommand,
+		pullCommand, imagesCommand, rmiCommand, inspectiCommand,
+		runpCommand, podsCommand, inspectpCommand, stoppCommand, rmpCommand,
+		createCommand, startCommand, psCommand, inspectCommand, stopCommand, rmCommand,
+		execCommand, logsCommand, statsCommand,
+	}
+	app.CommandNotFound = func(ctx *cli.Context, name string) {
+		fmt.Fprintf(os.Stderr, "berthctl: no command %q; see berthctl --help\n", name)
+		os.Exit(2)
+	}
+	if err := app.Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "berthctl:", err)
+		os.Exit(1)
+	}
+}
+
+// clients are the CRI services on one connection.
+type clients struct {
+	rt   runtimeapi.RuntimeServiceClient
+	img  runtimeapi.ImageServiceClient
+	conn *grpc.ClientConn
+	// socket is the CRI socket's path, for the admin side channel.
+	socket  string
+	timeout time.Duration
+}
+
+func connect(ctx *cli.Context) (*clients, error) {
+	ep := ctx.GlobalString("runtime-endpoint")
+	socket := strings.TrimPrefix(ep, "unix://")
+	if strings.Contains(socket, "://") {
+		return nil, fmt.Errorf("endpoint %q: only unix:// endpoints are supported", ep)
+	}
+	if _, err := os.Stat(socket); err != nil {
+		return nil, fmt.Errorf("endpoint %s: %w (is berthd running?)", ep, err)
+	}
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)))
+	if err != nil {
+		return nil, err
+	}
+	return &clients{
+		rt: runtimeapi.NewRuntimeServiceClient(conn), img: runtimeapi.NewImageServiceClient(conn),
+		conn: conn, socket: socket, timeout: ctx.GlobalDuration("timeout"),
+	}, nil
+}
+
+func (c *clients) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), c.timeout)
+}
+
+// withClients wraps an action with a connection.
+func withClients(fn func(*cli.Context, *clients) error) func(*cli.Context) error {
+	return func(ctx *cli.Context) error {
+		c, err := connect(ctx)
+		if err != nil {
+			return err
+		}
+		defer c.conn.Close()
+		return fn(ctx, c)
+	}
+}
+
+var outputFlag = cli.StringFlag{Name: "output, o", Usage: "table, json or yaml"}
+
+// printMessage writes a protobuf message as JSON or YAML.
+func printMessage(format string, m proto.Message) error {
+	data, err := protojson.MarshalOptions{Multiline: true, Indent: "  ", UseProtoNames: false}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return printJSON(format, data)
+}
+
+// printJSON writes JSON as is, or as YAML.
+func printJSON(format string, data []byte) error {
+	switch format {
+	case "", "json":
+		fmt.Println(strings.TrimSpace(string(data)))
+		return nil
+	case "yaml":
+		var v any
+		if err := json.Unmarshal(data, &v); err != nil {
+			return err
+		}
+		out, err := yaml.Marshal(v)
+		if err != nil {
+			return err
+		}
+		fmt.Print(string(out))
+		return nil
+	}
+	return fmt.Errorf("output format %q: want table, json or yaml", format)
+}
+
+// table writes aligned columns.
+type table struct{ w *tabwriter.Writer }
+
+func newTable(header ...string) *table {
+	t := &table{w: tabwriter.NewWriter(os.Stdout, 0, 8, 3, ' ', 0)}
+	t.row(header...)
+	return t
+}
+
+func (t *table) row(cols ...string) { fmt.Fprintln(t.w, strings.Join(cols, "\t")) }
+func (t *table) flush()             { t.w.Flush() }
+
+// short truncates an id to the 13 characters crictl shows.
+func short(id string) string {
+	id = strings.TrimPrefix(id, "sha256:")
+	if len(id) > 13 {
+		return id[:13]
+	}
+	return id
+}
+
+// ago renders a creation time as "5 minutes ago".
+func ago(nanos int64) string {
+	if nanos == 0 {
+		return "-"
+	}
+	d := time.Since(time.Unix(0, nanos))
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%d seconds ago", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%d minutes ago", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%d hours ago", int(d.Hours()))
+	}
+	return fmt.Sprintf("%d days ago", int(d.Hours()/24))
+}
+
+func humanBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// readConfig reads a CRI config message from a JSON or YAML file, with
+// the protobuf field names in either snake_case or camelCase.
+func readConfig(path string, m proto.Message) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	trimmed := strings.TrimSpace(string(data))
+	if !strings.HasPrefix(trimmed, "{") {
+		var v any
+		if err := yaml.Unmarshal(data, &v); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		if data, err = json.Marshal(v); err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	if err := protojson.Unmarshal(data, m); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+var versionCommand = cli.Command{
+	Name:  "version",
+	Usage: "show the runtime's name and version",
+	Action: withClients(func(ctx *cli.Context, c *clients) error {
+		cctx, cancel := c.ctx()
+		defer cancel()
+		v, err := c.rt.Version(cctx, &runtimeapi.VersionRequest{Version: "v1"})
+		if err != nil {
+			return err
+		}
+		fmt.Printf("Version:  %s\nRuntimeName:  %s\nRuntimeVersion:  %s\nRuntimeApiVersion:  %s\nberthctl:  %s\n",
+			v.Version, v.RuntimeName, v.RuntimeVersion, v.RuntimeApiVersion, version)
+		return nil
+	}),
+}
+
+var infoCommand = cli.Command{
+	Name:  "info",
+	Usage: "show the runtime's status and configuration",
+	Flags: []cli.Flag{outputFlag},
+	Action: withClients(func(ctx *cli.Context, c *clients) error {
+		cctx, cancel := c.ctx()
+		defer cancel()
+		st, err := c.rt.Status(cctx, &runtimeapi.StatusRequest{Verbose: true})
+		if err != nil {
+			return err
+		}
+		return printMessage(ctx.String("output"), st)
+	}),
+}

@@ -1,0 +1,183 @@
+// Command berthd is berth's CRI daemon: the Kubernetes runtime.v1
+// RuntimeService and ImageService on a Unix socket, for a kubelet,
+// crictl or berthctl.
+//
+//	berthd [flags]          serve
+//	berthd config [flags]   print the effective configuration
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"time"
+
+	"github.com/urfave/cli"
+	"golang.org/x/sys/unix"
+
+	"github.com/berth-runtime/berth/cri"
+	"github.com/berth-runtime/berth/cri/adminapi"
+	"github.com/berth-runtime/berth/internal/logging"
+)
+
+var version = "dev"
+
+func main() {
+	app := cli.NewApp()
+	app.Name = "berthd"
+	app.Usage = "the berth CRI daemon"
+	app.Version = version
+	app.Flags = flags()
+	app.Action = serve
+	app.Commands = []cli.Command{{
+		Name:   "config",
+		Usage:  "print the effective configuration (file, then flags) as TOML",
+		Flags:  flags(),
+		Action: printConfig,
+	}}
+	if err := app.Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "berthd:", err)
+		os.Exit(1)
+	}
+}
+
+func flags() []cli.Flag {
+	return []cli.Flag{
+		cli.StringFlag{Name: "config", Value: cri.DefaultConfigPath, Usage: "configuration file (TOML)"},
+		cli.StringFlag{Name: "root", Usage: "images, layers and metadata (default /var/lib/berth)"},
+		cli.StringFlag{Name: "state", Usage: "sockets and runtime state (default /run/berth)"},
+		cli.StringFlag{Name: "socket", Usage: "CRI socket (default /run/berth/berth.sock)"},
+		cli.StringFlag{Name: "cgroup-driver", Usage: "cgroupfs or systemd"},
+		cli.StringFlag{Name: "cgroup-parent", Usage: "parent cgroup of pods that bring none"},
+		cli.StringFlag{Name: "cni-conf-dir", Usage: "CNI network configurations"},
+		cli.StringSliceFlag{Name: "cni-bin-dir", Usage: "CNI plugin directory (repeatable)"},
+		cli.StringFlag{Name: "registries-conf", Usage: "registries.conf path"},
+		cli.StringFlag{Name: "auth-file", Usage: "auth.json path"},
+		cli.StringFlag{Name: "signature-policy", Usage: "policy.json path"},
+		cli.StringFlag{Name: "stream-address", Usage: "exec/attach/port-forward server address"},
+		cli.StringFlag{Name: "metrics-address", Usage: "serve Prometheus /metrics on this TCP address"},
+		cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error"},
+		cli.StringFlag{Name: "log-format", Usage: "text or json"},
+	}
+}
+
+// loadConfig reads the file, then lays the flags given over it.
+func loadConfig(ctx *cli.Context) (cri.Config, error) {
+	cfg, err := cri.LoadConfig(ctx.String("config"), ctx.IsSet("config"))
+	if err != nil {
+		return cfg, err
+	}
+	for flag, field := range map[string]*string{
+		"root": &cfg.Root, "state": &cfg.State, "socket": &cfg.Socket,
+		"cgroup-driver": &cfg.CgroupDriver, "cgroup-parent": &cfg.CgroupParent,
+		"cni-conf-dir": &cfg.CNIConfDir, "registries-conf": &cfg.RegistriesConf,
+		"auth-file": &cfg.AuthFile, "signature-policy": &cfg.PolicyFile,
+		"stream-address": &cfg.StreamAddress, "metrics-address": &cfg.MetricsAddress,
+		"log-level": &cfg.LogLevel, "log-format": &cfg.LogFormat,
+	} {
+		if ctx.IsSet(flag) {
+			*field = ctx.String(flag)
+		}
+	}
+	if ctx.IsSet("cni-bin-dir") {
+		cfg.CNIBinDirs = ctx.StringSlice("cni-bin-dir")
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+func printConfig(ctx *cli.Context) error {
+	cfg, err := loadConfig(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Print(cfg.String())
+	return nil
+}
+
+func serve(ctx *cli.Context) error {
+	if ctx.NArg() > 0 {
+		return fmt.Errorf("unknown command %q", ctx.Args().First())
+	}
+	cfg, err := loadConfig(ctx)
+	if err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return err
+	}
+	log, closeLog, err := logging.New(logging.Options{Format: cfg.LogFormat, Level: level})
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	// berthd's death must not take its pods along: no signal to its
+	// process group reaches the shims (they have sessions of their own),
+	// and a closed terminal is no reason to stop.
+	signal.Ignore(unix.SIGHUP, unix.SIGPIPE)
+
+	srv, err := cri.New(cfg, log, version)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	runCtx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
+	defer stop()
+
+	admin, err := serveAdmin(cfg, srv, log)
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	if cfg.MetricsAddress != "" {
+		ln, err := net.Listen("tcp", cfg.MetricsAddress)
+		if err != nil {
+			return fmt.Errorf("metrics address: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", srv.MetricsHandler())
+		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = ms.Serve(ln) }()
+		defer ms.Close()
+		log.Info("serving metrics", "address", ln.Addr().String())
+	}
+	return srv.Serve(runCtx)
+}
+
+// serveAdmin serves GET /pulls (pulls in flight, per layer) and
+// GET /metrics on a root-only Unix socket.
+func serveAdmin(cfg cri.Config, srv *cri.Server, log *slog.Logger) (*http.Server, error) {
+	path := adminapi.SocketFor(cfg.Socket)
+	_ = os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+adminapi.PullsPath, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(srv.Pulls())
+	})
+	mux.Handle("GET "+adminapi.MetricsPath, srv.MetricsHandler())
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Warn("admin socket", "error", err)
+		}
+	}()
+	return hs, nil
+}

@@ -1,0 +1,64 @@
+package cri_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// TestPodAndContainerLifecycle runs a pod with a container through every
+// state and checks what the CRI reports at each step.
+func TestPodAndContainerLifecycle(t *testing.T) {
+	d := startDaemon(t)
+	podCfg := d.podConfig("lifecycle")
+	podID := d.runPod(t, podCfg)
+
+	ps, err := d.rt.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: podID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY {
+		t.Fatalf("pod state %v, want ready", ps.Status.State)
+	}
+
+	id := d.run(t, podID, podCfg, containerConfig("web", "", "sh", "-c", "echo started; echo to-stderr >&2; exec sleep 3600"))
+	st := d.status(t, id)
+	if st.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		t.Fatalf("container state %v, want running", st.State)
+	}
+	if st.StartedAt == 0 || st.CreatedAt == 0 || st.FinishedAt != 0 {
+		t.Errorf("times: created %d started %d finished %d", st.CreatedAt, st.StartedAt, st.FinishedAt)
+	}
+	if out := d.mustExec(t, id, "sh", "-c", "echo $FROM_IMAGE $HOSTNAME; cat /etc/hostname"); out != "yes lifecycle\nlifecycle\n" {
+		t.Errorf("exec output %q", out)
+	}
+	logPath := filepath.Join(podCfg.LogDirectory, "web.log")
+	eventually(t, 10*time.Second, "log lines", func() error {
+		data, _ := os.ReadFile(logPath)
+		if !strings.Contains(string(data), " stdout F started\n") || !strings.Contains(string(data), " stderr F to-stderr\n") {
+			return errNotYet
+		}
+		return nil
+	})
+
+	if _, err := d.rt.StopContainer(ctxT(t), &runtimeapi.StopContainerRequest{ContainerId: id, Timeout: 10}); err != nil {
+		t.Fatal(err)
+	}
+	st = d.status(t, id)
+	if st.State != runtimeapi.ContainerState_CONTAINER_EXITED || st.ExitCode != 143 || st.Reason != "Error" {
+		t.Errorf("after stop: state %v code %d reason %q", st.State, st.ExitCode, st.Reason)
+	}
+	if _, err := d.rt.RemoveContainer(ctxT(t), &runtimeapi.RemoveContainerRequest{ContainerId: id}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.rt.StopPodSandbox(ctxT(t), &runtimeapi.StopPodSandboxRequest{PodSandboxId: podID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.rt.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: podID}); err != nil {
+		t.Fatal(err)
+	}
+}

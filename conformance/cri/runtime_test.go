@@ -1,0 +1,103 @@
+package cri_test
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+func TestVersionStatusAndRuntimeConfig(t *testing.T) {
+	cni := t.TempDir()
+	d := startDaemon(t, daemonOptions{cniConfDir: cni})
+	ctx := ctxT(t)
+
+	v, err := d.rt.Version(ctx, &runtimeapi.VersionRequest{Version: "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.RuntimeName != "berth" || v.RuntimeApiVersion != "v1" || v.RuntimeVersion == "" {
+		t.Errorf("version: %+v", v)
+	}
+
+	st, err := d.rt.Status(ctx, &runtimeapi.StatusRequest{Verbose: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conds := map[string]*runtimeapi.RuntimeCondition{}
+	for _, c := range st.Status.Conditions {
+		conds[c.Type] = c
+	}
+	if c := conds[runtimeapi.RuntimeReady]; c == nil || !c.Status {
+		t.Errorf("RuntimeReady: %+v", c)
+	}
+	// No CNI configuration: the network is not ready, and says why.
+	if c := conds[runtimeapi.NetworkReady]; c == nil || c.Status || c.Reason == "" || !strings.Contains(c.Message, cni) {
+		t.Errorf("NetworkReady without a CNI config: %+v", c)
+	}
+	if len(st.RuntimeHandlers) == 0 || st.RuntimeHandlers[0].Features == nil || !st.RuntimeHandlers[0].Features.RecursiveReadOnlyMounts {
+		t.Errorf("runtime handlers: %+v", st.RuntimeHandlers)
+	}
+	if st.Features == nil || !st.Features.SupplementalGroupsPolicy {
+		t.Errorf("features: %+v", st.Features)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal([]byte(st.Info["config"]), &cfg); err != nil || cfg["Socket"] != d.socket {
+		t.Errorf("verbose config: %v %v", err, st.Info["config"])
+	}
+
+	rc, err := d.rt.RuntimeConfig(ctx, &runtimeapi.RuntimeConfigRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc.Linux.GetCgroupDriver() != runtimeapi.CgroupDriver_CGROUPFS {
+		t.Errorf("cgroup driver %v", rc.Linux.GetCgroupDriver())
+	}
+
+	// A usable configuration appears: the network becomes ready without a
+	// restart (loopback only needs the loopback plugin).
+	if _, err := os.Stat("/usr/lib/cni/loopback"); err == nil {
+		conf := `{"cniVersion": "1.0.0", "name": "lo-only", "plugins": [{"type": "loopback"}]}`
+		if err := os.WriteFile(filepath.Join(cni, "10-lo.conflist"), []byte(conf), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 5*time.Second, "NetworkReady after a config appeared", func() error {
+			st, err := d.rt.Status(ctx, &runtimeapi.StatusRequest{})
+			if err != nil {
+				return err
+			}
+			for _, c := range st.Status.Conditions {
+				if c.Type == runtimeapi.NetworkReady && c.Status {
+					return nil
+				}
+			}
+			return errNotYet
+		})
+	}
+
+	// The pod CIDR: kept across restarts, checked.
+	_, err = d.rt.UpdateRuntimeConfig(ctx, &runtimeapi.UpdateRuntimeConfigRequest{RuntimeConfig: &runtimeapi.RuntimeConfig{
+		NetworkConfig: &runtimeapi.NetworkConfig{PodCidr: "10.99.0.0/24"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.rt.UpdateRuntimeConfig(ctx, &runtimeapi.UpdateRuntimeConfigRequest{RuntimeConfig: &runtimeapi.RuntimeConfig{
+		NetworkConfig: &runtimeapi.NetworkConfig{PodCidr: "10.99.0.0/33"}}})
+	wantCode(t, err, codes.InvalidArgument, "UpdateRuntimeConfig with a bad CIDR")
+	d.restart(15)
+	st, err = d.rt.Status(ctxT(t), &runtimeapi.StatusRequest{Verbose: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Info["podCIDR"] != "10.99.0.0/24" {
+		t.Errorf("pod CIDR after restart: %q", st.Info["podCIDR"])
+	}
+
+	_, err = d.rt.CheckpointContainer(ctxT(t), &runtimeapi.CheckpointContainerRequest{ContainerId: "x"})
+	wantCode(t, err, codes.Unimplemented, "CheckpointContainer")
+}

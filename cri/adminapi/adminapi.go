@@ -1,0 +1,40 @@
+// Package adminapi is berthd's side channel next to the CRI socket: what
+// the CRI cannot carry, such as the progress of pulls in flight. It is
+// HTTP on a root-only Unix socket; this package holds its paths and
+// types, for berthd and its clients.
+package adminapi
+
+import (
+	"path/filepath"
+	"time"
+)
+
+// SocketFor is the side channel's socket next to a CRI socket.
+func SocketFor(criSocket string) string {
+	return filepath.Join(filepath.Dir(criSocket), "berth-admin.sock")
+}
+
+// PullsPath answers GET with a JSON []Pull, oldest first.
+const PullsPath = "/pulls"
+
+// MetricsPath answers GET with Prometheus metrics.
+const MetricsPath = "/metrics"
+
+// Pull is a pull in progress.
+type Pull struct {
+	// Ref is the image as asked for; ID the pull's own id.
+	Ref     string    `json:"ref"`
+	ID      string    `json:"id"`
+	Started time.Time `json:"started"`
+	Layers  []Layer   `json:"layers"`
+}
+
+// Layer is one layer of a pull.
+type Layer struct {
+	Digest string `json:"digest"`
+	// Size is -1 when the manifest does not say.
+	Size int64 `json:"size"`
+	Done int64 `json:"done"`
+	// State is waiting, downloading, finishing, done, exists or failed.
+	State string `json:"state"`
+}

@@ -1,0 +1,234 @@
+package cri
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/berth-runtime/berth/cgroups"
+)
+
+// Config is berthd's configuration: /etc/berth/berth.toml, every key
+// optional, flags on top. Its TOML keys are the field tags.
+type Config struct {
+	// Root holds images, layers and the metadata database.
+	Root string `toml:"root"`
+	// State holds sockets, runtime state, shims' files and network
+	// namespace mounts; it should be a tmpfs.
+	State string `toml:"state"`
+	// Socket is the CRI gRPC socket.
+	Socket string `toml:"socket"`
+	// SocketGroup, if set, owns the socket (mode 0660).
+	SocketGroup string `toml:"socket_group"`
+
+	// CgroupDriver is cgroupfs or systemd, as the kubelet's.
+	CgroupDriver string `toml:"cgroup_driver"`
+	// CgroupParent holds the cgroups of pods that come without one of
+	// their own (the kubelet always gives one): a path for cgroupfs, a
+	// slice for systemd.
+	CgroupParent string `toml:"cgroup_parent"`
+
+	// RuntimePath, ShimPath and PausePath are the berth binaries; by
+	// default found next to berthd's own binary, then in $PATH.
+	RuntimePath string `toml:"runtime_path"`
+	ShimPath    string `toml:"shim_path"`
+	PausePath   string `toml:"pause_path"`
+
+	// CNIConfDir and CNIBinDirs are where CNI configs and plugins are.
+	CNIConfDir string   `toml:"cni_conf_dir"`
+	CNIBinDirs []string `toml:"cni_bin_dirs"`
+	// CNITimeout bounds each CNI plugin call.
+	CNITimeout Duration `toml:"cni_timeout"`
+
+	// Image pulls: registries.conf, its drop-in directory, auth.json and
+	// the signature policy.
+	RegistriesConf    string `toml:"registries_conf"`
+	RegistriesConfDir string `toml:"registries_conf_dir"`
+	AuthFile          string `toml:"auth_file"`
+	PolicyFile        string `toml:"signature_policy"`
+	// PullProgressInterval is how often pulls log their progress.
+	PullProgressInterval Duration `toml:"pull_progress_interval"`
+
+	// LogLevel is debug, info, warn or error; LogFormat text or json.
+	LogLevel  string `toml:"log_level"`
+	LogFormat string `toml:"log_format"`
+
+	// MetricsAddress serves Prometheus /metrics there; empty: off.
+	MetricsAddress string `toml:"metrics_address"`
+	// StreamAddress is the exec/attach/port-forward server's address;
+	// port 0 picks one. Loopback unless you mean it.
+	StreamAddress string `toml:"stream_address"`
+	// StreamIdleTimeout closes idle streams.
+	StreamIdleTimeout Duration `toml:"stream_idle_timeout"`
+
+	// DefaultCapabilities replaces the containerd default capability set.
+	DefaultCapabilities []string `toml:"default_capabilities"`
+	// SeccompProfile is a JSON profile used for RuntimeDefault instead of
+	// the built-in Docker/containerd default.
+	SeccompProfile string `toml:"seccomp_profile"`
+	// DenyDeviceNodes refuses image layers that contain device nodes.
+	DenyDeviceNodes bool `toml:"deny_device_nodes"`
+}
+
+// Duration is a time.Duration written as "10s" in TOML.
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses "1m30s".
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText writes "1m30s".
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
+
+// DefaultConfigPath is where berthd looks for its configuration.
+const DefaultConfigPath = "/etc/berth/berth.toml"
+
+// DefaultConfig returns the configuration with every default filled in.
+func DefaultConfig() Config {
+	return Config{
+		Root:                 "/var/lib/berth",
+		State:                "/run/berth",
+		Socket:               "/run/berth/berth.sock",
+		CgroupDriver:         string(defaultDriver()),
+		CNIConfDir:           "/etc/cni/net.d",
+		CNIBinDirs:           []string{"/opt/cni/bin", "/usr/lib/cni"},
+		CNITimeout:           Duration{time.Minute},
+		RegistriesConf:       "/etc/containers/registries.conf",
+		RegistriesConfDir:    "/etc/containers/registries.conf.d",
+		PolicyFile:           "/etc/containers/policy.json",
+		PullProgressInterval: Duration{5 * time.Second},
+		LogLevel:             "info",
+		LogFormat:            "text",
+		StreamAddress:        "127.0.0.1:0",
+		StreamIdleTimeout:    Duration{4 * time.Hour},
+	}
+}
+
+// defaultDriver is systemd where systemd runs the host, as the kubelet
+// recommends, and cgroupfs elsewhere.
+func defaultDriver() cgroups.Driver {
+	if cgroups.SystemdRunning() {
+		return cgroups.Systemd
+	}
+	return cgroups.Cgroupfs
+}
+
+// LoadConfig reads a TOML file over the defaults. A missing file at the
+// default path is fine; a missing file named explicitly, a syntax error,
+// or an unknown key is an error.
+func LoadConfig(path string, explicit bool) (Config, error) {
+	cfg := DefaultConfig()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) && !explicit {
+			return cfg, nil
+		}
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	md, err := toml.Decode(string(data), &cfg)
+	if err != nil {
+		return cfg, fmt.Errorf("config %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return cfg, fmt.Errorf("config %s: unknown keys: %s", path, strings.Join(keys, ", "))
+	}
+	return cfg, nil
+}
+
+// Validate checks the configuration and fills in binary paths.
+func (c *Config) Validate() error {
+	if _, err := cgroups.ParseDriver(c.CgroupDriver); err != nil {
+		return err
+	}
+	if err := cgroups.Driver(c.CgroupDriver).Check(); err != nil {
+		return err
+	}
+	if c.CgroupParent == "" {
+		c.CgroupParent = "/berth"
+		if cgroups.Driver(c.CgroupDriver) == cgroups.Systemd {
+			c.CgroupParent = "berth.slice"
+		}
+	}
+	if err := validateCgroupParent(c.CgroupParent, cgroups.Driver(c.CgroupDriver)); err != nil {
+		return fmt.Errorf("cgroup_parent: %w", err)
+	}
+	for name, p := range map[string]string{"root": c.Root, "state": c.State, "socket": c.Socket} {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("%s %q must be an absolute path", name, p)
+		}
+	}
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.LogLevel) {
+		return fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return fmt.Errorf("log_format %q: want text or json", c.LogFormat)
+	}
+	var err error
+	for _, b := range []struct {
+		field *string
+		name  string
+	}{{&c.RuntimePath, "berth"}, {&c.ShimPath, "berth-shim"}, {&c.PausePath, "pause"}} {
+		if *b.field == "" {
+			if *b.field, err = findBinary(b.name); err != nil {
+				return err
+			}
+		} else if _, err := os.Stat(*b.field); err != nil {
+			return fmt.Errorf("%s binary: %w", b.name, err)
+		}
+	}
+	return nil
+}
+
+// findBinary looks next to this executable, then in libexec, then $PATH.
+func findBinary(name string) (string, error) {
+	if self, err := os.Executable(); err == nil {
+		dir := filepath.Dir(self)
+		for _, p := range []string{filepath.Join(dir, name), filepath.Join(dir, "..", "libexec", "berth", name)} {
+			if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+				return p, nil
+			}
+		}
+	}
+	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s binary not found next to berthd or in $PATH; install it (make install) or set its path in the config", name)
+}
+
+// String renders the configuration as TOML (`berthd config`).
+func (c Config) String() string {
+	var b bytes.Buffer
+	enc := toml.NewEncoder(&b)
+	if err := enc.Encode(c); err != nil {
+		return "# " + err.Error()
+	}
+	return b.String()
+}
+
+// path helpers for the state directory.
+func (c *Config) runtimeRoot() string     { return filepath.Join(c.State, "runtime") }
+func (c *Config) netnsDir() string        { return filepath.Join(c.State, "netns") }
+func (c *Config) podDir(id string) string { return filepath.Join(c.State, "pods", id) }
+func (c *Config) containerDir(id string) string {
+	return filepath.Join(c.State, "containers", id)
+}

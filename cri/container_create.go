@@ -1,0 +1,225 @@
+package cri
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/internal/shim"
+	"github.com/berth-runtime/berth/runtime"
+)
+
+// CreateContainer makes a container in a ready pod: its root filesystem
+// from the image, its spec, and its process, created by the pod's shim
+// and waiting for StartContainer.
+func (s *Server) CreateContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error) {
+	id, err := s.createContainer(ctx, req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &runtimeapi.CreateContainerResponse{ContainerId: id}, nil
+}
+
+// containerName is a container's unique name, as the kubelet knows it.
+func containerName(m *runtimeapi.ContainerMetadata, pod *runtimeapi.PodSandboxMetadata) string {
+	return strings.Join([]string{m.Name, pod.GetName(), pod.GetNamespace(), pod.GetUid(), fmt.Sprint(m.Attempt)}, "_")
+}
+
+func (s *Server) createContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest) (_ string, retErr error) {
+	sb, err := s.findSandbox(req.GetPodSandboxId())
+	if err != nil {
+		return "", err
+	}
+	cfg := req.GetConfig()
+	if err := validateContainerConfig(cfg, sb.config); err != nil {
+		return "", err
+	}
+	c := &container{
+		ID: newID(), PodID: sb.ID, Name: containerName(cfg.Metadata, sb.config.Metadata),
+		State: containerCreating, CreatedAt: time.Now(), config: cfg,
+	}
+	if c.Config, err = proto.Marshal(cfg); err != nil {
+		return "", err
+	}
+	if dir := sb.config.LogDirectory; dir != "" && cfg.LogPath != "" {
+		c.LogPath = filepath.Join(dir, cfg.LogPath)
+	}
+	log := s.log.With("container", c.ID, "name", c.Name, "pod", sb.ID)
+
+	// The pod's lock is held only to check it and record the container:
+	// a RemovePodSandbox that comes later finds the container and waits
+	// for its lock.
+	unlockPod := s.locks.lock(sb.ID)
+	unlock := s.locks.lock(c.ID)
+	defer unlock()
+	var u undo
+	defer func() {
+		if retErr != nil {
+			log.Warn("CreateContainer failed; undoing", "error", retErr)
+			u.run()
+		}
+	}()
+	err = func() error {
+		defer unlockPod()
+		cur, ok := s.store.getSandbox(sb.ID)
+		if !ok {
+			return notFoundf("pod sandbox %s", sb.ID)
+		}
+		if cur.State != sandboxReady {
+			return preconditionf("pod sandbox %s is not ready (%s)", sb.ID, cur.State)
+		}
+		sb = cur
+		holder, err := s.store.reserveName("ctr:"+c.Name, c.ID)
+		if err != nil {
+			return err
+		}
+		if holder != "" {
+			return fmt.Errorf("%w: container name %q is held by %s; remove that container first", errExists, c.Name, holder)
+		}
+		u.add(func() { _ = s.store.releaseName("ctr:"+c.Name, c.ID) })
+		if err := s.store.putContainer(c); err != nil {
+			return err
+		}
+		u.add(func() { _ = s.store.deleteContainer(c.ID) })
+		return nil
+	}()
+	if err != nil {
+		return "", err
+	}
+	sb.config = &runtimeapi.PodSandboxConfig{}
+	if err := proto.Unmarshal(sb.Config, sb.config); err != nil {
+		return "", err
+	}
+
+	img, err := s.images.Get(cfg.Image.GetImage())
+	if err != nil {
+		return "", fmt.Errorf("image %s: %w (pull it first)", cfg.Image.GetImage(), err)
+	}
+	imgCfg, err := s.images.Config(img)
+	if err != nil {
+		return "", err
+	}
+	c.ImageID = img.ID
+	c.ImageRef = img.ID
+	if len(img.RepoDigests) > 0 {
+		c.ImageRef = img.RepoDigests[0]
+	}
+	c.StopSignal = stopSignal(cfg.StopSignal, imgCfg.Config.StopSignal)
+
+	in := specInput{id: c.ID, sb: sb, cfg: cfg, image: &imgCfg.Config}
+	if in.pausePid, err = s.pausePid(sb); err != nil {
+		return "", err
+	}
+	in.nsPid = in.pausePid
+	if ns := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions(); ns.GetPid() == runtimeapi.NamespaceMode_TARGET {
+		if in.nsPid, err = s.targetPid(sb.ID, ns.TargetId); err != nil {
+			return "", err
+		}
+	}
+
+	rootfs, err := s.images.CreateRootfs(c.ID, img.ID)
+	if err != nil {
+		return "", err
+	}
+	u.add(func() {
+		if err := s.images.RemoveRootfs(c.ID); err != nil {
+			log.Warn("undo root filesystem", "error", err)
+		}
+	})
+	in.rootfs = rootfs.Path
+	spec, usr, err := s.containerSpec(in)
+	if err != nil {
+		return "", err
+	}
+	c.User = usr
+	bundle := s.cfg.containerDir(c.ID)
+	u.add(func() { _ = os.RemoveAll(bundle) })
+	if err := writeSpec(bundle, spec); err != nil {
+		return "", err
+	}
+	if c.LogPath != "" {
+		if err := os.MkdirAll(filepath.Dir(c.LogPath), 0o755); err != nil {
+			return "", fmt.Errorf("log directory: %w", err)
+		}
+	}
+	// Recorded before the shim creates it: a crash from here on finds a
+	// "creating" container at restart and removes it.
+	if err := s.store.putContainer(c); err != nil {
+		return "", err
+	}
+	client := s.shimFor(sb.ID)
+	pid, err := client.Create(ctx, c.ID, shim.CreateRequest{
+		Bundle: bundle, LogPath: c.LogPath, Stdin: cfg.Stdin, StdinOnce: cfg.StdinOnce, TTY: cfg.Tty,
+	})
+	if err != nil {
+		return "", fmt.Errorf("create container: %w", err)
+	}
+	u.add(func() {
+		s.deleteRuntimeContainer(c.ID)
+		_ = client.Forget(context.Background(), c.ID, "")
+	})
+	c.Pid = pid
+	c.State = containerCreated
+	if err := s.store.putContainer(c); err != nil {
+		return "", err
+	}
+	log.Info("container created", "pid", pid, "image", cfg.Image.GetImage())
+	s.emit(c.ID, sb.ID, runtimeapi.ContainerEventType_CONTAINER_CREATED_EVENT)
+	return c.ID, nil
+}
+
+// pausePid is the pid of the pod's pause process, which must be alive:
+// its /proc/<pid>/ns files are what containers join.
+func (s *Server) pausePid(sb *sandbox) (int, error) {
+	c, err := s.rt.Load(sb.ID)
+	if err != nil {
+		return 0, preconditionf("pod sandbox %s has no pause process: %v", sb.ID, err)
+	}
+	st, err := c.State()
+	if err != nil {
+		return 0, err
+	}
+	if st.Status != runtime.StatusRunning || st.Pid != sb.PausePid {
+		return 0, preconditionf("pod sandbox %s: its pause process is not running (%s)", sb.ID, st.Status)
+	}
+	return st.Pid, nil
+}
+
+// targetPid is the pid of the container whose pid namespace another one
+// joins (ephemeral debug containers target an app container).
+func (s *Server) targetPid(podID, target string) (int, error) {
+	t, err := s.findContainer(target)
+	if err != nil {
+		return 0, invalidf("namespace_options.target_id: %v", err)
+	}
+	if t.PodID != podID {
+		return 0, invalidf("namespace_options.target_id: container %s is in another pod", target)
+	}
+	if t.State != containerRunning {
+		return 0, preconditionf("namespace_options.target_id: container %s is not running", target)
+	}
+	return t.Pid, nil
+}
+
+// stopSignal names the signal that stops a container: the CRI's, else the
+// image's, else SIGTERM.
+func stopSignal(sig runtimeapi.Signal, imageSignal string) string {
+	if sig != runtimeapi.Signal_SIGNAL_RUNTIME_DEFAULT {
+		n := strings.TrimPrefix(sig.String(), "SIGNAL_")
+		n = strings.Replace(n, "MINPLUS", "MIN+", 1)
+		n = strings.Replace(n, "MAXMINUS", "MAX-", 1)
+		return n
+	}
+	if imageSignal != "" {
+		if _, err := runtime.ParseSignal(imageSignal); err == nil {
+			return imageSignal
+		}
+	}
+	return "SIGTERM"
+}

@@ -1,0 +1,419 @@
+package cri
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"k8s.io/cri-streaming/pkg/streaming"
+	"k8s.io/cri-streaming/pkg/streaming/remotecommand"
+	utilexec "k8s.io/utils/exec"
+
+	"github.com/berth-runtime/berth/internal/shim"
+	"github.com/berth-runtime/berth/network"
+	"github.com/berth-runtime/berth/runtime"
+)
+
+// maxExecSyncOutput bounds what ExecSync keeps of each stream; the rest
+// is read and dropped so the process never blocks on a full pipe.
+const maxExecSyncOutput = 16 << 20
+
+// drainAfterExit bounds how long output is read after an exec'd process
+// exited: a child it left behind may hold the pipe open.
+const drainAfterExit = 2 * time.Second
+
+// execProcess is the process of an exec: the container's own process
+// settings (user, capabilities, environment, ...) with another command.
+func (s *Server) execProcess(c *container, cmd []string, tty bool) (*specs.Process, error) {
+	if len(cmd) == 0 {
+		return nil, invalidf("cmd is required")
+	}
+	for _, a := range cmd {
+		if strings.ContainsRune(a, 0) {
+			return nil, invalidf("cmd contains a NUL byte")
+		}
+	}
+	data, err := os.ReadFile(filepath.Join(s.cfg.containerDir(c.ID), runtime.ConfigFile))
+	if err != nil {
+		return nil, fmt.Errorf("container %s spec: %w", c.ID, err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(data, &spec); err != nil {
+		return nil, fmt.Errorf("container %s spec: %w", c.ID, err)
+	}
+	p := *spec.Process
+	p.Args = cmd
+	p.Terminal = tty
+	p.ConsoleSize = nil
+	// The container's OOM score was set once, for all its processes.
+	p.OOMScoreAdj = nil
+	return &p, nil
+}
+
+// runningContainer finds a container that can run an exec.
+func (s *Server) runningContainer(id string) (*container, error) {
+	c, err := s.findContainer(id)
+	if err != nil {
+		return nil, err
+	}
+	if c.State != containerRunning {
+		return nil, preconditionf("container %s is not running (%s)", c.ID, c.State)
+	}
+	return c, nil
+}
+
+// limitedBuffer keeps the first n bytes written to it.
+type limitedBuffer struct {
+	buf bytes.Buffer
+	n   int
+}
+
+func (b *limitedBuffer) Write(p []byte) (int, error) {
+	if room := b.n - b.buf.Len(); room > 0 {
+		b.buf.Write(p[:min(room, len(p))])
+	}
+	return len(p), nil
+}
+
+// ExecSync runs a command and returns its output and exit code; a timeout
+// kills it and answers DeadlineExceeded, which the kubelet reads as a
+// probe timeout.
+func (s *Server) ExecSync(ctx context.Context, req *runtimeapi.ExecSyncRequest) (*runtimeapi.ExecSyncResponse, error) {
+	c, err := s.runningContainer(req.GetContainerId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if req.Timeout < 0 {
+		return nil, toStatus(invalidf("timeout must not be negative"))
+	}
+	var stdout, stderr limitedBuffer
+	stdout.n, stderr.n = maxExecSyncOutput, maxExecSyncOutput
+	code, err := s.execStreams(ctx, c, req.Cmd, nil, &stdout, &stderr, false, nil, time.Duration(req.Timeout)*time.Second)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &runtimeapi.ExecSyncResponse{Stdout: stdout.buf.Bytes(), Stderr: stderr.buf.Bytes(), ExitCode: int32(code)}, nil
+}
+
+// execStreams runs cmd in the container through its pod's shim and
+// connects the process's stdio to the given streams.
+func (s *Server) execStreams(ctx context.Context, c *container, cmd []string, in io.Reader, out, errw io.Writer, tty bool, resize <-chan remotecommand.TerminalSize, timeout time.Duration) (int, error) {
+	proc, err := s.execProcess(c, cmd, tty)
+	if err != nil {
+		return 0, err
+	}
+	client := s.shimFor(c.PodID)
+	execID := newID()[:32]
+	pid, stdio, err := client.Exec(ctx, c.ID, execID, shim.ExecRequest{Process: proc, TTY: tty, Stdin: in != nil})
+	if err != nil {
+		return 0, fmt.Errorf("exec in %s: %w", c.ID, err)
+	}
+	defer stdio.Close()
+	defer func() { _ = client.Forget(context.Background(), c.ID, execID) }()
+
+	var copies sync.WaitGroup
+	copyOut := func(w io.Writer, r *os.File) {
+		if w == nil {
+			w = io.Discard
+		}
+		copies.Add(1)
+		go func() {
+			defer copies.Done()
+			_, _ = io.Copy(w, r)
+		}()
+	}
+	if tty {
+		copyOut(out, stdio.Console)
+		if resize != nil {
+			go resizeLoop(ctx, stdio.Console, resize)
+		}
+		if in != nil {
+			go func() { _, _ = io.Copy(stdio.Console, in) }()
+		}
+	} else {
+		copyOut(out, stdio.Stdout)
+		copyOut(errw, stdio.Stderr)
+		if in != nil && stdio.Stdin != nil {
+			go func() {
+				_, _ = io.Copy(stdio.Stdin, in)
+				stdio.Stdin.Close()
+			}()
+		}
+	}
+	wctx := ctx
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	exit, err := client.Wait(wctx, c.ID, execID)
+	if err != nil {
+		// Timed out or abandoned: the process must not outlive the call.
+		_ = unix.Kill(pid, unix.SIGKILL)
+		if errors.Is(wctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+			return 0, status.Errorf(codes.DeadlineExceeded, "command %q timed out after %s", strings.Join(cmd, " "), timeout)
+		}
+		return 0, err
+	}
+	drained := make(chan struct{})
+	go func() { copies.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(drainAfterExit):
+		// Closing our ends stops the copies.
+		stdio.Close()
+		<-drained
+	}
+	return exit.Code, nil
+}
+
+// resizeLoop applies terminal size changes to a console.
+func resizeLoop(ctx context.Context, console *os.File, resize <-chan remotecommand.TerminalSize) {
+	for {
+		select {
+		case size, ok := <-resize:
+			if !ok {
+				return
+			}
+			if size.Width == 0 || size.Height == 0 {
+				continue
+			}
+			_ = unix.IoctlSetWinsize(int(console.Fd()), unix.TIOCSWINSZ, &unix.Winsize{Row: size.Height, Col: size.Width})
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// Exec returns the streaming URL of an exec.
+func (s *Server) Exec(ctx context.Context, req *runtimeapi.ExecRequest) (*runtimeapi.ExecResponse, error) {
+	if _, err := s.runningContainer(req.GetContainerId()); err != nil {
+		return nil, toStatus(err)
+	}
+	if len(req.Cmd) == 0 {
+		return nil, toStatus(invalidf("cmd is required"))
+	}
+	if !req.Stdin && !req.Stdout && !req.Stderr {
+		return nil, toStatus(invalidf("one of stdin, stdout and stderr must be set"))
+	}
+	if req.Tty && req.Stderr {
+		return nil, toStatus(invalidf("tty and stderr cannot both be set: a terminal has one output"))
+	}
+	resp, err := s.stream.GetExec(req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return resp, nil
+}
+
+// Attach returns the streaming URL of an attach.
+func (s *Server) Attach(ctx context.Context, req *runtimeapi.AttachRequest) (*runtimeapi.AttachResponse, error) {
+	if _, err := s.runningContainer(req.GetContainerId()); err != nil {
+		return nil, toStatus(err)
+	}
+	if !req.Stdin && !req.Stdout && !req.Stderr {
+		return nil, toStatus(invalidf("one of stdin, stdout and stderr must be set"))
+	}
+	resp, err := s.stream.GetAttach(req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return resp, nil
+}
+
+// PortForward returns the streaming URL of a port forward.
+func (s *Server) PortForward(ctx context.Context, req *runtimeapi.PortForwardRequest) (*runtimeapi.PortForwardResponse, error) {
+	sb, err := s.findSandbox(req.GetPodSandboxId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if sb.State != sandboxReady {
+		return nil, toStatus(preconditionf("pod sandbox %s is not ready", sb.ID))
+	}
+	for _, p := range req.Port {
+		if p <= 0 || p > 65535 {
+			return nil, toStatus(invalidf("port %d is not a TCP port", p))
+		}
+	}
+	req.PodSandboxId = sb.ID
+	resp, err := s.stream.GetPortForward(req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return resp, nil
+}
+
+// streamRuntime serves the streaming server's calls.
+type streamRuntime struct{ s *Server }
+
+func (r streamRuntime) Exec(ctx context.Context, id string, cmd []string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommand.TerminalSize) error {
+	c, err := r.s.runningContainer(id)
+	if err != nil {
+		return err
+	}
+	var o, e io.Writer
+	if out != nil {
+		o = out
+	}
+	if errw != nil {
+		e = errw
+	}
+	code, err := r.s.execStreams(ctx, c, cmd, in, o, e, tty, resize, 0)
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return utilexec.CodeExitError{Err: fmt.Errorf("command %q exited with %d", strings.Join(cmd, " "), code), Code: code}
+	}
+	return nil
+}
+
+func (r streamRuntime) Attach(ctx context.Context, id string, in io.Reader, out, errw io.WriteCloser, tty bool, resize <-chan remotecommand.TerminalSize) error {
+	c, err := r.s.runningContainer(id)
+	if err != nil {
+		return err
+	}
+	client := r.s.shimFor(c.PodID)
+	stdio, err := client.Attach(ctx, c.ID)
+	if err != nil {
+		return fmt.Errorf("attach to %s: %w", c.ID, err)
+	}
+	defer stdio.Close()
+	var copies sync.WaitGroup
+	copyOut := func(w io.Writer, r *os.File) {
+		if r == nil {
+			return
+		}
+		if w == nil {
+			w = io.Discard
+		}
+		copies.Add(1)
+		go func() {
+			defer copies.Done()
+			_, _ = io.Copy(w, r)
+		}()
+	}
+	var o, e io.Writer
+	if out != nil {
+		o = out
+	}
+	if errw != nil {
+		e = errw
+	}
+	copyOut(o, stdio.Stdout)
+	copyOut(e, stdio.Stderr)
+	input := stdio.Stdin
+	if stdio.Console != nil {
+		input = stdio.Console
+		if resize != nil {
+			go resizeLoop(ctx, stdio.Console, resize)
+		}
+	}
+	if in != nil && input != nil {
+		go func() {
+			_, _ = io.Copy(input, in)
+			// The client closed its stdin: with stdin_once, so does the
+			// container's.
+			if c.config.StdinOnce {
+				_ = client.CloseStdin(context.Background(), c.ID)
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { copies.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+func (r streamRuntime) PortForward(ctx context.Context, podID string, port int32, stream io.ReadWriteCloser) error {
+	defer stream.Close()
+	sb, err := r.s.findSandbox(podID)
+	if err != nil {
+		return err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	var conn net.Conn
+	dial := func() error {
+		var d net.Dialer
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		conn, err = d.DialContext(dctx, "tcp4", addr)
+		return err
+	}
+	if sb.NetNS != "" {
+		err = (&network.NetNS{Path: sb.NetNS}).Do(dial)
+	} else {
+		err = dial()
+	}
+	if err != nil {
+		return fmt.Errorf("port forward to %s in pod %s: %w", addr, sb.ID, err)
+	}
+	defer conn.Close()
+	errc := make(chan error, 2)
+	go func() {
+		_, err := io.Copy(conn, stream)
+		if tc, ok := conn.(*net.TCPConn); ok {
+			_ = tc.CloseWrite()
+		}
+		errc <- err
+	}()
+	go func() {
+		_, err := io.Copy(stream, conn)
+		errc <- err
+	}()
+	select {
+	case <-errc:
+		// One side is done; give the other a moment to flush.
+		select {
+		case <-errc:
+		case <-time.After(time.Second):
+		}
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// newStreamServer makes the kubelet's streaming server on the configured
+// address (loopback by default); port 0 picks a free one.
+func (s *Server) newStreamServer() (streaming.Server, net.Listener, error) {
+	ln, err := net.Listen("tcp", s.cfg.StreamAddress)
+	if err != nil {
+		return nil, nil, fmt.Errorf("streaming server on %s: %w", s.cfg.StreamAddress, err)
+	}
+	cfg := streaming.DefaultConfig
+	cfg.Addr = ln.Addr().String()
+	if d := s.cfg.StreamIdleTimeout.Duration; d > 0 {
+		cfg.StreamIdleTimeout = d
+	}
+	srv, err := streaming.NewServer(cfg, streamRuntime{s})
+	if err != nil {
+		ln.Close()
+		return nil, nil, err
+	}
+	return srv, ln, nil
+}
+
+// serveStreams serves the streaming server on ln until it is closed.
+func serveStreams(srv http.Handler, ln net.Listener) *http.Server {
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 30 * time.Second}
+	go func() { _ = hs.Serve(ln) }()
+	return hs
+}

@@ -1,0 +1,273 @@
+package cri
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/internal/shim"
+	"github.com/berth-runtime/berth/runtime"
+)
+
+// recover brings the records and the host back in line after berthd
+// stopped, however it stopped: work cut short is finished or undone,
+// exits that happened meanwhile are recorded, live shims are watched
+// again, and whatever no record owns is removed.
+func (s *Server) recover(ctx context.Context) {
+	start := time.Now()
+	for _, c := range s.store.listContainers() {
+		switch c.State {
+		case containerCreating:
+			s.log.Info("recovery: removing a container whose creation was cut short", "container", c.ID)
+			c.State = containerRemoving
+			if err := s.store.putContainer(c); err == nil {
+				s.logErr("recovery: remove container", c.ID, s.finishRemoveContainer(c))
+			}
+		case containerRemoving:
+			s.log.Info("recovery: finishing the removal of a container", "container", c.ID)
+			s.logErr("recovery: remove container", c.ID, s.finishRemoveContainer(c))
+		}
+	}
+	for _, sb := range s.store.listSandboxes() {
+		switch sb.State {
+		case sandboxCreating, sandboxRemoving:
+			s.log.Info("recovery: removing a pod sandbox", "pod", sb.ID, "state", sb.State)
+			s.logErr("recovery: remove pod sandbox", sb.ID, s.removeSandboxLocked(ctx, sb))
+		default:
+			if _, err := os.Stat(s.shims.socket(sb.ID)); err != nil && sb.State != sandboxReady && !s.podRuns(sb.ID) {
+				// Stopped before; its shim is gone as it should be.
+				continue
+			}
+			if err := s.reconcilePod(sb.ID); err != nil {
+				if errors.Is(err, shim.ErrUnavailable) {
+					s.handleShimGone(sb.ID)
+					continue
+				}
+				s.log.Warn("recovery: reconcile pod", "pod", sb.ID, "error", err)
+			}
+			s.shims.watch(sb.ID)
+		}
+	}
+	s.removeOrphans()
+	s.log.Info("recovered state", "pods", len(s.store.listSandboxes()), "containers", len(s.store.listContainers()), "took", time.Since(start).Round(time.Millisecond))
+}
+
+func (s *Server) logErr(msg, id string, err error) {
+	if err != nil {
+		s.log.Warn(msg, "id", id, "error", err)
+	}
+}
+
+// podRuns reports whether any container of the pod is recorded as
+// created or running.
+func (s *Server) podRuns(podID string) bool {
+	for _, c := range s.store.podContainers(podID) {
+		if c.State == containerRunning || c.State == containerCreated {
+			return true
+		}
+	}
+	return false
+}
+
+// reconcilePod reads the shim's view of the pod and records every exit
+// berthd has not seen.
+func (s *Server) reconcilePod(podID string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := s.shimFor(podID).State(ctx)
+	if err != nil {
+		return err
+	}
+	known := map[string]shim.ProcessStatus{}
+	for _, p := range st.Containers {
+		known[p.ID] = p
+	}
+	for _, c := range s.store.podContainers(podID) {
+		if c.State != containerRunning && c.State != containerCreated {
+			continue
+		}
+		p, ok := known[c.ID]
+		switch {
+		case ok && p.Exit != nil:
+			s.exitContainer(c.ID, p.Exit, "")
+		case !ok:
+			// The shim never made it, or forgot it: whatever runs of it has
+			// no stdio keeper; stop it and say why.
+			s.log.Warn("container unknown to its shim; stopping it", "container", c.ID)
+			if rc, err := s.rt.Load(c.ID); err == nil {
+				s.killAll(rc)
+			}
+			s.exitContainer(c.ID, &shim.Exit{Code: 255, At: time.Now()}, "berth-shim of the pod does not know this container")
+		}
+	}
+	if p, ok := known[podID]; !ok || p.Exit != nil {
+		s.pauseExited(podID)
+	}
+	return nil
+}
+
+// exitContainer records an exit under the container's lock.
+func (s *Server) exitContainer(id string, exit *shim.Exit, message string) {
+	unlock := s.locks.lock(id)
+	defer unlock()
+	c, ok := s.store.getContainer(id)
+	if !ok || (c.State != containerRunning && c.State != containerCreated) {
+		return
+	}
+	s.logErr("record container exit", id, s.recordExit(c, exit, message))
+}
+
+// pauseExited marks a pod whose pause process died not ready.
+func (s *Server) pauseExited(podID string) {
+	unlock := s.locks.lock(podID)
+	defer unlock()
+	sb, ok := s.store.getSandbox(podID)
+	if !ok || sb.State != sandboxReady {
+		return
+	}
+	s.log.Warn("pause process exited: pod sandbox is not ready", "pod", podID)
+	sb.State = sandboxNotReady
+	if err := s.store.putSandbox(sb); err != nil {
+		s.log.Warn("record pod state", "pod", podID, "error", err)
+		return
+	}
+	s.emit(podID, podID, runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT)
+}
+
+// handleShimEvent records a process exit a shim reported.
+func (s *Server) handleShimEvent(podID string, ev shim.Event) {
+	if ev.Type != "exit" || ev.Process.ExecID != "" || ev.Process.Exit == nil {
+		// Exec exits are waited for by the call that started them.
+		return
+	}
+	// Not on the stream's goroutine: recording takes the object's lock,
+	// which a slow call may hold.
+	go func() {
+		if ev.Process.ID == podID {
+			s.pauseExited(podID)
+			return
+		}
+		s.exitContainer(ev.Process.ID, ev.Process.Exit, "")
+	}()
+}
+
+// handleShimConnect catches up on exits missed while not watching.
+func (s *Server) handleShimConnect(podID string) {
+	if err := s.reconcilePod(podID); err != nil && !errors.Is(err, shim.ErrUnavailable) {
+		s.log.Warn("reconcile pod", "pod", podID, "error", err)
+	}
+}
+
+// handleShimGone deals with a pod whose shim died: its processes have no
+// keeper any more, so they are stopped and recorded as exited, and the
+// pod becomes not ready for the kubelet to replace.
+func (s *Server) handleShimGone(podID string) {
+	unlock := s.locks.lock(podID)
+	defer unlock()
+	sb, ok := s.store.getSandbox(podID)
+	if !ok || (sb.State != sandboxReady && !s.podRuns(podID)) {
+		return
+	}
+	s.log.Warn("berth-shim of the pod is gone; stopping what it kept", "pod", podID)
+	for _, c := range s.store.podContainers(podID) {
+		if c.State != containerRunning && c.State != containerCreated {
+			continue
+		}
+		code := 137
+		if rc, err := s.rt.Load(c.ID); err == nil {
+			if st, err := rc.Status(); err == nil && st == runtime.StatusStopped {
+				code = 255 // it ended on its own; the exit code died with the shim
+			}
+			s.killAll(rc)
+		}
+		s.exitContainer(c.ID, &shim.Exit{Code: code, At: time.Now()}, "berth-shim of the pod died")
+	}
+	if rc, err := s.rt.Load(podID); err == nil {
+		s.killAll(rc)
+	}
+	if sb.State == sandboxReady {
+		sb.State = sandboxNotReady
+		if err := s.store.putSandbox(sb); err != nil {
+			s.log.Warn("record pod state", "pod", podID, "error", err)
+		}
+		s.emit(podID, podID, runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT)
+	}
+}
+
+// removeOrphans removes what no record owns: runtime containers, root
+// filesystems, network namespaces, pod and container directories and
+// shims left by a crash between making a thing and recording it.
+func (s *Server) removeOrphans() {
+	owned := map[string]bool{}
+	for _, sb := range s.store.listSandboxes() {
+		owned[sb.ID] = true
+	}
+	for _, c := range s.store.listContainers() {
+		owned[c.ID] = true
+	}
+	if states, err := s.rt.List(); err == nil {
+		for _, st := range states {
+			if !owned[st.ID] {
+				s.log.Info("recovery: deleting an orphan container", "container", st.ID)
+				s.deleteRuntimeContainer(st.ID)
+			}
+		}
+	}
+	if list, err := s.images.Rootfses(); err == nil {
+		for _, r := range list {
+			if !owned[r.ID] {
+				s.log.Info("recovery: removing an orphan root filesystem", "container", r.ID)
+				s.logErr("remove orphan root filesystem", r.ID, s.images.RemoveRootfs(r.ID))
+			}
+		}
+	}
+	netns := map[string]bool{}
+	for _, sb := range s.store.listSandboxes() {
+		if sb.NetNS != "" {
+			netns[sb.NetNS] = true
+		}
+	}
+	if entries, err := os.ReadDir(s.cfg.netnsDir()); err == nil {
+		for _, e := range entries {
+			p := filepath.Join(s.cfg.netnsDir(), e.Name())
+			if !netns[p] {
+				s.log.Info("recovery: removing an orphan network namespace", "path", p)
+				s.logErr("remove orphan netns", p, s.net.RemoveNetNS(p))
+			}
+		}
+	}
+	if entries, err := os.ReadDir(filepath.Join(s.cfg.State, "pods")); err == nil {
+		for _, e := range entries {
+			if !owned[e.Name()] {
+				s.removePodDir(&sandbox{ID: e.Name()})
+			}
+		}
+	}
+	if entries, err := os.ReadDir(filepath.Join(s.cfg.State, "containers")); err == nil {
+		for _, e := range entries {
+			if !owned[e.Name()] {
+				_ = os.RemoveAll(filepath.Join(s.cfg.State, "containers", e.Name()))
+			}
+		}
+	}
+	shortIDs := map[string]string{}
+	for _, sb := range s.store.listSandboxes() {
+		shortIDs[sb.ID[:16]] = sb.ID
+	}
+	if entries, err := os.ReadDir(filepath.Join(s.cfg.State, "shim")); err == nil {
+		for _, e := range entries {
+			short := strings.TrimSuffix(e.Name(), ".sock")
+			if _, ok := shortIDs[short]; ok || len(short) != 16 {
+				continue
+			}
+			// A shim of no pod: let it go once nothing of it runs.
+			s.log.Info("recovery: stopping an orphan shim", "shim", short)
+			s.shims.stop(context.Background(), short)
+		}
+	}
+}

@@ -1,0 +1,332 @@
+package cri
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/cgroups"
+	"github.com/berth-runtime/berth/internal/shim"
+	"github.com/berth-runtime/berth/network"
+	"github.com/berth-runtime/berth/runtime"
+)
+
+// RunPodSandbox creates and starts a pod sandbox: its name reserved, its
+// directory (hostname, resolv.conf, hosts, /dev/shm), its network
+// namespace and CNI network, its shim, and the pause process holding its
+// namespaces. Every step registers its undo before the next one runs, so
+// a failure at any point leaves nothing behind.
+func (s *Server) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandboxRequest) (*runtimeapi.RunPodSandboxResponse, error) {
+	id, err := s.runPodSandbox(ctx, req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: id}, nil
+}
+
+// undo collects the undo steps of a half-done operation.
+type undo []func()
+
+func (u *undo) add(f func()) { *u = append(*u, f) }
+
+// run undoes, last step first.
+func (u undo) run() {
+	for i := len(u) - 1; i >= 0; i-- {
+		u[i]()
+	}
+}
+
+func (s *Server) runPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandboxRequest) (_ string, retErr error) {
+	cfg := req.GetConfig()
+	if err := validatePodConfig(cfg, cgroups.Driver(s.cfg.CgroupDriver)); err != nil {
+		return "", err
+	}
+	if h := req.GetRuntimeHandler(); h != "" && h != defaultHandler {
+		return "", invalidf("unknown runtime handler %q (berth has only %q)", h, defaultHandler)
+	}
+	sb := &sandbox{
+		ID: newID(), Name: sandboxName(cfg.Metadata), RuntimeHandler: req.GetRuntimeHandler(),
+		State: sandboxCreating, CreatedAt: time.Now(), config: cfg,
+	}
+	sb.CgroupParent = s.podCgroupParent(sb.ID, cfg)
+	var err error
+	if sb.Config, err = proto.Marshal(cfg); err != nil {
+		return "", err
+	}
+	unlock := s.locks.lock(sb.ID)
+	defer unlock()
+	log := s.log.With("pod", sb.ID, "name", sb.Name)
+
+	var u undo
+	defer func() {
+		if retErr != nil {
+			log.Warn("RunPodSandbox failed; undoing", "error", retErr)
+			u.run()
+		}
+	}()
+	if err := s.reserveSandboxName(sb); err != nil {
+		return "", err
+	}
+	u.add(func() { _ = s.store.releaseName(sb.Name, sb.ID) })
+
+	// Recorded first, so that a crash from here on is undone at restart.
+	if err := s.store.putSandbox(sb); err != nil {
+		return "", err
+	}
+	u.add(func() { _ = s.store.deleteSandbox(sb.ID) })
+
+	if err := s.makePodDir(sb, cfg); err != nil {
+		return "", err
+	}
+	u.add(func() { s.removePodDir(sb) })
+
+	if err := s.setupPodNetwork(ctx, sb, cfg, &u); err != nil {
+		return "", err
+	}
+
+	client, err := s.shims.start(ctx, sb.ID)
+	if err != nil {
+		return "", err
+	}
+	u.add(func() { s.shims.stop(context.Background(), sb.ID) })
+
+	if err := s.startPause(ctx, sb, cfg, client, &u); err != nil {
+		return "", err
+	}
+	sb.State = sandboxReady
+	if err := s.store.putSandbox(sb); err != nil {
+		return "", err
+	}
+	log.Info("pod sandbox ready", "pause", sb.PausePid, "ips", sb.IPs)
+	return sb.ID, nil
+}
+
+// defaultHandler is the only runtime handler berth has.
+const defaultHandler = "berth"
+
+// sandboxName is the unique name of a pod sandbox, as the kubelet knows it.
+func sandboxName(m *runtimeapi.PodSandboxMetadata) string {
+	return strings.Join([]string{m.Name, m.Namespace, m.Uid, fmt.Sprint(m.Attempt)}, "_")
+}
+
+func (s *Server) reserveSandboxName(sb *sandbox) error {
+	holder, err := s.store.reserveName("pod:"+sb.Name, sb.ID)
+	if err != nil {
+		return err
+	}
+	if holder != "" {
+		return fmt.Errorf("%w: pod sandbox name %q is held by %s; remove that sandbox first", errExists, sb.Name, holder)
+	}
+	return nil
+}
+
+// makePodDir writes the files the pod's containers share.
+func (s *Server) makePodDir(sb *sandbox, cfg *runtimeapi.PodSandboxConfig) error {
+	dir := s.cfg.podDir(sb.ID)
+	for _, d := range []string{dir, filepath.Join(dir, "pause", "rootfs"), filepath.Join(dir, "shm")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("pod directory: %w", err)
+		}
+	}
+	hostname := cfg.Hostname
+	if hostname == "" || cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE {
+		hostname, _ = os.Hostname()
+	}
+	resolv, err := resolvConf(cfg.DnsConfig)
+	if err != nil {
+		return err
+	}
+	files := map[string]string{
+		"hostname":    hostname + "\n",
+		"resolv.conf": resolv,
+		"hosts":       "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			return fmt.Errorf("pod %s: %w", name, err)
+		}
+	}
+	if cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetIpc() != runtimeapi.NamespaceMode_NODE {
+		// One /dev/shm for the whole pod, as its IPC namespace is one.
+		if err := unix.Mount("shm", filepath.Join(dir, "shm"), "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=1777,size=65536k"); err != nil {
+			return fmt.Errorf("pod /dev/shm: %w", err)
+		}
+		sb.ShmMounted = true
+	}
+	return nil
+}
+
+// removePodDir unmounts /dev/shm and deletes the pod's directory.
+func (s *Server) removePodDir(sb *sandbox) {
+	dir := s.cfg.podDir(sb.ID)
+	shm := filepath.Join(dir, "shm")
+	if err := unix.Unmount(shm, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		s.log.Warn("unmount pod shm", "pod", sb.ID, "error", err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		s.log.Warn("remove pod directory", "pod", sb.ID, "error", err)
+	}
+}
+
+// resolvConf renders the pod's resolv.conf: the kubelet's DNS config, or
+// the host's when there is none.
+func resolvConf(dns *runtimeapi.DNSConfig) (string, error) {
+	if dns == nil || (len(dns.Servers) == 0 && len(dns.Searches) == 0 && len(dns.Options) == 0) {
+		data, err := os.ReadFile("/etc/resolv.conf")
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return "", fmt.Errorf("host resolv.conf: %w", err)
+		}
+		return string(data), nil
+	}
+	var b strings.Builder
+	if len(dns.Searches) > 0 {
+		fmt.Fprintf(&b, "search %s\n", strings.Join(dns.Searches, " "))
+	}
+	for _, ns := range dns.Servers {
+		fmt.Fprintf(&b, "nameserver %s\n", ns)
+	}
+	if len(dns.Options) > 0 {
+		fmt.Fprintf(&b, "options %s\n", strings.Join(dns.Options, " "))
+	}
+	return b.String(), nil
+}
+
+// setupPodNetwork gives the pod its network namespace and runs CNI ADD;
+// host-network pods get neither.
+func (s *Server) setupPodNetwork(ctx context.Context, sb *sandbox, cfg *runtimeapi.PodSandboxConfig, u *undo) error {
+	if cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE {
+		return nil
+	}
+	ns, err := s.net.NewNetNS(sb.ID)
+	if err != nil {
+		return err
+	}
+	sb.NetNS = ns.Path
+	u.add(func() { _ = s.net.RemoveNetNS(ns.Path) })
+	if err := s.store.putSandbox(sb); err != nil {
+		return err
+	}
+	if err := s.net.Status(); err != nil {
+		if errors.Is(err, network.ErrNotReady) {
+			// No CNI configuration: the pod has loopback only, and
+			// Status reports NetworkReady false with the reason.
+			s.log.Warn("no CNI network: pod gets loopback only", "pod", sb.ID, "reason", err)
+			return nil
+		}
+		return err
+	}
+	// Recorded before ADD runs: a crash during ADD still gets its DEL.
+	sb.CNIAdded = true
+	if err := s.store.putSandbox(sb); err != nil {
+		return err
+	}
+	pod := s.networkPod(sb, cfg)
+	u.add(func() {
+		if err := s.net.Teardown(context.Background(), pod); err != nil {
+			s.log.Warn("undo CNI ADD", "pod", sb.ID, "error", err)
+		}
+	})
+	ips, err := s.net.Setup(ctx, pod)
+	if err != nil {
+		return err
+	}
+	sb.IPs = ips
+	return s.store.putSandbox(sb)
+}
+
+// networkPod is what the network manager needs of a sandbox.
+func (s *Server) networkPod(sb *sandbox, cfg *runtimeapi.PodSandboxConfig) network.Pod {
+	p := network.Pod{
+		ID: sb.ID, Name: cfg.Metadata.GetName(), Namespace: cfg.Metadata.GetNamespace(), UID: cfg.Metadata.GetUid(),
+		NetNS: sb.NetNS, CgroupParent: sb.CgroupParent,
+	}
+	for _, pm := range cfg.PortMappings {
+		if pm.HostPort <= 0 {
+			continue
+		}
+		p.PortMappings = append(p.PortMappings, network.PortMapping{
+			HostPort: pm.HostPort, ContainerPort: pm.ContainerPort,
+			Protocol: strings.ToLower(pm.Protocol.String()), HostIP: pm.HostIp,
+		})
+	}
+	if d := cfg.DnsConfig; d != nil {
+		p.DNS = &network.DNS{Servers: d.Servers, Searches: d.Searches, Options: d.Options}
+	}
+	p.IngressBandwidth, p.EgressBandwidth = bandwidth(cfg.Annotations)
+	return p
+}
+
+// podCgroupParent is the kubelet's pod cgroup, or one berth makes for
+// the pod under its configured parent.
+func (s *Server) podCgroupParent(id string, cfg *runtimeapi.PodSandboxConfig) string {
+	if p := cfg.GetLinux().GetCgroupParent(); p != "" {
+		return p
+	}
+	return s.defaultPodCgroupParent(id)
+}
+
+func (s *Server) defaultPodCgroupParent(id string) string {
+	if cgroups.Driver(s.cfg.CgroupDriver) == cgroups.Systemd {
+		return strings.TrimSuffix(s.cfg.CgroupParent, ".slice") + "-pod" + id[:16] + ".slice"
+	}
+	return filepath.Join(s.cfg.CgroupParent, "pod"+id[:16])
+}
+
+// cgroupsPath places a container (or the pause) under the pod's cgroup.
+func (s *Server) cgroupsPath(parent, id string) string {
+	if cgroups.Driver(s.cfg.CgroupDriver) == cgroups.Systemd {
+		return parent + ":berth:" + id
+	}
+	return filepath.Join(parent, "berth-"+id)
+}
+
+// startPause creates and starts the pause process of the sandbox.
+func (s *Server) startPause(ctx context.Context, sb *sandbox, cfg *runtimeapi.PodSandboxConfig, client *shim.Client, u *undo) error {
+	spec, err := s.pauseSpec(sb, cfg)
+	if err != nil {
+		return err
+	}
+	bundle := filepath.Join(s.cfg.podDir(sb.ID), "pause")
+	if err := writeSpec(bundle, spec); err != nil {
+		return err
+	}
+	pid, err := client.Create(ctx, sb.ID, shimCreate(bundle, "", false, false, false))
+	if err != nil {
+		return fmt.Errorf("create pause: %w", err)
+	}
+	u.add(func() { s.deleteRuntimeContainer(sb.ID) })
+	c, err := s.rt.Load(sb.ID)
+	if err != nil {
+		return err
+	}
+	if err := c.Exec(); err != nil {
+		return fmt.Errorf("start pause: %w", err)
+	}
+	sb.PausePid = pid
+	return nil
+}
+
+// deleteRuntimeContainer force-deletes a runtime container; gone is fine.
+func (s *Server) deleteRuntimeContainer(id string) {
+	c, err := s.rt.Load(id)
+	if err != nil {
+		if !errors.Is(err, runtime.ErrNotExist) {
+			s.log.Warn("load container for deletion", "container", id, "error", err)
+		}
+		if _, err := s.rt.Remains(id); err != nil {
+			s.log.Warn("remove remains", "container", id, "error", err)
+		}
+		return
+	}
+	if err := c.Delete(true); err != nil {
+		s.log.Warn("delete container", "container", id, "error", err)
+	}
+}

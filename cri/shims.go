@@ -1,0 +1,169 @@
+package cri
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/berth-runtime/berth/cgroups"
+	"github.com/berth-runtime/berth/internal/shim"
+)
+
+// shimManager starts a berth-shim per pod and keeps watching each for
+// exits, reconnecting after berthd restarts.
+type shimManager struct {
+	cfg *Config
+	log *slog.Logger
+	// onEvent gets every exit a shim reports; onConnect runs each time
+	// the event stream is (re)established, to catch up on exits missed
+	// meanwhile; onGone gets a shim that stopped answering for good.
+	onEvent   func(podID string, ev shim.Event)
+	onConnect func(podID string)
+	onGone    func(podID string)
+
+	mu       sync.Mutex
+	watching map[string]context.CancelFunc
+}
+
+func newShimManager(cfg *Config, log *slog.Logger) *shimManager {
+	return &shimManager{cfg: cfg, log: log, watching: map[string]context.CancelFunc{}}
+}
+
+// Shim paths are short: Unix socket paths end at 108 bytes.
+func (m *shimManager) socket(podID string) string {
+	return filepath.Join(m.cfg.State, "shim", podID[:16]+".sock")
+}
+
+func (m *shimManager) stateDir(podID string) string {
+	return filepath.Join(m.cfg.State, "shim", podID[:16])
+}
+
+func (m *shimManager) client(podID string) *shim.Client {
+	return &shim.Client{Socket: m.socket(podID)}
+}
+
+// start starts the pod's shim and waits until it serves.
+func (m *shimManager) start(ctx context.Context, podID string) (*shim.Client, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	args := []string{
+		"--id", podID, "--socket", m.socket(podID), "--state-dir", m.stateDir(podID),
+		"--runtime", m.cfg.RuntimePath, "--runtime-root", m.cfg.runtimeRoot(), "--ready-fd", "3",
+	}
+	if cgroups.Driver(m.cfg.CgroupDriver) == cgroups.Systemd {
+		args = append(args, "--systemd-cgroup")
+	}
+	if m.cfg.LogLevel == "debug" {
+		args = append(args, "--debug")
+	}
+	cmd := exec.Command(m.cfg.ShimPath, args...)
+	cmd.ExtraFiles = []*os.File{w}
+	// A session of its own: no signal aimed at berthd's process group or
+	// terminal reaches the keeper of the pod's processes.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Dir = "/"
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("start shim: %w", err)
+	}
+	w.Close()
+	// berthd reaps the shim it started; after a restart, init does.
+	go func() { _ = cmd.Wait() }()
+	ready := make(chan error, 1)
+	go func() {
+		b := make([]byte, 1)
+		_, err := r.Read(b)
+		ready <- err
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			_ = cmd.Process.Kill()
+			return nil, fmt.Errorf("shim exited before it served: see %s/shim.log", m.stateDir(podID))
+		}
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		return nil, errors.New("shim did not start within 20s")
+	case <-ctx.Done():
+		_ = cmd.Process.Kill()
+		return nil, ctx.Err()
+	}
+	m.watch(podID)
+	return m.client(podID), nil
+}
+
+// watch follows the shim's exit events until unwatch; a broken stream is
+// retried, and a shim gone for good is reported once.
+func (m *shimManager) watch(podID string) {
+	m.mu.Lock()
+	if _, ok := m.watching[podID]; ok {
+		m.mu.Unlock()
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	m.watching[podID] = cancel
+	m.mu.Unlock()
+	go func() {
+		c := m.client(podID)
+		failures := 0
+		for ctx.Err() == nil {
+			err := c.Events(ctx, func() {
+				failures = 0
+				m.onConnect(podID)
+			}, func(ev shim.Event) { m.onEvent(podID, ev) })
+			if ctx.Err() != nil {
+				return
+			}
+			if errors.Is(err, shim.ErrUnavailable) {
+				failures++
+				if failures >= 3 {
+					m.log.Warn("shim gone", "pod", podID, "error", err)
+					m.mu.Lock()
+					delete(m.watching, podID)
+					m.mu.Unlock()
+					m.onGone(podID)
+					return
+				}
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}()
+}
+
+func (m *shimManager) unwatch(podID string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cancel, ok := m.watching[podID]; ok {
+		cancel()
+		delete(m.watching, podID)
+	}
+}
+
+// stop asks the shim to exit once its containers are gone.
+func (m *shimManager) stop(ctx context.Context, podID string) {
+	m.unwatch(podID)
+	c := m.client(podID)
+	if err := c.Shutdown(ctx); err != nil && !errors.Is(err, shim.ErrUnavailable) {
+		m.log.Warn("stop shim", "pod", podID, "error", err)
+	}
+	// Its directory and socket go with it; make sure of it.
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := os.Stat(m.socket(podID)); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = os.Remove(m.socket(podID))
+	_ = os.RemoveAll(m.stateDir(podID))
+}

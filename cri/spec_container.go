@@ -1,0 +1,711 @@
+package cri
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/moby/profiles/seccomp"
+	"github.com/moby/sys/capability"
+	"github.com/moby/sys/devices"
+	"github.com/moby/sys/mountinfo"
+	"github.com/moby/sys/user"
+	imgspec "github.com/opencontainers/image-spec/specs-go/v1"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/cgroups"
+	"github.com/berth-runtime/berth/runtime"
+)
+
+// specInput is what a container's spec is made of.
+type specInput struct {
+	id     string
+	sb     *sandbox
+	cfg    *runtimeapi.ContainerConfig
+	image  *imgspec.ImageConfig
+	rootfs string
+	// nsPid is the process whose pid namespace a POD or TARGET container
+	// joins; pausePid holds the pod's other namespaces.
+	pausePid int
+	nsPid    int
+}
+
+// resolvedUser is who the container's process runs as.
+type resolvedUser struct {
+	UID    uint32   `json:"uid"`
+	GID    uint32   `json:"gid"`
+	Groups []uint32 `json:"groups,omitempty"`
+}
+
+// containerSpec builds a container's OCI spec from the image config, the
+// CRI config and berth's defaults, joining the pause process's
+// namespaces.
+func (s *Server) containerSpec(in specInput) (*specs.Spec, *resolvedUser, error) {
+	cfg, sbCfg := in.cfg, in.sb.config
+	sc := cfg.GetLinux().GetSecurityContext()
+	podNS := sbCfg.GetLinux().GetSecurityContext().GetNamespaceOptions()
+	args, err := processArgs(cfg, in.image)
+	if err != nil {
+		return nil, nil, err
+	}
+	hostname := sbCfg.Hostname
+	if hostname == "" || podNS.GetNetwork() == runtimeapi.NamespaceMode_NODE {
+		hostname, _ = os.Hostname()
+	}
+	env := []string{runtime.DefaultPath, "HOSTNAME=" + hostname}
+	env = append(env, in.image.Env...)
+	for _, kv := range cfg.Envs {
+		env = append(env, kv.Key+"="+string(kv.Value))
+	}
+	cwd := "/"
+	if cfg.WorkingDir != "" {
+		cwd = cfg.WorkingDir
+	} else if in.image.WorkingDir != "" {
+		cwd = in.image.WorkingDir
+	}
+	usr, err := resolveUser(in.rootfs, cfg, sbCfg, in.image.User)
+	if err != nil {
+		return nil, nil, err
+	}
+	spec := &specs.Spec{
+		Version: runtime.SpecVersion,
+		Root:    &specs.Root{Path: in.rootfs, Readonly: sc.GetReadonlyRootfs()},
+		Process: &specs.Process{
+			Terminal:        cfg.Tty,
+			Args:            args,
+			Env:             mergeEnv(env),
+			Cwd:             cwd,
+			User:            specs.User{UID: usr.UID, GID: usr.GID, AdditionalGids: usr.Groups},
+			NoNewPrivileges: sc.GetNoNewPrivs(),
+		},
+		Linux: &specs.Linux{
+			CgroupsPath: s.cgroupsPath(in.sb.CgroupParent, in.id),
+			Resources:   &specs.LinuxResources{Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}}},
+		},
+		Annotations: map[string]string{},
+	}
+	if err := s.containerMounts(spec, in); err != nil {
+		return nil, nil, err
+	}
+	if err := containerNamespaces(spec, in, podNS); err != nil {
+		return nil, nil, err
+	}
+	caps, err := s.capabilities(sc)
+	if err != nil {
+		return nil, nil, err
+	}
+	spec.Process.Capabilities = caps
+	// Masked and read-only paths are what the kubelet sends: its default
+	// set, or none for an Unmasked procMount (as containerd does).
+	spec.Linux.MaskedPaths = slices.Clone(sc.GetMaskedPaths())
+	spec.Linux.ReadonlyPaths = slices.Clone(sc.GetReadonlyPaths())
+	if err := addDevices(spec, cfg.Devices); err != nil {
+		return nil, nil, err
+	}
+	if err := applyResources(spec, cfg.GetLinux().GetResources()); err != nil {
+		return nil, nil, err
+	}
+	if sc.GetPrivileged() {
+		if err := makePrivileged(spec); err != nil {
+			return nil, nil, err
+		}
+	} else {
+		if spec.Linux.Seccomp, err = s.seccompProfile(spec, sc.GetSeccomp(), sc.GetSeccompProfilePath()); err != nil {
+			return nil, nil, err
+		}
+	}
+	maps.Copy(spec.Annotations, cfg.Annotations)
+	maps.Copy(spec.Annotations, map[string]string{
+		"io.kubernetes.cri.container-type":    "container",
+		"io.kubernetes.cri.container-name":    cfg.Metadata.Name,
+		"io.kubernetes.cri.sandbox-id":        in.sb.ID,
+		"io.kubernetes.cri.sandbox-name":      sbCfg.Metadata.GetName(),
+		"io.kubernetes.cri.sandbox-namespace": sbCfg.Metadata.GetNamespace(),
+		"io.kubernetes.cri.sandbox-uid":       sbCfg.Metadata.GetUid(),
+		"io.kubernetes.cri.image-name":        cfg.Image.GetImage(),
+	})
+	return spec, usr, nil
+}
+
+// processArgs merges command and args with the image's entrypoint and
+// cmd as Kubernetes defines it: a command replaces the entrypoint and
+// drops the image's cmd; args alone replace the cmd.
+func processArgs(cfg *runtimeapi.ContainerConfig, img *imgspec.ImageConfig) ([]string, error) {
+	command, args := cfg.Command, cfg.Args
+	if len(command) == 0 {
+		if len(args) == 0 {
+			args = img.Cmd
+		}
+		command = img.Entrypoint
+	}
+	all := append(slices.Clone(command), args...)
+	if len(all) == 0 {
+		return nil, invalidf("no command: neither the container config nor the image gives one")
+	}
+	return all, nil
+}
+
+// mergeEnv keeps the last value of each variable at its first position.
+func mergeEnv(env []string) []string {
+	idx := map[string]int{}
+	var out []string
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if i, ok := idx[k]; ok {
+			out[i] = kv
+			continue
+		}
+		idx[k] = len(out)
+		out = append(out, kv)
+	}
+	return out
+}
+
+// resolveUser finds the uid, gid and groups of the container's process
+// in the image's /etc/passwd and /etc/group, opened inside the root
+// filesystem so that no symlink in the image can point them elsewhere.
+func resolveUser(rootfs string, cfg *runtimeapi.ContainerConfig, sbCfg *runtimeapi.PodSandboxConfig, imageUser string) (*resolvedUser, error) {
+	sc := cfg.GetLinux().GetSecurityContext()
+	root, err := os.OpenRoot(rootfs)
+	if err != nil {
+		return nil, fmt.Errorf("open root filesystem: %w", err)
+	}
+	defer root.Close()
+	users, err := readPasswd(root)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		u         = &resolvedUser{}
+		name      string
+		groupSpec string
+		found     *user.User
+	)
+	switch {
+	case sc.GetRunAsUser() != nil:
+		u.UID = uint32(sc.GetRunAsUser().Value)
+	case sc.GetRunAsUsername() != "":
+		name = sc.GetRunAsUsername()
+	default:
+		spec, grp, _ := strings.Cut(imageUser, ":")
+		groupSpec = grp
+		if n, err := strconv.ParseUint(spec, 10, 32); err == nil {
+			u.UID = uint32(n)
+		} else {
+			name = spec
+		}
+	}
+	if name != "" {
+		for i := range users {
+			if users[i].Name == name {
+				found = &users[i]
+				break
+			}
+		}
+		if found == nil {
+			return nil, invalidf("user %q is not in the image's /etc/passwd", name)
+		}
+		u.UID = uint32(found.Uid)
+	} else {
+		for i := range users {
+			if uint32(users[i].Uid) == u.UID {
+				found = &users[i]
+				break
+			}
+		}
+	}
+	if found != nil {
+		u.GID = uint32(found.Gid)
+		name = found.Name
+	}
+	groups, err := readGroups(root)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case sc.GetRunAsGroup() != nil:
+		u.GID = uint32(sc.GetRunAsGroup().Value)
+	case groupSpec != "":
+		if n, err := strconv.ParseUint(groupSpec, 10, 32); err == nil {
+			u.GID = uint32(n)
+		} else {
+			i := slices.IndexFunc(groups, func(g user.Group) bool { return g.Name == groupSpec })
+			if i < 0 {
+				return nil, invalidf("group %q of the image's user is not in its /etc/group", groupSpec)
+			}
+			u.GID = uint32(groups[i].Gid)
+		}
+	}
+	gids := []uint32{u.GID}
+	policy := sc.GetSupplementalGroupsPolicy()
+	if policy == runtimeapi.SupplementalGroupsPolicy_Merge && name != "" {
+		for _, g := range groups {
+			if g.Name != name && slices.Contains(g.List, name) {
+				gids = append(gids, uint32(g.Gid))
+			}
+		}
+	}
+	for _, g := range sc.GetSupplementalGroups() {
+		gids = append(gids, uint32(g))
+	}
+	slices.Sort(gids[1:])
+	u.Groups = slices.Compact(gids)
+	return u, nil
+}
+
+func readPasswd(root *os.Root) ([]user.User, error) {
+	f, err := root.Open("etc/passwd")
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("image /etc/passwd: %w", err)
+	}
+	defer f.Close()
+	users, err := user.ParsePasswd(io.LimitReader(bufio.NewReader(f), 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("image /etc/passwd: %w", err)
+	}
+	return users, nil
+}
+
+func readGroups(root *os.Root) ([]user.Group, error) {
+	f, err := root.Open("etc/group")
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("image /etc/group: %w", err)
+	}
+	defer f.Close()
+	groups, err := user.ParseGroup(io.LimitReader(bufio.NewReader(f), 16<<20))
+	if err != nil {
+		return nil, fmt.Errorf("image /etc/group: %w", err)
+	}
+	return groups, nil
+}
+
+// Paths the pod provides to each container unless the CRI mounts them.
+const (
+	etcHostname = "/etc/hostname"
+	etcHosts    = "/etc/hosts"
+	etcResolv   = "/etc/resolv.conf"
+	devShm      = "/dev/shm"
+)
+
+// containerMounts: kernel filesystems, the pod's files, then the CRI
+// mounts, parents before children.
+func (s *Server) containerMounts(spec *specs.Spec, in specInput) error {
+	cfg := in.cfg
+	sc := cfg.GetLinux().GetSecurityContext()
+	requested := map[string]bool{}
+	for _, m := range cfg.Mounts {
+		requested[filepath.Clean(m.ContainerPath)] = true
+	}
+	var mounts []specs.Mount
+	for _, m := range runtime.DefaultMounts() {
+		dst := filepath.Clean(m.Destination)
+		if requested[dst] || dst == devShm || (requested["/dev"] && strings.HasPrefix(dst, "/dev/")) {
+			continue
+		}
+		mounts = append(mounts, m)
+	}
+	podDir := s.cfg.podDir(in.sb.ID)
+	ro := sc.GetReadonlyRootfs()
+	for _, f := range []struct{ dst, src string }{
+		{etcHostname, filepath.Join(podDir, "hostname")},
+		{etcHosts, filepath.Join(podDir, "hosts")},
+		{etcResolv, filepath.Join(podDir, "resolv.conf")},
+	} {
+		if requested[f.dst] {
+			continue
+		}
+		mounts = append(mounts, bindMount(f.src, f.dst, ro, "rprivate"))
+	}
+	if !requested[devShm] {
+		src := filepath.Join(podDir, "shm")
+		if in.sb.config.GetLinux().GetSecurityContext().GetNamespaceOptions().GetIpc() == runtimeapi.NamespaceMode_NODE {
+			src = devShm
+		}
+		mounts = append(mounts, bindMount(src, devShm, false, "rprivate", "nosuid", "nodev", "noexec"))
+	}
+	var criMounts []specs.Mount
+	for i, m := range cfg.Mounts {
+		src, err := filepath.EvalSymlinks(m.HostPath)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return invalidf("mounts[%d]: host_path %s does not exist", i, m.HostPath)
+			}
+			return fmt.Errorf("mounts[%d]: host_path %s: %w", i, m.HostPath, err)
+		}
+		var propagation string
+		switch m.Propagation {
+		case runtimeapi.MountPropagation_PROPAGATION_PRIVATE:
+			propagation = "rprivate"
+		case runtimeapi.MountPropagation_PROPAGATION_HOST_TO_CONTAINER:
+			if err := checkPropagation(src, "master:", "shared:"); err != nil {
+				return fmt.Errorf("mounts[%d]: host-to-container propagation: %w", i, err)
+			}
+			propagation = "rslave"
+			if spec.Linux.RootfsPropagation != "rshared" {
+				spec.Linux.RootfsPropagation = "rslave"
+			}
+		case runtimeapi.MountPropagation_PROPAGATION_BIDIRECTIONAL:
+			if !sc.GetPrivileged() {
+				return invalidf("mounts[%d]: bidirectional propagation needs a privileged container", i)
+			}
+			if err := checkPropagation(src, "shared:"); err != nil {
+				return fmt.Errorf("mounts[%d]: bidirectional propagation: %w", i, err)
+			}
+			propagation = "rshared"
+			spec.Linux.RootfsPropagation = "rshared"
+		}
+		bm := bindMount(src, m.ContainerPath, m.Readonly, propagation, m.MountOptions...)
+		if m.RecursiveReadOnly {
+			bm.Options = slices.DeleteFunc(bm.Options, func(o string) bool { return o == "ro" })
+			bm.Options = append(bm.Options, "rro")
+		}
+		criMounts = append(criMounts, bm)
+	}
+	// Parents first, so that no mount hides a deeper one.
+	sort.SliceStable(criMounts, func(i, j int) bool {
+		return depth(criMounts[i].Destination) < depth(criMounts[j].Destination)
+	})
+	spec.Mounts = append(mounts, criMounts...)
+	return nil
+}
+
+func depth(p string) int {
+	return strings.Count(filepath.Clean(p), "/")
+}
+
+func bindMount(src, dst string, readonly bool, propagation string, extra ...string) specs.Mount {
+	opts := []string{"rbind", propagation}
+	if readonly {
+		opts = append(opts, "ro")
+	} else {
+		opts = append(opts, "rw")
+	}
+	return specs.Mount{Source: src, Destination: dst, Type: "bind", Options: append(opts, extra...)}
+}
+
+// checkPropagation makes sure the mount holding path propagates as asked:
+// its optional fields have one of the wanted tags.
+func checkPropagation(path string, want ...string) error {
+	infos, err := mountinfo.GetMounts(mountinfo.ParentsFilter(path))
+	if err != nil {
+		return err
+	}
+	if len(infos) == 0 {
+		return fmt.Errorf("no mount holds %s", path)
+	}
+	sort.Slice(infos, func(i, j int) bool { return len(infos[i].Mountpoint) > len(infos[j].Mountpoint) })
+	for _, opt := range strings.Fields(infos[0].Optional) {
+		for _, w := range want {
+			if strings.HasPrefix(opt, w) {
+				return nil
+			}
+		}
+	}
+	return preconditionf("%s is on mount %s, which is not a shared mount (see mount --make-shared)", path, infos[0].Mountpoint)
+}
+
+// containerNamespaces joins the pause process's namespaces, per the
+// container's namespace options.
+func containerNamespaces(spec *specs.Spec, in specInput, podNS *runtimeapi.NamespaceOption) error {
+	ns := in.cfg.GetLinux().GetSecurityContext().GetNamespaceOptions()
+	proc := func(pid int, name string) string { return fmt.Sprintf("/proc/%d/ns/%s", pid, name) }
+	list := []specs.LinuxNamespace{{Type: specs.MountNamespace}}
+	if podNS.GetNetwork() != runtimeapi.NamespaceMode_NODE {
+		list = append(list,
+			specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: in.sb.NetNS},
+			specs.LinuxNamespace{Type: specs.UTSNamespace, Path: proc(in.pausePid, "uts")})
+	}
+	if podNS.GetIpc() != runtimeapi.NamespaceMode_NODE {
+		list = append(list, specs.LinuxNamespace{Type: specs.IPCNamespace, Path: proc(in.pausePid, "ipc")})
+	}
+	switch ns.GetPid() {
+	case runtimeapi.NamespaceMode_POD:
+		if podNS.GetPid() == runtimeapi.NamespaceMode_NODE {
+			return invalidf("linux.security_context.namespace_options.pid: POD, but the pod uses the host's pid namespace")
+		}
+		list = append(list, specs.LinuxNamespace{Type: specs.PIDNamespace, Path: proc(in.nsPid, "pid")})
+	case runtimeapi.NamespaceMode_TARGET:
+		list = append(list, specs.LinuxNamespace{Type: specs.PIDNamespace, Path: proc(in.nsPid, "pid")})
+	case runtimeapi.NamespaceMode_CONTAINER:
+		list = append(list, specs.LinuxNamespace{Type: specs.PIDNamespace})
+	}
+	// A cgroup namespace hides the host's hierarchy; on v1 it would break
+	// what containers expect, as containerd finds.
+	if cgroups.HostMode() == cgroups.Unified && !in.cfg.GetLinux().GetSecurityContext().GetPrivileged() {
+		list = append(list, specs.LinuxNamespace{Type: specs.CgroupNamespace})
+	}
+	spec.Linux.Namespaces = list
+	return nil
+}
+
+// capabilities applies add/drop (with ALL) to the default set.
+func (s *Server) capabilities(sc *runtimeapi.LinuxContainerSecurityContext) (*specs.LinuxCapabilities, error) {
+	base := s.cfg.DefaultCapabilities
+	if len(base) == 0 {
+		base = runtime.DefaultCapabilities
+	}
+	set := map[string]bool{}
+	for _, c := range base {
+		n, err := capabilityName(c)
+		if err != nil {
+			return nil, fmt.Errorf("default_capabilities: %w", err)
+		}
+		set[n] = true
+	}
+	all := func() []string {
+		var out []string
+		caps, _ := capability.ListSupported()
+		for _, c := range caps {
+			out = append(out, "CAP_"+strings.ToUpper(c.String()))
+		}
+		return out
+	}
+	add, drop := sc.GetCapabilities().GetAddCapabilities(), sc.GetCapabilities().GetDropCapabilities()
+	for _, c := range drop {
+		n, _ := capabilityName(c)
+		if n == "ALL" {
+			clear(set)
+			continue
+		}
+		delete(set, n)
+	}
+	for _, c := range add {
+		n, _ := capabilityName(c)
+		if n == "ALL" {
+			for _, a := range all() {
+				set[a] = true
+			}
+			continue
+		}
+		set[n] = true
+	}
+	list := sortedKeys(set)
+	caps := &specs.LinuxCapabilities{Bounding: list, Permitted: slices.Clone(list), Effective: slices.Clone(list)}
+	for _, c := range sc.GetCapabilities().GetAddAmbientCapabilities() {
+		n, _ := capabilityName(c)
+		if n == "ALL" || !set[n] {
+			return nil, invalidf("ambient capability %s must also be in the container's capabilities", c)
+		}
+		caps.Ambient = append(caps.Ambient, n)
+		caps.Inheritable = append(caps.Inheritable, n)
+	}
+	return caps, nil
+}
+
+// seccompProfile turns a CRI seccomp choice into a filter. An unset
+// profile is Unconfined, as the CRI defines; the kubelet sends
+// RuntimeDefault where the pod or the node asks for it.
+func (s *Server) seccompProfile(spec *specs.Spec, p *runtimeapi.SecurityProfile, deprecatedPath string) (*specs.LinuxSeccomp, error) {
+	kind, ref := runtimeapi.SecurityProfile_Unconfined, ""
+	if p != nil {
+		kind, ref = p.ProfileType, p.LocalhostRef
+	} else {
+		switch {
+		case deprecatedPath == "runtime/default" || deprecatedPath == "docker/default":
+			kind = runtimeapi.SecurityProfile_RuntimeDefault
+		case strings.HasPrefix(deprecatedPath, "localhost/"):
+			kind, ref = runtimeapi.SecurityProfile_Localhost, strings.TrimPrefix(deprecatedPath, "localhost")
+		}
+	}
+	switch kind {
+	case runtimeapi.SecurityProfile_Unconfined:
+		return nil, nil
+	case runtimeapi.SecurityProfile_Localhost:
+		return loadSeccomp(ref, spec)
+	}
+	if s.cfg.SeccompProfile != "" {
+		return loadSeccomp(s.cfg.SeccompProfile, spec)
+	}
+	return runtime.DefaultSeccomp(spec)
+}
+
+// loadSeccomp reads a profile in the Docker/containerd JSON format.
+func loadSeccomp(path string, spec *specs.Spec) (*specs.LinuxSeccomp, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, invalidf("seccomp profile %s does not exist", path)
+		}
+		return nil, fmt.Errorf("seccomp profile %s: %w", path, err)
+	}
+	prof, err := seccomp.LoadProfile(string(data), spec)
+	if err != nil {
+		return nil, invalidf("seccomp profile %s: %v", path, err)
+	}
+	return prof, nil
+}
+
+// addDevices adds host devices (a directory adds every device under it).
+func addDevices(spec *specs.Spec, devs []*runtimeapi.Device) error {
+	for i, d := range devs {
+		perms := d.Permissions
+		if perms == "" {
+			perms = "rwm"
+		}
+		src, err := filepath.EvalSymlinks(d.HostPath)
+		if err != nil {
+			return invalidf("devices[%d]: host_path %s: %v", i, d.HostPath, err)
+		}
+		fi, err := os.Stat(src)
+		if err != nil {
+			return invalidf("devices[%d]: %v", i, err)
+		}
+		if fi.IsDir() {
+			found, err := devices.GetDevices(src)
+			if err != nil {
+				return fmt.Errorf("devices[%d]: %w", i, err)
+			}
+			for _, dev := range found {
+				dst := filepath.Join(d.ContainerPath, strings.TrimPrefix(dev.Path, src))
+				addDevice(spec, rune(dev.Type), dev.Major, dev.Minor, dev.FileMode, dev.Uid, dev.Gid, dst, perms)
+			}
+			continue
+		}
+		dev, err := devices.DeviceFromPath(src, perms)
+		if err != nil {
+			return invalidf("devices[%d]: %s is not a device node: %v", i, d.HostPath, err)
+		}
+		addDevice(spec, rune(dev.Type), dev.Major, dev.Minor, dev.FileMode, dev.Uid, dev.Gid, d.ContainerPath, perms)
+	}
+	return nil
+}
+
+func addDevice(spec *specs.Spec, typ rune, major, minor int64, mode fs.FileMode, uid, gid uint32, dst, perms string) {
+	t := string(typ)
+	spec.Linux.Devices = append(spec.Linux.Devices, specs.LinuxDevice{
+		Path: dst, Type: t, Major: major, Minor: minor, FileMode: &mode, UID: &uid, GID: &gid,
+	})
+	spec.Linux.Resources.Devices = append(spec.Linux.Resources.Devices, specs.LinuxDeviceCgroup{
+		Allow: true, Type: t, Major: &major, Minor: &minor, Access: perms,
+	})
+}
+
+// makePrivileged: every capability and host device, no seccomp, no masked
+// paths, writable /sys and cgroups, as other runtimes do it.
+func makePrivileged(spec *specs.Spec) error {
+	caps, err := capability.ListSupported()
+	if err != nil {
+		return err
+	}
+	var all []string
+	for _, c := range caps {
+		all = append(all, "CAP_"+strings.ToUpper(c.String()))
+	}
+	spec.Process.Capabilities = &specs.LinuxCapabilities{Bounding: all, Permitted: slices.Clone(all), Effective: slices.Clone(all)}
+	spec.Linux.Seccomp = nil
+	spec.Linux.MaskedPaths, spec.Linux.ReadonlyPaths = nil, nil
+	for i, m := range spec.Mounts {
+		if m.Destination == "/sys" || m.Destination == "/sys/fs/cgroup" {
+			spec.Mounts[i].Options = slices.DeleteFunc(slices.Clone(m.Options), func(o string) bool { return o == "ro" })
+			spec.Mounts[i].Options = append(spec.Mounts[i].Options, "rw")
+		}
+	}
+	host, err := devices.HostDevices()
+	if err != nil {
+		return fmt.Errorf("host devices: %w", err)
+	}
+	for _, d := range host {
+		if strings.HasPrefix(d.Path, "/dev/pts/") || d.Path == "/dev/console" || d.Path == "/dev/ptmx" {
+			continue
+		}
+		mode, uid, gid := d.FileMode, d.Uid, d.Gid
+		spec.Linux.Devices = append(spec.Linux.Devices, specs.LinuxDevice{
+			Path: d.Path, Type: string(rune(d.Type)), Major: d.Major, Minor: d.Minor, FileMode: &mode, UID: &uid, GID: &gid,
+		})
+	}
+	spec.Linux.Resources.Devices = []specs.LinuxDeviceCgroup{{Allow: true, Access: "rwm"}}
+	return nil
+}
+
+// applyResources maps CRI resources onto the spec; limits the host
+// cannot enforce (no swap accounting, no hugetlb controller) are left
+// out, as containerd tolerates them.
+func applyResources(spec *specs.Spec, r *runtimeapi.LinuxContainerResources) error {
+	if r == nil {
+		return nil
+	}
+	lr, err := linuxResources(r)
+	if err != nil {
+		return err
+	}
+	lr.Devices = spec.Linux.Resources.Devices
+	spec.Linux.Resources = lr
+	if r.OomScoreAdj != 0 {
+		adj := int(r.OomScoreAdj)
+		spec.Process.OOMScoreAdj = &adj
+	}
+	return nil
+}
+
+// linuxResources converts CRI resources to OCI ones.
+func linuxResources(r *runtimeapi.LinuxContainerResources) (*specs.LinuxResources, error) {
+	lr := &specs.LinuxResources{CPU: &specs.LinuxCPU{}, Memory: &specs.LinuxMemory{}}
+	if r.CpuPeriod != 0 {
+		lr.CPU.Period = ptr(uint64(r.CpuPeriod))
+	}
+	if r.CpuQuota != 0 {
+		lr.CPU.Quota = ptr(r.CpuQuota)
+	}
+	if r.CpuShares != 0 {
+		lr.CPU.Shares = ptr(uint64(r.CpuShares))
+	}
+	lr.CPU.Cpus, lr.CPU.Mems = r.CpusetCpus, r.CpusetMems
+	if r.MemoryLimitInBytes != 0 {
+		lr.Memory.Limit = ptr(r.MemoryLimitInBytes)
+	}
+	if r.MemorySwapLimitInBytes != 0 && swapAccounting() {
+		lr.Memory.Swap = ptr(r.MemorySwapLimitInBytes)
+	}
+	if len(r.HugepageLimits) > 0 && hugetlbAvailable() {
+		for _, h := range r.HugepageLimits {
+			lr.HugepageLimits = append(lr.HugepageLimits, specs.LinuxHugepageLimit{Pagesize: h.PageSize, Limit: h.Limit})
+		}
+	}
+	if len(r.Unified) > 0 {
+		lr.Unified = maps.Clone(r.Unified)
+	}
+	return lr, nil
+}
+
+// swapAccounting reports whether memory+swap limits can be set.
+func swapAccounting() bool {
+	if cgroups.HostMode() == cgroups.Unified {
+		_, err := os.Stat("/sys/fs/cgroup/init.scope/memory.swap.max")
+		if err == nil {
+			return true
+		}
+		_, err = os.Stat("/sys/fs/cgroup/system.slice/memory.swap.max")
+		return err == nil
+	}
+	_, err := os.Stat("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
+	return err == nil
+}
+
+// hugetlbAvailable reports whether the hugetlb controller is where
+// libcontainer will look for it (in hybrid mode it may sit on the v2
+// hierarchy, out of reach).
+func hugetlbAvailable() bool {
+	if cgroups.HostMode() == cgroups.Unified {
+		data, err := os.ReadFile("/sys/fs/cgroup/cgroup.controllers")
+		return err == nil && slices.Contains(strings.Fields(string(data)), "hugetlb")
+	}
+	var st unix.Statfs_t
+	return unix.Statfs("/sys/fs/cgroup/hugetlb", &st) == nil && st.Type == unix.CGROUP_SUPER_MAGIC
+}

@@ -1,0 +1,130 @@
+package image
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"strings"
+	"syscall"
+
+	"github.com/containers/image/v5/docker"
+	"github.com/docker/distribution/registry/api/errcode"
+	v2 "github.com/docker/distribution/registry/api/v2"
+)
+
+// Sentinel errors; the CRI layer turns them into gRPC status codes.
+var (
+	// ErrNotFound: no such image in the store.
+	ErrNotFound = errors.New("image not found")
+	// ErrUnknownImage: the registry has no such repository.
+	ErrUnknownImage = errors.New("image does not exist in the registry")
+	// ErrUnknownTag: the repository has no such tag or digest.
+	ErrUnknownTag = errors.New("tag or digest does not exist in the registry")
+	// ErrUnauthorized: credentials missing or refused.
+	ErrUnauthorized = errors.New("registry refused the credentials")
+	// ErrUnreachable: the registry could not be reached.
+	ErrUnreachable = errors.New("registry unreachable")
+	// ErrPlatform: the image has no variant for this node's platform.
+	ErrPlatform = errors.New("image has no variant for this platform")
+	// ErrDigestMismatch: content did not match its digest.
+	ErrDigestMismatch = errors.New("content does not match its digest")
+	// ErrDiskFull: the store ran out of space.
+	ErrDiskFull = errors.New("no space left in the image store")
+	// ErrInvalidReference: the name is not a valid image reference.
+	ErrInvalidReference = errors.New("invalid image reference")
+	// ErrBlocked: registries.conf or policy.json forbids the pull.
+	ErrBlocked = errors.New("pull not allowed by registries.conf or policy.json")
+	// ErrInUse: the image is used by a container.
+	ErrInUse = errors.New("image is in use")
+	// ErrBadImage: the image's manifest, config or layers are malformed.
+	ErrBadImage = errors.New("malformed image")
+)
+
+// kindError gives an error one of the sentinel kinds, keeping its text.
+type kindError struct {
+	kind error
+	err  error
+}
+
+func (e *kindError) Error() string        { return e.err.Error() }
+func (e *kindError) Unwrap() error        { return e.err }
+func (e *kindError) Is(target error) bool { return target == e.kind }
+
+func withKind(kind, err error) error {
+	if err == nil {
+		return nil
+	}
+	var ke *kindError
+	if errors.As(err, &ke) {
+		return err
+	}
+	return &kindError{kind: kind, err: err}
+}
+
+// classifyPullError names what went wrong in a pull, from the registry's
+// and the kernel's errors, in a way a person can act on.
+func classifyPullError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ke *kindError
+	if errors.As(err, &ke) {
+		return err
+	}
+	var unauth docker.ErrUnauthorizedForCredentials
+	if errors.As(err, &unauth) {
+		return withKind(ErrUnauthorized, err)
+	}
+	var ec errcode.Error
+	if errors.As(err, &ec) {
+		switch ec.Code {
+		case v2.ErrorCodeNameUnknown:
+			return withKind(ErrUnknownImage, err)
+		case v2.ErrorCodeManifestUnknown, v2.ErrorCodeBlobUnknown:
+			return withKind(ErrUnknownTag, err)
+		case errcode.ErrorCodeUnauthorized, errcode.ErrorCodeDenied:
+			return withKind(ErrUnauthorized, err)
+		}
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) && (errno == syscall.ENOSPC || errno == syscall.EDQUOT) {
+		return withKind(ErrDiskFull, err)
+	}
+	var netErr net.Error
+	var opErr *net.OpError
+	if errors.As(err, &opErr) || errors.As(err, &netErr) {
+		return withKind(ErrUnreachable, err)
+	}
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "manifest unknown"):
+		return withKind(ErrUnknownTag, err)
+	case strings.Contains(msg, "name unknown"), strings.Contains(msg, "repository name not known"):
+		return withKind(ErrUnknownImage, err)
+	case strings.Contains(msg, "no image found in manifest list"),
+		strings.Contains(msg, "no image found in image index"):
+		return withKind(ErrPlatform, err)
+	case strings.Contains(msg, "is blocked in"), strings.Contains(msg, "Source image rejected"):
+		return withKind(ErrBlocked, err)
+	case strings.Contains(msg, "connection refused"), strings.Contains(msg, "no such host"),
+		strings.Contains(msg, "i/o timeout"), strings.Contains(msg, "unexpected EOF"),
+		strings.Contains(msg, "connection reset"):
+		return withKind(ErrUnreachable, err)
+	case strings.Contains(msg, "authentication required"), strings.Contains(msg, "unauthorized"):
+		return withKind(ErrUnauthorized, err)
+	}
+	if errors.Is(err, fs.ErrPermission) {
+		return err
+	}
+	return err
+}
+
+// diskFull wraps an I/O error from the store with a clear message.
+func storeIOError(what string, err error) error {
+	var errno syscall.Errno
+	if errors.As(err, &errno) && (errno == syscall.ENOSPC || errno == syscall.EDQUOT) {
+		return withKind(ErrDiskFull, fmt.Errorf("%s: the image store is full: %w", what, err))
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}

@@ -1,0 +1,288 @@
+package image
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/moby/sys/mountinfo"
+	digest "github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
+)
+
+// ErrRootfsExists: a root filesystem with this id exists already.
+var ErrRootfsExists = errors.New("root filesystem already exists")
+
+// Rootfs is a container's root filesystem: the image's layers, shared
+// and read-only, under a writable layer of the container's own.
+type Rootfs struct {
+	ID      string
+	ImageID string
+	// Path is where the overlay is mounted.
+	Path string
+}
+
+func (s *Store) rootfsDir(id string, elem ...string) string {
+	return filepath.Join(append([]string{s.root, "containers", id}, elem...)...)
+}
+
+// CreateRootfs makes and mounts a root filesystem for the container id
+// from an image. Nothing is left behind if it fails.
+func (s *Store) CreateRootfs(id, imageRef string) (_ *Rootfs, retErr error) {
+	if err := validRootfsID(id); err != nil {
+		return nil, err
+	}
+	var rec rootfsRecord
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketRootfs).Get([]byte(id)) != nil {
+			return withKind(ErrRootfsExists, fmt.Errorf("root filesystem %s already exists", id))
+		}
+		imageID, err := s.resolve(tx, imageRef)
+		if err != nil {
+			return err
+		}
+		var img Image
+		if _, err := getJSON(tx.Bucket(bucketImages), imageID, &img); err != nil {
+			return err
+		}
+		rec = rootfsRecord{ID: id, ImageID: imageID, Layers: img.Layers, Created: time.Now().UTC()}
+		return putJSON(tx.Bucket(bucketRootfs), id, &rec)
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			if err := s.RemoveRootfs(id); err != nil {
+				s.log.Warn("undo root filesystem", "container", id, "error", err)
+			}
+		}
+	}()
+	for _, d := range []string{"upper", "work", "merged"} {
+		if err := os.MkdirAll(s.rootfsDir(id, d), 0o755); err != nil {
+			return nil, storeIOError("root filesystem "+id, err)
+		}
+	}
+	if err := s.mount(&rec); err != nil {
+		return nil, err
+	}
+	return &Rootfs{ID: id, ImageID: rec.ImageID, Path: s.rootfsDir(id, "merged")}, nil
+}
+
+// MountRootfs mounts a recorded root filesystem again if it is not
+// mounted (after a reboot, or a restart that found it unmounted).
+func (s *Store) MountRootfs(id string) (*Rootfs, error) {
+	rec, err := s.rootfsRecord(id)
+	if err != nil {
+		return nil, err
+	}
+	if ok, _ := mountinfo.Mounted(s.rootfsDir(id, "merged")); !ok {
+		if err := s.mount(rec); err != nil {
+			return nil, err
+		}
+	}
+	return &Rootfs{ID: id, ImageID: rec.ImageID, Path: s.rootfsDir(id, "merged")}, nil
+}
+
+// Rootfses lists the recorded root filesystems.
+func (s *Store) Rootfses() ([]Rootfs, error) {
+	var out []Rootfs
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRootfs).ForEach(func(_, v []byte) error {
+			var r rootfsRecord
+			if err := json.Unmarshal(v, &r); err != nil {
+				return err
+			}
+			out = append(out, Rootfs{ID: r.ID, ImageID: r.ImageID, Path: s.rootfsDir(r.ID, "merged")})
+			return nil
+		})
+	})
+	return out, err
+}
+
+func (s *Store) rootfsRecord(id string) (*rootfsRecord, error) {
+	if err := validRootfsID(id); err != nil {
+		return nil, err
+	}
+	var rec rootfsRecord
+	var ok bool
+	err := s.db.View(func(tx *bolt.Tx) (err error) {
+		ok, err = getJSON(tx.Bucket(bucketRootfs), id, &rec)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, withKind(ErrNotFound, fmt.Errorf("root filesystem %s not found", id))
+	}
+	return &rec, nil
+}
+
+// RemoveRootfs unmounts and deletes a root filesystem; removing one that
+// does not exist is not an error. Layers only it used are collected.
+func (s *Store) RemoveRootfs(id string) error {
+	if err := validRootfsID(id); err != nil {
+		return err
+	}
+	merged := s.rootfsDir(id, "merged")
+	if err := unmountAll(merged); err != nil {
+		return fmt.Errorf("root filesystem %s: %w", id, err)
+	}
+	if err := os.RemoveAll(s.rootfsDir(id)); err != nil {
+		return storeIOError("remove root filesystem "+id, err)
+	}
+	if err := s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketRootfs).Delete([]byte(id)) }); err != nil {
+		return storeIOError("remove root filesystem "+id, err)
+	}
+	return s.GC()
+}
+
+// RootfsUsage measures a container's writable layer.
+func (s *Store) RootfsUsage(id string) (bytes, inodes int64, err error) {
+	if err := validRootfsID(id); err != nil {
+		return 0, 0, err
+	}
+	err = filepath.WalkDir(s.rootfsDir(id, "upper"), func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		inodes++
+		if info, err := d.Info(); err == nil && d.Type().IsRegular() {
+			if st, ok := info.Sys().(*syscall.Stat_t); ok {
+				bytes += st.Blocks * 512
+			}
+		}
+		return nil
+	})
+	return bytes, inodes, err
+}
+
+// mount mounts the overlay of a root filesystem.
+func (s *Store) mount(rec *rootfsRecord) error {
+	lowers := make([]string, 0, len(rec.Layers))
+	for i := len(rec.Layers) - 1; i >= 0; i-- {
+		lowers = append(lowers, s.layerPath(rec.Layers[i]))
+	}
+	if len(lowers) == 0 {
+		// An image without layers: overlay needs a lower directory.
+		empty := s.rootfsDir(rec.ID, "empty")
+		if err := os.MkdirAll(empty, 0o755); err != nil {
+			return storeIOError("root filesystem "+rec.ID, err)
+		}
+		lowers = append(lowers, empty)
+	}
+	err := mountOverlay(lowers, s.rootfsDir(rec.ID, "upper"), s.rootfsDir(rec.ID, "work"), s.rootfsDir(rec.ID, "merged"))
+	if err != nil {
+		return fmt.Errorf("mount root filesystem %s: %w", rec.ID, err)
+	}
+	return nil
+}
+
+// maxMountData is what mount(2) accepts in its data argument (a page).
+const maxMountData = 4095
+
+// mountOverlay mounts an overlay of lowers (top first) under upper. Where
+// the lower directories do not fit into one mount(2) option string, they
+// are passed one by one with the new mount API ("lowerdir+", Linux 6.8).
+func mountOverlay(lowers []string, upper, work, target string) error {
+	data := "lowerdir=" + strings.Join(escapeLowers(lowers), ":") + ",upperdir=" + upper + ",workdir=" + work
+	if len(data) <= maxMountData {
+		return unix.Mount("overlay", target, "overlay", 0, data)
+	}
+	if !lowerdirPlus() {
+		return fmt.Errorf("%d layers do not fit into one overlay mount on this kernel (needs Linux 6.8's lowerdir+)", len(lowers))
+	}
+	fd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("fsopen overlay: %w", err)
+	}
+	defer unix.Close(fd)
+	for _, l := range lowers {
+		if err := unix.FsconfigSetString(fd, "lowerdir+", l); err != nil {
+			return fmt.Errorf("overlay lowerdir+ %s: %w", l, err)
+		}
+	}
+	if err := unix.FsconfigSetString(fd, "upperdir", upper); err != nil {
+		return fmt.Errorf("overlay upperdir: %w", err)
+	}
+	if err := unix.FsconfigSetString(fd, "workdir", work); err != nil {
+		return fmt.Errorf("overlay workdir: %w", err)
+	}
+	if err := unix.FsconfigCreate(fd); err != nil {
+		return fmt.Errorf("create overlay: %w", err)
+	}
+	mfd, err := unix.Fsmount(fd, unix.FSMOUNT_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("fsmount overlay: %w", err)
+	}
+	defer unix.Close(mfd)
+	return unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH)
+}
+
+// escapeLowers escapes the characters overlay's option parser treats
+// specially in lower directory paths.
+func escapeLowers(lowers []string) []string {
+	out := make([]string, len(lowers))
+	r := strings.NewReplacer(`\`, `\\`, `:`, `\:`, `,`, `\,`)
+	for i, l := range lowers {
+		out[i] = r.Replace(l)
+	}
+	return out
+}
+
+var lowerdirPlus = sync.OnceValue(func() bool {
+	fd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	// An empty value is refused with EINVAL by kernels that know the key
+	// and with another error (or accepted) by those that do not; probe
+	// with a path that exists.
+	return unix.FsconfigSetString(fd, "lowerdir+", "/") == nil
+})
+
+// unmountAll unmounts whatever is mounted at target (overlays stacked by
+// a retry included); not mounted is fine.
+func unmountAll(target string) error {
+	for i := 0; i < 8; i++ {
+		err := unix.Unmount(target, 0)
+		switch {
+		case err == nil:
+			continue
+		case errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOENT):
+			return nil
+		case errors.Is(err, unix.EBUSY):
+			// Still used by a process of a container being torn down:
+			// detach now, the kernel finishes when the last user goes.
+			if err := unix.Unmount(target, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+				return fmt.Errorf("unmount %s: %w", target, err)
+			}
+		default:
+			return fmt.Errorf("unmount %s: %w", target, err)
+		}
+	}
+	return fmt.Errorf("unmount %s: still mounted", target)
+}
+
+// validRootfsID keeps ids to one safe path component.
+func validRootfsID(id string) error {
+	if id == "" || id == "." || id == ".." || len(id) > 256 || strings.ContainsAny(id, "/\x00") {
+		return fmt.Errorf("invalid root filesystem id %q", id)
+	}
+	return nil
+}
+
+var _ = digest.Canonical

@@ -1,0 +1,189 @@
+// Package crilog writes container output in the kubelet's CRI log format:
+//
+//	<RFC3339Nano timestamp> <stdout|stderr> <F|P> <content>
+//
+// one record per line of output; a line longer than MaxLine is split into
+// partial (P) records ending with a full (F) one, as containerd and CRI-O
+// split them, so that the kubelet can join them again.
+package crilog
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// MaxLine is the longest content of one record.
+const MaxLine = 16 * 1024
+
+// File is a CRI log file shared by a container's streams. Reopen lets the
+// kubelet rotate it.
+type File struct {
+	mu   sync.Mutex
+	path string
+	f    *os.File
+	now  func() time.Time
+}
+
+// Open opens (creating) the log file for appending.
+func Open(path string) (*File, error) {
+	l := &File{path: path, now: time.Now}
+	if err := l.open(); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *File) open() error {
+	if err := os.MkdirAll(filepath.Dir(l.path), 0o755); err != nil {
+		return fmt.Errorf("log directory: %w", err)
+	}
+	f, err := os.OpenFile(l.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("open log %s: %w", l.path, err)
+	}
+	l.f = f
+	return nil
+}
+
+// Reopen closes the file and opens the path again: after the kubelet has
+// renamed the old file away, writes go to a new one.
+func (l *File) Reopen() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f != nil {
+		l.f.Close()
+		l.f = nil
+	}
+	return l.open()
+}
+
+// Close closes the file.
+func (l *File) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil
+	}
+	err := l.f.Close()
+	l.f = nil
+	return err
+}
+
+// record writes one record; partial marks it P.
+func (l *File) record(stream string, partial bool, content []byte) error {
+	tag := "F"
+	if partial {
+		tag = "P"
+	}
+	var b bytes.Buffer
+	b.Grow(len(content) + 48)
+	b.WriteString(l.now().Format(time.RFC3339Nano))
+	b.WriteByte(' ')
+	b.WriteString(stream)
+	b.WriteByte(' ')
+	b.WriteString(tag)
+	b.WriteByte(' ')
+	b.Write(content)
+	b.WriteByte('\n')
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return os.ErrClosed
+	}
+	_, err := l.f.Write(b.Bytes())
+	return err
+}
+
+// Copy reads a stream of output and logs it until EOF; every extra writer
+// (attach clients) gets the raw bytes too, and is dropped once a write to
+// it fails. It returns when r is exhausted.
+func (l *File) Copy(stream string, r io.Reader, tee *Tee) error {
+	buf := make([]byte, 32*1024)
+	var line []byte
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			chunk := buf[:n]
+			if tee != nil {
+				tee.Write(chunk)
+			}
+			for len(chunk) > 0 {
+				i := bytes.IndexByte(chunk, '\n')
+				if i < 0 {
+					line = append(line, chunk...)
+					chunk = nil
+				} else {
+					line = append(line, chunk[:i]...)
+					chunk = chunk[i+1:]
+					l.flush(stream, &line, false)
+					continue
+				}
+				for len(line) >= MaxLine {
+					_ = l.record(stream, true, line[:MaxLine])
+					line = append(line[:0], line[MaxLine:]...)
+				}
+			}
+		}
+		if err != nil {
+			if len(line) > 0 {
+				l.flush(stream, &line, false)
+			}
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+func (l *File) flush(stream string, line *[]byte, partial bool) {
+	for len(*line) > MaxLine {
+		_ = l.record(stream, true, (*line)[:MaxLine])
+		*line = (*line)[MaxLine:]
+	}
+	_ = l.record(stream, partial, *line)
+	*line = (*line)[:0]
+}
+
+// Tee hands a stream's bytes to any number of attached writers.
+type Tee struct {
+	mu sync.Mutex
+	ws []io.WriteCloser
+}
+
+// Add attaches a writer.
+func (t *Tee) Add(w io.WriteCloser) {
+	t.mu.Lock()
+	t.ws = append(t.ws, w)
+	t.mu.Unlock()
+}
+
+// Write copies p to every writer, dropping those that fail.
+func (t *Tee) Write(p []byte) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	kept := t.ws[:0]
+	for _, w := range t.ws {
+		if _, err := w.Write(p); err != nil {
+			w.Close()
+			continue
+		}
+		kept = append(kept, w)
+	}
+	t.ws = kept
+}
+
+// CloseAll closes every writer: the stream has ended.
+func (t *Tee) CloseAll() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, w := range t.ws {
+		w.Close()
+	}
+	t.ws = nil
+}

@@ -1,0 +1,154 @@
+// Package reaper collects the exit status of every child of this process
+// and of every orphan reparented to it (the process is made a child
+// subreaper), and hands each exit to whoever waits for that pid.
+//
+// A process that reaps with wait4(-1) must not also let os/exec reap with
+// wait4(pid): start children with Start, never call Wait, and take their
+// exit from Subscribe.
+package reaper
+
+import (
+	"os"
+	"os/signal"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Exit is how a process ended.
+type Exit struct {
+	Pid int
+	// Status is the exit code, or 128+signal when a signal killed it.
+	Status int
+	// Signal is the signal that killed it, or 0.
+	Signal unix.Signal
+	Time   time.Time
+}
+
+// unclaimedTTL bounds how long an exit nobody waited for is kept: long
+// enough for a subscriber that learns the pid just after the exit.
+const unclaimedTTL = 5 * time.Minute
+
+// Reaper is the process-wide exit collector.
+type Reaper struct {
+	mu        sync.Mutex
+	waiters   map[int][]chan Exit
+	unclaimed map[int]Exit
+	observers []func(Exit)
+}
+
+var (
+	once    sync.Once
+	global  *Reaper
+	initErr error
+)
+
+// Start makes this process a child subreaper and starts reaping. It is
+// idempotent and returns the process's one Reaper.
+func Start() (*Reaper, error) {
+	once.Do(func() {
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			initErr = os.NewSyscallError("prctl(PR_SET_CHILD_SUBREAPER)", err)
+			return
+		}
+		global = &Reaper{waiters: map[int][]chan Exit{}, unclaimed: map[int]Exit{}}
+		sigs := make(chan os.Signal, 128)
+		signal.Notify(sigs, unix.SIGCHLD)
+		go global.loop(sigs)
+	})
+	return global, initErr
+}
+
+func (r *Reaper) loop(sigs chan os.Signal) {
+	// A periodic sweep as well: SIGCHLDs coalesce, and a missed one must
+	// not leave a zombie forever.
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-sigs:
+		case <-tick.C:
+		}
+		r.reapAll()
+	}
+}
+
+func (r *Reaper) reapAll() {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || pid <= 0 {
+			break
+		}
+		e := Exit{Pid: pid, Time: time.Now()}
+		if ws.Signaled() {
+			e.Signal = ws.Signal()
+			e.Status = 128 + int(e.Signal)
+		} else {
+			e.Status = ws.ExitStatus()
+		}
+		r.deliver(e)
+	}
+	r.expire()
+}
+
+func (r *Reaper) deliver(e Exit) {
+	r.mu.Lock()
+	ws := r.waiters[e.Pid]
+	delete(r.waiters, e.Pid)
+	if len(ws) == 0 {
+		r.unclaimed[e.Pid] = e
+	}
+	obs := r.observers
+	r.mu.Unlock()
+	for _, w := range ws {
+		w <- e
+	}
+	for _, o := range obs {
+		o(e)
+	}
+}
+
+func (r *Reaper) expire() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for pid, e := range r.unclaimed {
+		if time.Since(e.Time) > unclaimedTTL {
+			delete(r.unclaimed, pid)
+		}
+	}
+}
+
+// Subscribe returns a channel that receives the exit of pid, also if it
+// has happened already (within unclaimedTTL).
+func (r *Reaper) Subscribe(pid int) <-chan Exit {
+	ch := make(chan Exit, 1)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e, ok := r.unclaimed[pid]; ok {
+		delete(r.unclaimed, pid)
+		ch <- e
+		return ch
+	}
+	r.waiters[pid] = append(r.waiters[pid], ch)
+	return ch
+}
+
+// Observe calls fn with every exit, after the subscribers of its pid.
+func (r *Reaper) Observe(fn func(Exit)) {
+	r.mu.Lock()
+	r.observers = append(r.observers, fn)
+	r.mu.Unlock()
+}
+
+// Forget drops a subscription no one will read.
+func (r *Reaper) Forget(pid int) {
+	r.mu.Lock()
+	delete(r.waiters, pid)
+	delete(r.unclaimed, pid)
+	r.mu.Unlock()
+}

@@ -1,0 +1,404 @@
+// Package testutil holds what berth's end-to-end suites share: where the
+// built binaries are, busybox bundles, running commands with timeouts,
+// and the leak checks and clean-up every suite ends with.
+package testutil
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	bcgroups "github.com/berth-runtime/berth/cgroups"
+	bruntime "github.com/berth-runtime/berth/runtime"
+)
+
+// CgroupParent is the only cgroup the suites create cgroups under; Main
+// checks it is empty after the tests and removes it.
+const CgroupParent = "/berth-test"
+
+// T is the part of testing.TB the helpers use, so that programs other
+// than tests (the benchmarks) can use them too.
+type T interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	TempDir() string
+	Cleanup(func())
+}
+
+// RepoRoot is the directory holding go.mod, found upwards from the working
+// directory (go test runs in the package's directory). Source paths from
+// runtime.Caller are no use here: -trimpath makes them module-relative.
+func RepoRoot() string {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "."
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			return dir
+		}
+	}
+}
+
+// BinDir is where the binaries under test are: $BERTH_BIN_DIR, or bin/.
+func BinDir() string {
+	if d := os.Getenv("BERTH_BIN_DIR"); d != "" {
+		return d
+	}
+	return filepath.Join(RepoRoot(), "bin")
+}
+
+// Bin returns the path of a built binary, failing the test if it is
+// missing.
+func Bin(t testing.TB, name string) string {
+	t.Helper()
+	p := filepath.Join(BinDir(), name)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("%s not built (%v): run `make build` first, or set BERTH_BIN_DIR", p, err)
+	}
+	return p
+}
+
+// RequireRoot skips a test that needs root when not run as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: end-to-end tests create namespaces, cgroups and mounts")
+	}
+}
+
+// RequireCommand fails the test when a program the test drives is not
+// installed; `make test` installs them all.
+func RequireCommand(t T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s is not installed; `make test` installs it (hack/install-deps.sh test)", name)
+	}
+	return p
+}
+
+var busyboxOnce = sync.OnceValues(func() (string, error) {
+	p, err := exec.LookPath("busybox")
+	if err != nil {
+		return "", errors.New("busybox not found; install busybox-static")
+	}
+	f, err := elf.Open(p)
+	if err != nil {
+		return "", fmt.Errorf("busybox %s: %w", p, err)
+	}
+	defer f.Close()
+	for _, prog := range f.Progs {
+		if prog.Type == elf.PT_INTERP {
+			return "", fmt.Errorf("busybox %s is dynamically linked; install busybox-static", p)
+		}
+	}
+	return p, nil
+})
+
+// BusyboxRootfs fills dir with a root filesystem of static busybox: every
+// applet as a symlink in /bin, and the directories programs expect.
+func BusyboxRootfs(t T, dir string) {
+	t.Helper()
+	if err := MakeBusyboxRootfs(dir); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// MakeBusyboxRootfs is BusyboxRootfs for programs that are not tests.
+func MakeBusyboxRootfs(dir string) error {
+	bb, err := busyboxOnce()
+	if err != nil {
+		return err
+	}
+	for _, d := range []string{"bin", "dev", "etc", "proc", "sys", "tmp", "root", "var/run"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			return err
+		}
+	}
+	data, err := os.ReadFile(bb)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "bin", "busybox"), data, 0o755); err != nil {
+		return err
+	}
+	applets, err := appletsOnce()
+	if err != nil {
+		return err
+	}
+	for _, a := range applets {
+		if a == "busybox" {
+			continue
+		}
+		if err := os.Symlink("busybox", filepath.Join(dir, "bin", a)); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+	}
+	files := map[string]string{
+		"etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\nuser:x:1000:1000:user:/tmp:/bin/sh\n",
+		"etc/group":  "root:x:0:\nnogroup:x:65534:\nuser:x:1000:\nextra:x:2000:user\n",
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+var appletsOnce = sync.OnceValues(func() ([]string, error) {
+	bb, err := busyboxOnce()
+	if err != nil {
+		return nil, err
+	}
+	out, err := exec.Command(bb, "--list").Output()
+	if err != nil {
+		return nil, fmt.Errorf("busybox --list: %w", err)
+	}
+	return strings.Fields(string(out)), nil
+})
+
+// Bundle is an OCI bundle in a temporary directory.
+type Bundle struct {
+	Dir  string
+	ID   string
+	Spec *specs.Spec
+}
+
+// NewBundle makes a busybox bundle running args (non-interactive) with
+// berth's hardened default spec, its cgroup under CgroupParent.
+func NewBundle(t testing.TB, id string, args ...string) *Bundle {
+	t.Helper()
+	dir := t.TempDir()
+	BusyboxRootfs(t, filepath.Join(dir, "rootfs"))
+	spec, err := bruntime.DefaultSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Process.Terminal = false
+	// Tests write into their rootfs; each has its own copy.
+	spec.Root.Readonly = false
+	if len(args) > 0 {
+		spec.Process.Args = args
+	}
+	spec.Linux.CgroupsPath = CgroupParent + "/" + id
+	b := &Bundle{Dir: dir, ID: id, Spec: spec}
+	b.Save(t)
+	return b
+}
+
+// Save writes the bundle's spec to config.json.
+func (b *Bundle) Save(t testing.TB) {
+	t.Helper()
+	data, err := json.MarshalIndent(b.Spec, "", "\t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(b.Dir, "config.json"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Rootfs is the bundle's root filesystem directory.
+func (b *Bundle) Rootfs() string { return filepath.Join(b.Dir, "rootfs") }
+
+// Result is what a finished command did.
+type Result struct {
+	Stdout   string
+	Stderr   string
+	ExitCode int
+}
+
+func (r Result) String() string {
+	return fmt.Sprintf("exit %d, stdout %q, stderr %q", r.ExitCode, r.Stdout, r.Stderr)
+}
+
+// CommandTimeout bounds every command the suites run, so a hang fails the
+// test instead of stalling CI.
+const CommandTimeout = 2 * time.Minute
+
+// Cmd describes a command to run.
+type Cmd struct {
+	Path  string
+	Args  []string
+	Dir   string
+	Stdin []byte
+	Env   []string
+}
+
+// Run runs the command to completion. Only failing to start it at all
+// fails the test; its exit code is the caller's to check. Output goes
+// through files, not pipes: a detached container keeps the command's
+// stdio open after the command has exited.
+func (c Cmd) Run(t testing.TB) Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), CommandTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, c.Path, c.Args...)
+	cmd.Dir = c.Dir
+	if c.Env != nil {
+		cmd.Env = append(os.Environ(), c.Env...)
+	}
+	stdout, stderr := tempFile(t), tempFile(t)
+	defer stdout.Close()
+	defer stderr.Close()
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	if c.Stdin != nil {
+		cmd.Stdin = bytes.NewReader(c.Stdin)
+	}
+	// A new process group, so that a timeout kills what the command
+	// started too (only processes this test started).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+	err := cmd.Run()
+	res := Result{Stdout: readAll(t, stdout), Stderr: readAll(t, stderr)}
+	var exitErr *exec.ExitError
+	switch {
+	case ctx.Err() != nil:
+		t.Fatalf("%s %s: timed out after %s; stdout %q stderr %q", c.Path, strings.Join(c.Args, " "), CommandTimeout, res.Stdout, res.Stderr)
+	case err == nil:
+	case errors.As(err, &exitErr):
+		res.ExitCode = exitErr.ExitCode()
+		if ws, ok := exitErr.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			res.ExitCode = 128 + int(ws.Signal())
+		}
+	default:
+		t.Fatalf("%s %s: %v", c.Path, strings.Join(c.Args, " "), err)
+	}
+	return res
+}
+
+func tempFile(t testing.TB) *os.File {
+	t.Helper()
+	f, err := os.CreateTemp("", "berth-test-out-*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Unlinked at once: nothing to clean up, even after a crash.
+	os.Remove(f.Name())
+	return f
+}
+
+func readAll(t testing.TB, f *os.File) string {
+	t.Helper()
+	if _, err := f.Seek(0, 0); err != nil {
+		t.Fatal(err)
+	}
+	data, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+// Alive reports whether pid is a live process: not gone and not a zombie
+// waiting for its parent (a detached container's init is reparented to
+// the host's init, which reaps it when it gets to it).
+func Alive(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses.
+	s := string(data)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 >= len(s) {
+		return false
+	}
+	state := s[i+2]
+	return state != 'Z' && state != 'X'
+}
+
+// Main runs a suite's tests, then checks that they left no cgroup under
+// CgroupParent, and removes it. A leak fails the run.
+func Main(m *testing.M) {
+	MainWith(m, nil)
+}
+
+// MainWith is Main with suite-wide fixtures: setup runs first with a
+// Scratch whose clean-ups run after the tests (and before the leak
+// check); a setup error fails the suite without running it.
+func MainWith(m *testing.M, setup func(*Scratch) error) {
+	code := 0
+	if setup != nil {
+		dir, err := os.MkdirTemp("", "berth-suite-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "suite setup:", err)
+			os.Exit(1)
+		}
+		s := NewScratch(dir)
+		if err := Guard(func() {
+			if err := setup(s); err != nil {
+				s.Fatal(err)
+			}
+		}); err != nil {
+			fmt.Fprintln(os.Stderr, "suite setup:", err)
+			code = 1
+		} else {
+			code = m.Run()
+		}
+		s.Close()
+		_ = os.RemoveAll(dir)
+	} else {
+		code = m.Run()
+	}
+	if os.Geteuid() == 0 {
+		if err := checkCgroupLeaks(); err != nil {
+			fmt.Fprintln(os.Stderr, "LEAK:", err)
+			if code == 0 {
+				code = 1
+			}
+		}
+		if err := bcgroups.RemoveTree(CgroupParent); err != nil {
+			fmt.Fprintln(os.Stderr, "clean up:", err)
+			if code == 0 {
+				code = 1
+			}
+		}
+	}
+	os.Exit(code)
+}
+
+// checkCgroupLeaks lists cgroups left below CgroupParent in any hierarchy.
+func checkCgroupLeaks() error {
+	var leaks []string
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*" + CgroupParent)
+	if fi, err := os.Stat("/sys/fs/cgroup" + CgroupParent); err == nil && fi.IsDir() {
+		roots = append(roots, "/sys/fs/cgroup"+CgroupParent)
+	}
+	for _, root := range roots {
+		entries, err := os.ReadDir(root)
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			if e.IsDir() {
+				leaks = append(leaks, filepath.Join(root, e.Name()))
+			}
+		}
+	}
+	if len(leaks) > 0 {
+		return fmt.Errorf("cgroups left behind: %s", strings.Join(leaks, ", "))
+	}
+	return nil
+}

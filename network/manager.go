@@ -1,0 +1,160 @@
+package network
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// Options configure a Manager.
+type Options struct {
+	// NetNSDir holds the pods' network namespace bind mounts.
+	NetNSDir string
+	// ConfDir holds CNI network configurations; BinDirs the plugins.
+	ConfDir string
+	BinDirs []string
+	// Timeout bounds one CNI plugin call.
+	Timeout time.Duration
+	Logger  *slog.Logger
+}
+
+// Pod is what the network needs to know of a pod.
+type Pod struct {
+	ID        string
+	Name      string
+	Namespace string
+	UID       string
+	// NetNS is the pod's network namespace path.
+	NetNS string
+	// PortMappings are hostPort mappings (portmap plugin).
+	PortMappings []PortMapping
+	// Bandwidth limits, bits per second (bandwidth plugin); 0 is none.
+	IngressBandwidth, EgressBandwidth int64
+	// DNS is passed to plugins that configure it.
+	DNS *DNS
+	// CgroupParent is passed to plugins that want it.
+	CgroupParent string
+}
+
+// PortMapping maps a host port to a pod port.
+type PortMapping struct {
+	HostPort      int32
+	ContainerPort int32
+	Protocol      string // tcp, udp, sctp
+	HostIP        string
+}
+
+// DNS is a pod's DNS configuration.
+type DNS struct {
+	Servers  []string
+	Searches []string
+	Options  []string
+}
+
+// Manager gives pods network namespaces and, through CNI, interfaces.
+type Manager struct {
+	opts Options
+	log  *slog.Logger
+
+	mu      sync.Mutex
+	podCIDR string
+	cni     *cniNetwork // nil until a usable configuration is found
+}
+
+// NewManager makes the namespace directory and loads the CNI
+// configuration if there is one.
+func NewManager(o Options) (*Manager, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = time.Minute
+	}
+	if err := os.MkdirAll(o.NetNSDir, 0o711); err != nil {
+		return nil, fmt.Errorf("netns directory: %w", err)
+	}
+	return &Manager{opts: o, log: o.Logger}, nil
+}
+
+// Close stops watching the configuration.
+func (m *Manager) Close() {}
+
+// SetPodCIDR records the node's pod CIDR (UpdateRuntimeConfig).
+func (m *Manager) SetPodCIDR(cidr string) {
+	m.mu.Lock()
+	m.podCIDR = cidr
+	m.mu.Unlock()
+}
+
+// NewNetNS creates a pod's network namespace.
+func (m *Manager) NewNetNS(podID string) (*NetNS, error) {
+	return NewNetNS(m.opts.NetNSDir, podID)
+}
+
+// RemoveNetNS removes a pod's namespace bind mount; a missing one is fine.
+func (m *Manager) RemoveNetNS(path string) error {
+	if path == "" {
+		return nil
+	}
+	if filepath.Dir(path) != filepath.Clean(m.opts.NetNSDir) {
+		return fmt.Errorf("refusing to remove %s: not under %s", path, m.opts.NetNSDir)
+	}
+	return (&NetNS{Path: path}).Remove()
+}
+
+// ErrNotReady: no usable CNI configuration.
+var ErrNotReady = errors.New("network not ready")
+
+// Status reports whether pods can get a network, and why not.
+func (m *Manager) Status() error {
+	_, err := m.network()
+	return err
+}
+
+// Setup runs CNI ADD for a pod and returns its IPs, primary first.
+func (m *Manager) Setup(ctx context.Context, pod Pod) ([]string, error) {
+	n, err := m.network()
+	if err != nil {
+		return nil, err
+	}
+	return n.add(ctx, pod)
+}
+
+// Teardown runs CNI DEL for a pod; it succeeds when the pod's network is
+// already gone, the namespace included.
+func (m *Manager) Teardown(ctx context.Context, pod Pod) error {
+	n, err := m.network()
+	if err != nil {
+		if errors.Is(err, ErrNotReady) {
+			return nil
+		}
+		return err
+	}
+	return n.del(ctx, pod)
+}
+
+// network returns the CNI network to use: the lexically first usable
+// configuration in ConfDir, reloaded when the directory changes.
+func (m *Manager) network() (*cniNetwork, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n, err := loadCNI(m.opts, m.cni)
+	if err != nil {
+		m.cni = nil
+		return nil, err
+	}
+	n.podCIDR = m.currentPodCIDR
+	m.cni = n
+	return n, nil
+}
+
+func (m *Manager) currentPodCIDR() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.podCIDR
+}
