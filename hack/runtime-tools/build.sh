@@ -11,7 +11,10 @@ if [ -f "$out/.version" ] && [ "$(cat "$out/.version")" = "$version" ]; then
 	exit 0
 fi
 mkdir -p "$out"
+# go list -m leaves .Dir empty until the module is in the cache: fetch it.
+go mod download github.com/opencontainers/runtime-tools
 src=$(go list -m -f '{{.Dir}}' github.com/opencontainers/runtime-tools)
+[ -n "$src" ] || { echo "build.sh: runtime-tools module not found" >&2; exit 1; }
 echo "building runtime-tools $version validation suite into $out" >&2
 go build -o "$out/" github.com/opencontainers/runtime-tools/validation/...
 CGO_ENABLED=0 go build -o "$out/runtimetest" github.com/opencontainers/runtime-tools/cmd/runtimetest
