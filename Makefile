@@ -4,7 +4,8 @@
 #   make test      install what the tests need, then every test (as root)
 #   make bench     benchmarks against runc/crun (and later containerd)
 #   make install   binaries into $(PREFIX)/bin
-#   make run       build, then run a container from a busybox bundle
+#   make run       build, start berthd and run a pod through berthctl
+#   make run-oci   build, then run a container from a busybox bundle with berth
 
 GO        ?= go
 CC        ?= gcc
@@ -17,7 +18,7 @@ VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # CLI library, no CRIU client, pure-Go user and host lookups.
 TAGS      := seccomp urfave_cli_no_docs runc_nocriu netgo osusergo containers_image_openpgp
 LDFLAGS   := -X main.version=$(VERSION)
-GOFLAGS   := -trimpath -tags '$(TAGS)'
+GO_FLAGS  := -trimpath -tags '$(TAGS)'
 # berth is linked statically: no dynamic loader at each of its two execs.
 STATIC    := -extldflags -static
 # Per-test-binary timeout; the whole suite must stay well under CI's limit.
@@ -28,7 +29,7 @@ TESTRUN   := $(if $(TEST),-run '$(TEST)',)
 
 BINARIES  := berth berth-shim pause berthd berthctl
 
-.PHONY: all build deps test-deps unit e2e test lint vet fmt install bench clean run fuzz fuzz-ci
+.PHONY: all build deps test-deps unit e2e test lint vet fmt install bench clean run run-oci fuzz fuzz-ci
 
 all: build
 
@@ -40,18 +41,18 @@ test-deps:
 
 build: deps
 	@mkdir -p $(BINDIR)
-	$(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS) $(STATIC)' -o $(BINDIR)/berth ./cmd/berth
-	CGO_ENABLED=0 $(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS)' -o $(BINDIR)/berth-shim ./cmd/berth-shim
+	$(GO) build $(GO_FLAGS) -ldflags '$(LDFLAGS) $(STATIC)' -o $(BINDIR)/berth ./cmd/berth
+	CGO_ENABLED=0 $(GO) build $(GO_FLAGS) -ldflags '$(LDFLAGS)' -o $(BINDIR)/berth-shim ./cmd/berth-shim
 	$(CC) -Os -static -s -Wall -Werror -o $(BINDIR)/pause cmd/pause/pause.c
-	$(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS)' -o $(BINDIR)/berthd ./cmd/berthd
-	$(GO) build $(GOFLAGS) -ldflags '$(LDFLAGS)' -o $(BINDIR)/berthctl ./cmd/berthctl
+	$(GO) build $(GO_FLAGS) -ldflags '$(LDFLAGS)' -o $(BINDIR)/berthd ./cmd/berthd
+	$(GO) build $(GO_FLAGS) -ldflags '$(LDFLAGS)' -o $(BINDIR)/berthctl ./cmd/berthctl
 
 lint: vet
 	@out=$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 vet:
-	$(GO) vet $(GOFLAGS) ./...
+	$(GO) vet $(GO_FLAGS) ./...
 
 fmt:
 	gofmt -w $$(find . -name '*.go' -not -path './.git/*')
@@ -59,7 +60,7 @@ fmt:
 # Unit tests: everything outside conformance/. Some (the shim's) drive the
 # built binaries too.
 unit: build
-	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) $(GO) test $(GOFLAGS) -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v /conformance/)
+	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) $(GO) test $(GO_FLAGS) -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v /conformance/)
 
 # End-to-end tests drive the built binaries as root. One package at a time:
 # they share the host's cgroups and network.
@@ -67,7 +68,7 @@ RUNTIME_TOOLS := $(CURDIR)/.cache/runtime-tools
 
 e2e: build
 	hack/runtime-tools/build.sh $(RUNTIME_TOOLS)
-	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_RUNTIME_TOOLS=$(RUNTIME_TOOLS) $(GO) test $(GOFLAGS) -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TESTRUN) ./conformance/...
+	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_RUNTIME_TOOLS=$(RUNTIME_TOOLS) $(GO) test $(GO_FLAGS) -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TESTRUN) ./conformance/...
 
 # Fuzz targets as package:Target. CI runs each for FUZZ_CI_TIME; `make
 # fuzz` for FUZZTIME. Minimization is off: on two cores it stalls the
@@ -83,13 +84,13 @@ fuzz-ci:
 	@set -e; for ft in $(FUZZ_TARGETS); do \
 		pkg=$${ft%%:*}; fn=$${ft##*:}; \
 		echo "fuzz $$fn ($$pkg) for $(FUZZ_CI_TIME)"; \
-		$(GO) test $(GOFLAGS) -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZ_CI_TIME) -fuzzminimizetime 0s $$pkg; \
+		$(GO) test $(GO_FLAGS) -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZ_CI_TIME) -fuzzminimizetime 0s $$pkg; \
 	done
 
 fuzz:
 	@set -e; for ft in $(FUZZ_TARGETS); do \
 		pkg=$${ft%%:*}; fn=$${ft##*:}; \
-		$(GO) test $(GOFLAGS) -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 0s $$pkg; \
+		$(GO) test $(GO_FLAGS) -run '^$$' -fuzz "^$$fn$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 0s $$pkg; \
 	done
 
 test: test-deps build lint unit fuzz-ci e2e
@@ -100,9 +101,14 @@ install: build
 
 bench: build
 	@hack/install-deps.sh bench
-	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) $(GO) run $(GOFLAGS) ./conformance/bench/cmd/berth-bench -out bench/results
+	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) $(GO) run $(GO_FLAGS) ./conformance/bench/cmd/berth-bench -out bench/results
 
+# The main job: start berthd, pull an image with progress bars and run a
+# pod through berthctl; berthd keeps running. run-oci: the OCI CLI alone.
 run: build test-deps
+	$(GO) run $(GO_FLAGS) ./hack/demo -bin-dir $(CURDIR)/$(BINDIR)
+
+run-oci: build test-deps
 	@hack/demo.sh $(CURDIR)/$(BINDIR)/berth
 
 clean:

@@ -68,8 +68,12 @@ func (s *Server) emit(id, podID string, t runtimeapi.ContainerEventType) {
 			ev.ContainersStatuses = append(ev.ContainersStatuses, s.containerStatus(c))
 		}
 	}
+	s.publish(ev)
+}
+
+func (s *Server) publish(ev *runtimeapi.ContainerEventResponse) {
 	if n := s.events.publish(ev); n > 0 {
-		s.log.Warn("container event dropped for slow subscribers", "container", id, "type", t.String(), "subscribers", n)
+		s.log.Warn("container event dropped for slow subscribers", "container", ev.ContainerId, "type", ev.ContainerEventType.String(), "subscribers", n)
 	}
 }
 

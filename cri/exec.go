@@ -328,8 +328,12 @@ func (r streamRuntime) Attach(ctx context.Context, id string, in io.Reader, out,
 		go func() {
 			_, _ = io.Copy(input, in)
 			// The client closed its stdin: with stdin_once, so does the
-			// container's.
+			// container's. Our copy of the pipe's write end goes first, or
+			// the container would never see end-of-file.
 			if c.config.StdinOnce {
+				if input == stdio.Stdin {
+					_ = input.Close()
+				}
 				_ = client.CloseStdin(context.Background(), c.ID)
 			}
 		}()

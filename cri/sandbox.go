@@ -158,11 +158,20 @@ func (s *Server) removeSandboxLocked(ctx context.Context, sb *sandbox) error {
 	if err := s.store.releaseName("pod:"+sb.Name, sb.ID); err != nil {
 		return err
 	}
+	// The DELETED event carries the pod's last status: the record is
+	// gone once it is sent.
+	var last *runtimeapi.PodSandboxStatus
+	if s.events.subscribers() > 0 {
+		last = s.sandboxStatus(sb)
+	}
 	if err := s.store.deleteSandbox(sb.ID); err != nil {
 		return err
 	}
 	s.log.Info("pod sandbox removed", "pod", sb.ID, "name", sb.Name)
-	s.emit(sb.ID, sb.ID, runtimeapi.ContainerEventType_CONTAINER_DELETED_EVENT)
+	if last != nil {
+		s.publish(&runtimeapi.ContainerEventResponse{ContainerId: sb.ID, PodSandboxStatus: last,
+			ContainerEventType: runtimeapi.ContainerEventType_CONTAINER_DELETED_EVENT, CreatedAt: time.Now().UnixNano()})
+	}
 	return nil
 }
 

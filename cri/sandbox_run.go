@@ -29,6 +29,10 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandbo
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	// The sandbox's own events, as containerd sends them: evented PLEG
+	// learns of new pods from these.
+	s.emit(id, id, runtimeapi.ContainerEventType_CONTAINER_CREATED_EVENT)
+	s.emit(id, id, runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT)
 	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: id}, nil
 }
 

@@ -600,13 +600,25 @@ func addDevice(spec *specs.Spec, typ rune, major, minor int64, mode fs.FileMode,
 // makePrivileged: every capability and host device, no seccomp, no masked
 // paths, writable /sys and cgroups, as other runtimes do it.
 func makePrivileged(spec *specs.Spec) error {
+	// Every capability berthd itself holds, not every one the kernel
+	// knows: in a nested or restricted node (no CAP_SYS_RESOURCE, say) a
+	// child cannot be given more, and asking would fail the start.
 	caps, err := capability.ListSupported()
 	if err != nil {
 		return err
 	}
+	self, err := capability.NewPid2(0)
+	if err == nil {
+		err = self.Load()
+	}
+	if err != nil {
+		return fmt.Errorf("capabilities of berthd: %w", err)
+	}
 	var all []string
 	for _, c := range caps {
-		all = append(all, "CAP_"+strings.ToUpper(c.String()))
+		if self.Get(capability.BOUNDING, c) {
+			all = append(all, "CAP_"+strings.ToUpper(c.String()))
+		}
 	}
 	spec.Process.Capabilities = &specs.LinuxCapabilities{Bounding: all, Permitted: slices.Clone(all), Effective: slices.Clone(all)}
 	spec.Linux.Seccomp = nil

@@ -63,6 +63,17 @@ func (s *Server) pauseSpec(sb *sandbox, cfg *runtimeapi.PodSandboxConfig) (*spec
 		spec.Linux.Namespaces = append(spec.Linux.Namespaces,
 			specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: sb.NetNS},
 			specs.LinuxNamespace{Type: specs.UTSNamespace})
+		// sysfs has one superblock per network namespace, and the first
+		// mount decides whether it is read-only for every later one. The
+		// pause process mounts it first, writable in a privileged pod, so
+		// that privileged containers get a writable /sys whatever their
+		// unprivileged siblings (read-only per mount) did before them.
+		opt := "ro"
+		if cfg.GetLinux().GetSecurityContext().GetPrivileged() {
+			opt = "rw"
+		}
+		spec.Mounts = append(spec.Mounts, specs.Mount{Destination: "/sys", Type: "sysfs", Source: "sysfs",
+			Options: []string{"nosuid", "noexec", "nodev", opt}})
 	} else {
 		spec.Hostname = ""
 	}

@@ -77,7 +77,9 @@ func pullWithProgress(c *clients, req *runtimeapi.PullImageRequest, show bool) (
 		return r.id, r.err
 	}
 	admin := adminClient(c.socket)
-	p := mpb.New(mpb.WithOutput(os.Stderr), mpb.WithWidth(40), mpb.WithRefreshRate(150*time.Millisecond))
+	// Auto refresh also when stderr is not a terminal (a log, a pipe):
+	// without it mpb never completes the bars and Wait blocks forever.
+	p := mpb.New(mpb.WithOutput(os.Stderr), mpb.WithAutoRefresh(), mpb.WithWidth(40), mpb.WithRefreshRate(150*time.Millisecond))
 	bars := map[string]*mpb.Bar{}
 	states := map[string]*atomic.Value{}
 	ref := req.Image.Image
@@ -113,7 +115,10 @@ func pullWithProgress(c *clients, req *runtimeapi.PullImageRequest, show bool) (
 					if len(name) > 12 {
 						name = name[:12]
 					}
-					b = p.AddBar(max(l.Size, 0),
+					// Total 0: the bar completes only when told (SetTotal with
+					// complete), not by itself when Done reaches a total
+					// (mpb then ignores the completing SetTotal).
+					b = p.AddBar(0,
 						mpb.PrependDecorators(decor.Name(name, decor.WC{W: 13, C: decor.DindentRight}),
 							decor.Any(func(decor.Statistics) string { s, _ := st.Load().(string); return s }, decor.WC{W: 12, C: decor.DindentRight})),
 						mpb.AppendDecorators(decor.CountersKibiByte("% .1f / % .1f"), decor.Name(" "), decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", 30)),

@@ -126,7 +126,7 @@ func TestImageInUse(t *testing.T) {
 func TestPullWithCredentials(t *testing.T) {
 	reg := testutil.StartRegistry(t, testutil.RegistryOptions{Auth: true})
 	layout := testutil.BuildOCI(t, t.TempDir(), "v1", testutil.ImageSpec{Layers: []testutil.Layer{{Files: []testutil.File{{Path: "hello", Content: "hi"}}}}})
-	pushWithAuth(t, reg, layout, "private:v1")
+	reg.Push(t, layout, "private:v1")
 	conf := testutil.RegistriesConf(t, "", reg.Addr, suite.reg.Addr)
 	d := startDaemon(t, daemonOptions{registriesConf: conf})
 	ref := reg.Addr + "/private:v1"
@@ -228,16 +228,6 @@ func TestPullProgress(t *testing.T) {
 	}
 }
 
-// pushWithAuth pushes to a registry that wants credentials.
-func pushWithAuth(t *testing.T, reg *testutil.Registry, layout, repoTag string) {
-	t.Helper()
-	out, err := exec.Command("skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", reg.User+":"+reg.Password,
-		"oci:"+layout, "docker://"+reg.Addr+"/"+repoTag).CombinedOutput()
-	if err != nil {
-		t.Fatalf("skopeo copy: %v\n%s", err, out)
-	}
-}
-
 // slowProxy forwards TCP to addr, at most rate bytes per second towards
 // the client.
 func slowProxy(t *testing.T, addr string, rate int) string {
@@ -246,14 +236,34 @@ func slowProxy(t *testing.T, addr string, rate int) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	track := func(c net.Conn) {
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+	}
+	// Idle keep-alive connections would block the copiers forever: close
+	// every connection, then wait.
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
+			track(c)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
@@ -262,6 +272,7 @@ func slowProxy(t *testing.T, addr string, rate int) string {
 				if err != nil {
 					return
 				}
+				track(up)
 				defer up.Close()
 				go func() { _, _ = io.Copy(up, c) }()
 				buf := make([]byte, 32<<10)

@@ -1,0 +1,154 @@
+package cri_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/berth-runtime/berth/internal/testutil"
+)
+
+// berthctl runs the client against the test daemon and returns stdout,
+// failing the test on a non-zero exit.
+func (d *daemon) berthctl(t *testing.T, args ...string) string {
+	t.Helper()
+	out, errOut, err := d.berthctlErr(t, args...)
+	if err != nil {
+		t.Fatalf("berthctl %s: %v\n%s%s", strings.Join(args, " "), err, out, errOut)
+	}
+	return out
+}
+
+func (d *daemon) berthctlErr(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, testutil.Bin(t, "berthctl"), append([]string{"-r", "unix://" + d.socket, "--timeout", "90s"}, args...)...)
+	// A hung client dumps its goroutines into the failure message.
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
+	cmd.WaitDelay = 5 * time.Second
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	return stdout.String(), stderr.String(), err
+}
+
+// TestBerthctl is README's walk-through: pull with progress, a pod, a
+// container, exec, logs, and everything removed again, all through the
+// client.
+func TestBerthctl(t *testing.T) {
+	big := make([]byte, 3<<20)
+	if _, err := rand.Read(big); err != nil {
+		t.Fatal(err)
+	}
+	rootfs := t.TempDir()
+	testutil.BusyboxRootfs(t, rootfs)
+	layout := testutil.BuildOCI(t, t.TempDir(), "v1", testutil.ImageSpec{Layers: []testutil.Layer{
+		{Dir: rootfs},
+		{Files: []testutil.File{{Path: "big", Content: string(big)}}, Compression: "none"},
+	}})
+	suite.reg.Push(t, layout, "walkthrough:v1")
+	proxy := slowProxy(t, suite.reg.Addr, 2<<20)
+	d := startDaemon(t, daemonOptions{registriesConf: testutil.RegistriesConf(t, "", proxy, suite.reg.Addr)})
+	ref := proxy + "/walkthrough:v1"
+
+	_, progress, err := d.berthctlErr(t, "pull", ref)
+	if err != nil {
+		t.Fatalf("berthctl pull: %v\n%s", err, progress)
+	}
+	// A bar per layer, with byte counters.
+	if !strings.Contains(progress, "MiB") || strings.Count(progress, "KiB")+strings.Count(progress, "MiB") < 2 {
+		t.Errorf("no progress bars on stderr:\n%q", progress)
+	}
+	if out := d.berthctl(t, "images"); !strings.Contains(out, proxy+"/walkthrough") {
+		t.Errorf("images:\n%s", out)
+	}
+
+	dir := t.TempDir()
+	podJSON := filepath.Join(dir, "pod.json")
+	ctrJSON := filepath.Join(dir, "container.json")
+	writeJSON(t, podJSON, map[string]any{
+		"metadata":      map[string]string{"name": "walk", "namespace": "default", "uid": "walk-uid"},
+		"hostname":      "walk",
+		"log_directory": filepath.Join(dir, "logs"),
+		"linux":         map[string]any{},
+	})
+	writeJSON(t, ctrJSON, map[string]any{
+		"metadata": map[string]string{"name": "hello"},
+		"image":    map[string]string{"image": ref},
+		"command":  []string{"sh", "-c", "echo hello from berth; exec sleep 3600"},
+		"log_path": "hello.log",
+	})
+	pod := strings.TrimSpace(d.berthctl(t, "runp", podJSON))
+	ctr := strings.TrimSpace(d.berthctl(t, "create", pod, ctrJSON, podJSON))
+	d.berthctl(t, "start", ctr)
+
+	var listed []map[string]any
+	psOut := d.berthctl(t, "ps", "-o", "json")
+	var ps struct {
+		Containers []map[string]any `json:"containers"`
+	}
+	if err := json.Unmarshal([]byte(psOut), &ps); err != nil {
+		t.Fatalf("ps -o json: %v\n%s", err, psOut)
+	}
+	listed = ps.Containers
+	if len(listed) != 1 || listed[0]["id"] != ctr || listed[0]["state"] != "CONTAINER_RUNNING" {
+		t.Errorf("ps -o json: %s", psOut)
+	}
+	if out := d.berthctl(t, "pods"); !strings.Contains(out, pod[:13]) || !strings.Contains(out, "walk") {
+		t.Errorf("pods:\n%s", out)
+	}
+	if out := d.berthctl(t, "exec", ctr, "cat", "/big"); len(out) != len(big) {
+		t.Errorf("exec cat /big: %d bytes", len(out))
+	}
+	if _, _, err := d.berthctlErr(t, "exec", ctr, "sh", "-c", "exit 5"); err == nil {
+		t.Errorf("exec of a failing command: berthctl exited 0")
+	} else if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 5 {
+		t.Errorf("exec exit code: %v, want 5", err)
+	}
+	eventually(t, 10*time.Second, "berthctl logs", func() error {
+		if out, _, _ := d.berthctlErr(t, "logs", ctr); out != "hello from berth\n" {
+			return errNotYet
+		}
+		return nil
+	})
+	if out := d.berthctl(t, "inspect", ctr); !strings.Contains(out, "CONTAINER_RUNNING") {
+		t.Errorf("inspect:\n%s", out)
+	}
+	if out := d.berthctl(t, "stats", "-o", "json"); !strings.Contains(out, ctr) {
+		t.Errorf("stats:\n%s", out)
+	}
+
+	d.berthctl(t, "stop", "-t", "2", ctr)
+	d.berthctl(t, "rm", ctr)
+	d.berthctl(t, "stopp", pod)
+	d.berthctl(t, "rmp", pod)
+	d.berthctl(t, "rmi", ref)
+	if out := d.berthctl(t, "ps", "-a", "-q"); strings.TrimSpace(out) != "" {
+		t.Errorf("containers left: %s", out)
+	}
+	// A clear error for a missing pod.
+	_, errOut, err := d.berthctlErr(t, "inspectp", "no-such-pod")
+	if err == nil || !strings.Contains(errOut, "no-such-pod") {
+		t.Errorf("inspectp of a missing pod: %v %q", err, errOut)
+	}
+}
+
+func writeJSON(t *testing.T, path string, v any) {
+	t.Helper()
+	data, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,288 @@
+package cri_test
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"google.golang.org/grpc/codes"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// procStatus reads /proc/self/status inside a container (as the
+// container's process sees it: execs share its user and privileges).
+func (d *daemon) procStatus(t *testing.T, id string) map[string]string {
+	t.Helper()
+	out := d.mustExec(t, id, "cat", "/proc/self/status")
+	m := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok {
+			m[k] = strings.TrimSpace(v)
+		}
+	}
+	return m
+}
+
+// hostStatus is the test process's own /proc/self/status field.
+func hostStatus(t *testing.T, key string) string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(l, ":"); ok && k == key {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("no %s in /proc/self/status", key)
+	return ""
+}
+
+func int64p(v int64) *runtimeapi.Int64Value { return &runtimeapi.Int64Value{Value: v} }
+
+// TestUsersAndGroups resolves users and groups as the kubelet expects:
+// numeric ids, names from the image's /etc/passwd, supplemental groups
+// merged from its /etc/group or not (Strict).
+func TestUsersAndGroups(t *testing.T) {
+	d := startDaemon(t)
+	podCfg := d.podConfig("users")
+	pod := d.runPod(t, podCfg)
+
+	cases := []struct {
+		name  string
+		image string
+		sc    func(*runtimeapi.LinuxContainerSecurityContext)
+		// Uid/Gid lines start with the real id; Groups is a set.
+		uid, gid string
+		groups   []string
+		user     string // what ContainerStatus reports
+	}{
+		{"numeric", "", func(sc *runtimeapi.LinuxContainerSecurityContext) {
+			sc.RunAsUser, sc.RunAsGroup, sc.SupplementalGroups = int64p(1234), int64p(5678), []int64{4000}
+		}, "1234", "5678", []string{"4000", "5678"}, "1234"},
+		{"by-name", "", func(sc *runtimeapi.LinuxContainerSecurityContext) {
+			sc.RunAsUsername = "user"
+		}, "1000", "1000", []string{"1000", "2000"}, "1000"},
+		{"image-user-merge", suite.tools, func(sc *runtimeapi.LinuxContainerSecurityContext) {}, "1000", "1000", []string{"1000", "2000"}, "1000"},
+		{"image-user-strict", suite.tools, func(sc *runtimeapi.LinuxContainerSecurityContext) {
+			sc.SupplementalGroupsPolicy = runtimeapi.SupplementalGroupsPolicy_Strict
+			sc.SupplementalGroups = []int64{3000}
+		}, "1000", "1000", []string{"1000", "3000"}, "1000"},
+		{"root-default", "", func(sc *runtimeapi.LinuxContainerSecurityContext) {}, "0", "0", []string{"0"}, "0"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := containerConfig(c.name, c.image, "sleep", "3600")
+			if c.image == suite.tools {
+				cfg.Args = []string{"sleep 3600"} // through the image's sh -c entrypoint
+			}
+			c.sc(cfg.Linux.SecurityContext)
+			id := d.run(t, pod, podCfg, cfg)
+			st := d.procStatus(t, id)
+			if f := strings.Fields(st["Uid"]); len(f) == 0 || f[0] != c.uid {
+				t.Errorf("Uid %q, want %s", st["Uid"], c.uid)
+			}
+			if f := strings.Fields(st["Gid"]); len(f) == 0 || f[0] != c.gid {
+				t.Errorf("Gid %q, want %s", st["Gid"], c.gid)
+			}
+			groups := strings.Fields(st["Groups"])
+			slices.Sort(groups)
+			if !slices.Equal(groups, c.groups) {
+				t.Errorf("Groups %v, want %v", groups, c.groups)
+			}
+			resp, err := d.rt.ContainerStatus(ctxT(t), &runtimeapi.ContainerStatusRequest{ContainerId: id})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if u := resp.Status.GetUser().GetLinux(); u == nil || strconv.FormatInt(u.Uid, 10) != c.user {
+				t.Errorf("status user %+v, want uid %s", u, c.user)
+			}
+		})
+	}
+
+	// A name the image does not know is the caller's mistake.
+	cfg := containerConfig("ghost", "", "true")
+	cfg.Linux.SecurityContext.RunAsUsername = "ghost"
+	d.pull(t, suite.busybox)
+	_, err := d.rt.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: cfg, SandboxConfig: podCfg})
+	wantCode(t, err, codes.InvalidArgument, "run_as_username not in /etc/passwd")
+	if err != nil && !strings.Contains(err.Error(), "ghost") {
+		t.Errorf("error does not name the user: %v", err)
+	}
+}
+
+// TestPrivilegesAndConfinement checks from inside each container what its
+// security context promised.
+func TestPrivilegesAndConfinement(t *testing.T) {
+	d := startDaemon(t)
+	podCfg := d.podConfig("confine")
+	podCfg.Linux.SecurityContext = &runtimeapi.LinuxSandboxSecurityContext{Privileged: true}
+	pod := d.runPod(t, podCfg)
+
+	t.Run("read-only-rootfs", func(t *testing.T) {
+		cfg := containerConfig("ro", "", "sleep", "3600")
+		cfg.Linux.SecurityContext.ReadonlyRootfs = true
+		id := d.run(t, pod, podCfg, cfg)
+		if _, errOut, code := d.execSync(t, id, "touch", "/new-file"); code == 0 || !strings.Contains(errOut, "Read-only file system") {
+			t.Errorf("touch on a read-only rootfs: code %d %q", code, errOut)
+		}
+		// The kubelet's own files stay writable where they should be.
+		d.mustExec(t, id, "touch", "/dev/shm/ok")
+	})
+
+	t.Run("capabilities", func(t *testing.T) {
+		cfg := containerConfig("caps", "", "sleep", "3600")
+		cfg.Linux.SecurityContext.Capabilities = &runtimeapi.Capability{
+			DropCapabilities: []string{"ALL"}, AddCapabilities: []string{"NET_BIND_SERVICE", "CAP_KILL"}}
+		id := d.run(t, pod, podCfg, cfg)
+		st := d.procStatus(t, id)
+		// CAP_KILL is bit 5, CAP_NET_BIND_SERVICE bit 10.
+		if st["CapEff"] != "0000000000000420" || st["CapBnd"] != "0000000000000420" {
+			t.Errorf("CapEff %s CapBnd %s, want 0000000000000420", st["CapEff"], st["CapBnd"])
+		}
+		if _, _, code := d.execSync(t, id, "chown", "1:1", "/tmp"); code == 0 {
+			t.Errorf("chown without CAP_CHOWN succeeded")
+		}
+	})
+
+	t.Run("default-capabilities", func(t *testing.T) {
+		id := d.run(t, pod, podCfg, containerConfig("defcaps", "", "sleep", "3600"))
+		// Docker's and containerd's default set.
+		if st := d.procStatus(t, id); st["CapEff"] != "00000000a80425fb" {
+			t.Errorf("default CapEff %s, want 00000000a80425fb", st["CapEff"])
+		}
+		// Unprivileged, /sys is read-only, even in a privileged pod.
+		if out := d.mustExec(t, id, "sh", "-c", "grep ' /sys ' /proc/self/mounts"); !strings.Contains(out, " ro,") {
+			t.Errorf("unprivileged /sys: %q", out)
+		}
+	})
+
+	t.Run("no-new-privs", func(t *testing.T) {
+		cfg := containerConfig("nnp", "", "sleep", "3600")
+		cfg.Linux.SecurityContext.NoNewPrivs = true
+		id := d.run(t, pod, podCfg, cfg)
+		if st := d.procStatus(t, id); st["NoNewPrivs"] != "1" {
+			t.Errorf("NoNewPrivs %q", st["NoNewPrivs"])
+		}
+	})
+
+	t.Run("seccomp", func(t *testing.T) {
+		def := containerConfig("seccomp-default", "", "sleep", "3600")
+		def.Linux.SecurityContext.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
+		unconfined := containerConfig("seccomp-unconfined", "", "sleep", "3600")
+		unconfined.Linux.SecurityContext.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Unconfined}
+		profile := filepath.Join(d.dir, "no-mkdir.json")
+		if err := os.WriteFile(profile, []byte(`{"defaultAction": "SCMP_ACT_ALLOW",
+			"syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		local := containerConfig("seccomp-local", "", "sleep", "3600")
+		local.Linux.SecurityContext.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: profile}
+
+		defID := d.run(t, pod, podCfg, def)
+		if st := d.procStatus(t, defID); st["Seccomp"] != "2" {
+			t.Errorf("RuntimeDefault: Seccomp %q, want 2 (filter)", st["Seccomp"])
+		}
+		// Creating a user namespace needs CAP_SYS_ADMIN under the default
+		// profile; unconfined, root may.
+		if _, errOut, code := d.execSync(t, defID, "unshare", "-U", "true"); code == 0 {
+			t.Errorf("RuntimeDefault allowed unshare(CLONE_NEWUSER)")
+		} else if !strings.Contains(errOut, "Operation not permitted") {
+			t.Errorf("RuntimeDefault: unshare failed otherwise: %q", errOut)
+		}
+		unID := d.run(t, pod, podCfg, unconfined)
+		if st := d.procStatus(t, unID); st["Seccomp"] != "0" {
+			t.Errorf("Unconfined: Seccomp %q, want 0", st["Seccomp"])
+		}
+		if out, errOut, code := d.execSync(t, unID, "unshare", "-U", "true"); code != 0 {
+			t.Errorf("Unconfined: unshare -U: %d %s%s", code, out, errOut)
+		}
+		localID := d.run(t, pod, podCfg, local)
+		if _, errOut, code := d.execSync(t, localID, "mkdir", "/tmp/denied"); code == 0 || !strings.Contains(errOut, "Operation not permitted") {
+			t.Errorf("Localhost profile: mkdir: %d %q", code, errOut)
+		}
+		d.mustExec(t, localID, "touch", "/tmp/allowed")
+
+		bad := containerConfig("seccomp-missing", "", "true")
+		bad.Linux.SecurityContext.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: "/no/such/profile.json"}
+		_, err := d.rt.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: bad, SandboxConfig: podCfg})
+		if err == nil || !strings.Contains(err.Error(), "/no/such/profile.json") {
+			t.Errorf("missing Localhost profile: %v", err)
+		}
+	})
+
+	t.Run("masked-and-readonly-paths", func(t *testing.T) {
+		// Masked files read as empty (/dev/null bound over them), masked
+		// directories are empty: only paths this kernel has.
+		var files, dirs []string
+		for _, p := range []string{"/proc/kcore", "/proc/timer_list", "/proc/sched_debug"} {
+			if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+				files = append(files, p)
+			}
+		}
+		for _, p := range []string{"/proc/acpi", "/proc/scsi"} {
+			if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+				dirs = append(dirs, p)
+			}
+		}
+		if len(files) == 0 || len(dirs) == 0 {
+			t.Fatalf("no maskable paths on this host: files %v dirs %v", files, dirs)
+		}
+		cfg := containerConfig("masked", "", "sleep", "3600")
+		cfg.Linux.SecurityContext.MaskedPaths = append(slices.Clone(files), dirs...)
+		cfg.Linux.SecurityContext.ReadonlyPaths = []string{"/proc/sys"}
+		id := d.run(t, pod, podCfg, cfg)
+		for _, f := range files {
+			if out := d.mustExec(t, id, "sh", "-c", "wc -c < "+f); strings.TrimSpace(out) != "0" {
+				t.Errorf("masked %s has %s bytes", f, out)
+			}
+		}
+		for _, dir := range dirs {
+			if out := d.mustExec(t, id, "ls", "-A", dir); out != "" {
+				t.Errorf("masked %s lists %q", dir, out)
+			}
+		}
+		if _, errOut, code := d.execSync(t, id, "sh", "-c", "echo 1 > /proc/sys/vm/overcommit_memory"); code == 0 || !strings.Contains(errOut, "Read-only") {
+			t.Errorf("write to read-only /proc/sys: %d %q", code, errOut)
+		}
+	})
+
+	t.Run("privileged", func(t *testing.T) {
+		cfg := containerConfig("priv", "", "sleep", "3600")
+		cfg.Linux.SecurityContext.Privileged = true
+		cfg.Linux.SecurityContext.MaskedPaths = []string{"/proc/timer_list"}
+		id := d.run(t, pod, podCfg, cfg)
+		st := d.procStatus(t, id)
+		if want := hostStatus(t, "CapBnd"); st["CapEff"] != want {
+			t.Errorf("privileged CapEff %s, want the host's bounding set %s", st["CapEff"], want)
+		}
+		if st["Seccomp"] != "0" {
+			t.Errorf("privileged Seccomp %q, want 0", st["Seccomp"])
+		}
+		// Host devices are there, /sys is writable, nothing is masked.
+		d.mustExec(t, id, "test", "-c", "/dev/kmsg")
+		if out := d.mustExec(t, id, "sh", "-c", "wc -c < /proc/timer_list"); strings.TrimSpace(out) == "0" {
+			t.Errorf("privileged: /proc/timer_list masked")
+		}
+		if out := d.mustExec(t, id, "sh", "-c", "grep ' /sys ' /proc/self/mounts"); !strings.Contains(out, "rw") {
+			t.Errorf("privileged /sys: %q", out)
+			specs, _ := filepath.Glob(filepath.Join(d.dir, "root", "*", id+"*", "config.json"))
+			for _, f := range specs {
+				t.Logf("%s:\n%s", f, grepLines(string(readFile(f)), "sys"))
+			}
+		}
+	})
+
+	t.Run("privileged-needs-privileged-pod", func(t *testing.T) {
+		plainCfg := d.podConfig("plain")
+		plain := d.runPod(t, plainCfg)
+		cfg := containerConfig("priv", "", "true")
+		cfg.Linux.SecurityContext.Privileged = true
+		_, err := d.rt.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: plain, Config: cfg, SandboxConfig: plainCfg})
+		wantCode(t, err, codes.InvalidArgument, "privileged container in an unprivileged pod")
+	})
+}
