@@ -165,7 +165,10 @@ func (s *Server) execStreams(ctx context.Context, c *container, cmd []string, in
 	if err != nil {
 		// Timed out or abandoned: the process must not outlive the call.
 		_ = unix.Kill(pid, unix.SIGKILL)
-		if errors.Is(wctx.Err(), context.DeadlineExceeded) && ctx.Err() == nil {
+		// The shim socket's deadline can fire a moment before the
+		// context's own timer: either means the timeout passed.
+		timedOut := errors.Is(wctx.Err(), context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)
+		if timeout > 0 && timedOut && ctx.Err() == nil {
 			return 0, status.Errorf(codes.DeadlineExceeded, "command %q timed out after %s", strings.Join(cmd, " "), timeout)
 		}
 		return 0, err

@@ -96,19 +96,78 @@ func (s *Server) reconcilePod(podID string) error {
 		case ok && p.Exit != nil:
 			s.exitContainer(c.ID, p.Exit, "")
 		case !ok:
-			// The shim never made it, or forgot it: whatever runs of it has
-			// no stdio keeper; stop it and say why.
-			s.log.Warn("container unknown to its shim; stopping it", "container", c.ID)
-			if rc, err := s.rt.Load(c.ID); err == nil {
-				s.killAll(rc)
-			}
-			s.exitContainer(c.ID, &shim.Exit{Code: 255, At: time.Now()}, "berth-shim of the pod does not know this container")
+			s.stopUnknown(podID, c.ID)
 		}
 	}
-	if p, ok := known[podID]; !ok || p.Exit != nil {
+	switch p, ok := known[podID]; {
+	case ok && p.Exit != nil:
 		s.pauseExited(podID)
+	case !ok:
+		s.pauseUnknown(podID)
 	}
 	return nil
+}
+
+// shimKnows asks the pod's shim afresh whether it keeps a process, and
+// its exit if it ended.
+func (s *Server) shimKnows(podID, id string) (known bool, exit *shim.Exit, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := s.shimFor(podID).State(ctx)
+	if err != nil {
+		return false, nil, err
+	}
+	for _, p := range st.Containers {
+		if p.ID == id {
+			return true, p.Exit, nil
+		}
+	}
+	return false, nil, nil
+}
+
+// stopUnknown stops a container its shim does not know: the shim never
+// made it, or forgot it, so whatever runs of it has no stdio keeper. A
+// snapshot of the shim can predate a CreateContainer still running, so
+// the verdict is taken again under the container's lock, which that call
+// holds until the shim knows the container.
+func (s *Server) stopUnknown(podID, id string) {
+	unlock := s.locks.lock(id)
+	defer unlock()
+	c, ok := s.store.getContainer(id)
+	if !ok || (c.State != containerRunning && c.State != containerCreated) {
+		return
+	}
+	known, exit, err := s.shimKnows(podID, id)
+	switch {
+	case err != nil:
+		return // the shim is unreachable: its watcher deals with that
+	case known && exit != nil:
+		s.logErr("record container exit", id, s.recordExit(c, exit, ""))
+		return
+	case known:
+		return
+	}
+	s.log.Warn("container unknown to its shim; stopping it", "container", id)
+	if rc, err := s.rt.Load(id); err == nil {
+		s.killAll(rc)
+	}
+	s.logErr("record container exit", id, s.recordExit(c, &shim.Exit{Code: 255, At: time.Now()}, "berth-shim of the pod does not know this container"))
+}
+
+// pauseUnknown marks a pod not ready when its shim does not know its
+// pause process; as for containers, asked again under the pod's lock,
+// which RunPodSandbox holds until the pause runs.
+func (s *Server) pauseUnknown(podID string) {
+	unlock := s.locks.lock(podID)
+	defer unlock()
+	sb, ok := s.store.getSandbox(podID)
+	if !ok || sb.State != sandboxReady {
+		return
+	}
+	if known, exit, err := s.shimKnows(podID, podID); err != nil || (known && exit == nil) {
+		return
+	}
+	s.pauseExitedLocked(sb)
 }
 
 // exitContainer records an exit under the container's lock.
@@ -130,13 +189,17 @@ func (s *Server) pauseExited(podID string) {
 	if !ok || sb.State != sandboxReady {
 		return
 	}
-	s.log.Warn("pause process exited: pod sandbox is not ready", "pod", podID)
+	s.pauseExitedLocked(sb)
+}
+
+func (s *Server) pauseExitedLocked(sb *sandbox) {
+	s.log.Warn("pause process exited: pod sandbox is not ready", "pod", sb.ID)
 	sb.State = sandboxNotReady
 	if err := s.store.putSandbox(sb); err != nil {
-		s.log.Warn("record pod state", "pod", podID, "error", err)
+		s.log.Warn("record pod state", "pod", sb.ID, "error", err)
 		return
 	}
-	s.emit(podID, podID, runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT)
+	s.emit(sb.ID, sb.ID, runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT)
 }
 
 // handleShimEvent records a process exit a shim reported.

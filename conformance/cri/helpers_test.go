@@ -218,9 +218,16 @@ func (d *daemon) restart(sig syscall.Signal) {
 	d.start()
 }
 
-func (d *daemon) logTail(n int) string {
+// logTail is the end of berthd's log, without lines containing skip
+// (if given).
+func (d *daemon) logTail(n int, skip ...string) string {
 	data, _ := os.ReadFile(d.log)
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	var lines []string
+	for _, l := range strings.Split(strings.TrimRight(string(data), "\n"), "\n") {
+		if len(skip) == 0 || !strings.Contains(l, skip[0]) {
+			lines = append(lines, l)
+		}
+	}
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
@@ -247,7 +254,7 @@ func (d *daemon) cleanup() {
 		d.stop(syscall.SIGTERM)
 	}
 	if t.Failed() {
-		t.Logf("berthd log (last lines):\n%s", d.logTail(60))
+		t.Logf("berthd log (last lines above debug level):\n%s", d.logTail(80, "level=debug"))
 	}
 	// Shims go once their pods are removed; give the last a moment.
 	var procs []int

@@ -158,9 +158,17 @@ func TestPortForward(t *testing.T) {
 	d := startDaemon(t)
 	podCfg := d.podConfig("portforward")
 	pod := d.runPod(t, podCfg)
-	d.run(t, pod, podCfg, containerConfig("web", "", "sh", "-c",
+	web := d.run(t, pod, podCfg, containerConfig("web", "", "sh", "-c",
 		"mkdir -p /www && echo pong > /www/index.html && exec httpd -f -p 8080 -h /www"))
 	ctx := ctxT(t)
+	// client-go's forwarder gives up at the first failed connection (as
+	// kubectl port-forward does): httpd must listen before it starts.
+	eventually(t, 20*time.Second, "httpd listening in the pod", func() error {
+		if out, _, code := d.execSync(t, web, "wget", "-q", "-O-", "http://127.0.0.1:8080/index.html"); code != 0 || out != "pong\n" {
+			return errNotYet
+		}
+		return nil
+	})
 
 	resp, err := d.rt.PortForward(ctx, &runtimeapi.PortForwardRequest{PodSandboxId: pod, Port: []int32{8080}})
 	if err != nil {
@@ -199,19 +207,18 @@ func TestPortForward(t *testing.T) {
 		t.Fatalf("ports: %v %v", ports, err)
 	}
 	local := "http://127.0.0.1:" + strconv.Itoa(int(ports[0].Local)) + "/index.html"
-	// httpd may still be starting: retry briefly.
-	eventually(t, 10*time.Second, "GET through the port forward", func() error {
-		r, err := http.Get(local)
+	// Two requests: each is a new stream over the same connection.
+	for i := 0; i < 2; i++ {
+		r, err := (&http.Client{Transport: &http.Transport{DisableKeepAlives: true}}).Get(local)
 		if err != nil {
-			return err
+			t.Fatalf("GET through the port forward: %v (%s)", err, pfErr.String())
 		}
-		defer r.Body.Close()
 		body, _ := io.ReadAll(r.Body)
+		r.Body.Close()
 		if r.StatusCode != 200 || string(body) != "pong\n" {
-			return errors.New(r.Status + " " + string(body))
+			t.Errorf("GET through the port forward: %s %q", r.Status, body)
 		}
-		return nil
-	})
+	}
 
 	_, err = d.rt.PortForward(ctx, &runtimeapi.PortForwardRequest{PodSandboxId: pod, Port: []int32{70000}})
 	wantCode(t, err, codes.InvalidArgument, "PortForward to port 70000")
