@@ -29,7 +29,7 @@ TESTRUN   := $(if $(TEST),-run '$(TEST)',)
 
 BINARIES  := berth berth-shim pause berthd berthctl
 
-.PHONY: all build deps test-deps unit e2e test lint vet fmt install bench clean run run-oci fuzz fuzz-ci
+.PHONY: all build deps test-deps cni-plugins unit e2e test lint vet fmt install bench clean run run-oci fuzz fuzz-ci
 
 all: build
 
@@ -65,10 +65,18 @@ unit: build
 # End-to-end tests drive the built binaries as root. One package at a time:
 # they share the host's cgroups and network.
 RUNTIME_TOOLS := $(CURDIR)/.cache/runtime-tools
+# The standard CNI plugins, built from the Go module proxy (make test and
+# make install build them when missing).
+CNI_BIN       := $(CURDIR)/.cache/cni-bin
+CNI_PLUGINS   := bridge host-local loopback portmap firewall tuning bandwidth
+CNI_INSTALL_DIR ?= /opt/cni/bin
 
-e2e: build
+cni-plugins:
+	hack/cni-plugins/build.sh $(CNI_BIN)
+
+e2e: build cni-plugins
 	hack/runtime-tools/build.sh $(RUNTIME_TOOLS)
-	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_RUNTIME_TOOLS=$(RUNTIME_TOOLS) $(GO) test $(GO_FLAGS) -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TESTRUN) ./conformance/...
+	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_RUNTIME_TOOLS=$(RUNTIME_TOOLS) BERTH_CNI_BIN=$(CNI_BIN) $(GO) test $(GO_FLAGS) -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TESTRUN) ./conformance/...
 
 # Fuzz targets as package:Target. CI runs each for FUZZ_CI_TIME; `make
 # fuzz` for FUZZTIME. Minimization is off: on two cores it stalls the
@@ -95,9 +103,16 @@ fuzz:
 
 test: test-deps build lint unit fuzz-ci e2e
 
-install: build
+install: build cni-plugins
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(addprefix $(BINDIR)/,$(BINARIES)) $(DESTDIR)$(PREFIX)/bin/
+	install -d $(DESTDIR)$(CNI_INSTALL_DIR)
+	@for p in $(CNI_PLUGINS); do \
+		if [ ! -e $(DESTDIR)$(CNI_INSTALL_DIR)/$$p ]; then \
+			echo "install CNI plugin $$p into $(CNI_INSTALL_DIR)"; \
+			install -m 0755 $(CNI_BIN)/$$p $(DESTDIR)$(CNI_INSTALL_DIR)/$$p; \
+		fi; \
+	done
 
 bench: build
 	@hack/install-deps.sh bench

@@ -387,9 +387,9 @@ func (s *Server) podMetrics() []*runtimeapi.PodSandboxMetrics {
 			labels := []string{c.config.Metadata.Name, c.ID, c.config.Image.GetImage(), c.Name, md.Namespace, md.Name}
 			_, mem, _ := s.usage("metrics:"+c.ID, cg, time.Now())
 			cm := &runtimeapi.ContainerMetrics{ContainerId: c.ID, Metrics: []*runtimeapi.Metric{
-				// Counters carry integers: CPU time in whole seconds would
-				// lose too much, so this one is in seconds as cAdvisor's,
-				// truncated.
+				// A CRI Metric's value is an integer: CPU time in
+				// cAdvisor's unit (seconds) is truncated to whole seconds.
+				// ContainerStats' UsageCoreNanoSeconds has it exactly.
 				metric("container_cpu_usage_seconds_total", runtimeapi.MetricType_COUNTER, cg.CpuStats.CpuUsage.TotalUsage/1e9, labels...),
 				metric("container_memory_usage_bytes", runtimeapi.MetricType_GAUGE, mem.UsageBytes.Value, labels...),
 				metric("container_memory_working_set_bytes", runtimeapi.MetricType_GAUGE, mem.WorkingSetBytes.Value, labels...),

@@ -2,6 +2,8 @@ package cri_test
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,7 +16,7 @@ import (
 
 func TestVersionStatusAndRuntimeConfig(t *testing.T) {
 	cni := t.TempDir()
-	d := startDaemon(t, daemonOptions{cniConfDir: cni})
+	d := startDaemon(t, daemonOptions{cniConfDir: cni, extra: fmt.Sprintf("cni_bin_dirs = [%q]", cniBinDir(t))})
 	ctx := ctxT(t)
 
 	v, err := d.rt.Version(ctx, &runtimeapi.VersionRequest{Version: "v1"})
@@ -61,24 +63,50 @@ func TestVersionStatusAndRuntimeConfig(t *testing.T) {
 
 	// A usable configuration appears: the network becomes ready without a
 	// restart (loopback only needs the loopback plugin).
-	if _, err := os.Stat("/usr/lib/cni/loopback"); err == nil {
-		conf := `{"cniVersion": "1.0.0", "name": "lo-only", "plugins": [{"type": "loopback"}]}`
-		if err := os.WriteFile(filepath.Join(cni, "10-lo.conflist"), []byte(conf), 0o644); err != nil {
-			t.Fatal(err)
+	// A config naming a plugin that does not exist is not usable.
+	networkReady := func() (*runtimeapi.RuntimeCondition, error) {
+		st, err := d.rt.Status(ctx, &runtimeapi.StatusRequest{})
+		if err != nil {
+			return nil, err
 		}
-		eventually(t, 5*time.Second, "NetworkReady after a config appeared", func() error {
-			st, err := d.rt.Status(ctx, &runtimeapi.StatusRequest{})
-			if err != nil {
-				return err
+		for _, c := range st.Status.Conditions {
+			if c.Type == runtimeapi.NetworkReady {
+				return c, nil
 			}
-			for _, c := range st.Status.Conditions {
-				if c.Type == runtimeapi.NetworkReady && c.Status {
-					return nil
-				}
-			}
-			return errNotYet
-		})
+		}
+		return nil, errors.New("no NetworkReady condition")
 	}
+	bad := `{"cniVersion": "1.0.0", "name": "missing", "plugins": [{"type": "no-such-plugin"}]}`
+	if err := os.WriteFile(filepath.Join(cni, "05-missing.conflist"), []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "NetworkReady names the missing plugin", func() error {
+		c, err := networkReady()
+		if err != nil {
+			return err
+		}
+		if c.Status || !strings.Contains(c.Message, "no-such-plugin") {
+			return fmt.Errorf("%+v", c)
+		}
+		return nil
+	})
+	if err := os.Remove(filepath.Join(cni, "05-missing.conflist")); err != nil {
+		t.Fatal(err)
+	}
+	conf := `{"cniVersion": "1.0.0", "name": "lo-only", "plugins": [{"type": "loopback"}]}`
+	if err := os.WriteFile(filepath.Join(cni, "10-lo.conflist"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "NetworkReady after a config appeared", func() error {
+		c, err := networkReady()
+		if err != nil {
+			return err
+		}
+		if !c.Status {
+			return fmt.Errorf("%+v", c)
+		}
+		return nil
+	})
 
 	// The pod CIDR: kept across restarts, checked.
 	_, err = d.rt.UpdateRuntimeConfig(ctx, &runtimeapi.UpdateRuntimeConfigRequest{RuntimeConfig: &runtimeapi.RuntimeConfig{

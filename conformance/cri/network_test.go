@@ -1,0 +1,215 @@
+package cri_test
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/internal/testutil"
+)
+
+// cniBinDir is where make test builds the standard CNI plugins.
+func cniBinDir(t *testing.T) string {
+	t.Helper()
+	dir := os.Getenv("BERTH_CNI_BIN")
+	if dir == "" {
+		dir = filepath.Join(testutil.RepoRoot(), ".cache", "cni-bin")
+	}
+	for _, p := range []string{"bridge", "host-local", "portmap", "loopback"} {
+		if _, err := os.Stat(filepath.Join(dir, p)); err != nil {
+			t.Fatalf("CNI plugin %s not built in %s (make test builds them: hack/cni-plugins/build.sh): %v", p, dir, err)
+		}
+	}
+	return dir
+}
+
+// bridgeNetwork writes a bridge + host-local + portmap configuration on a
+// bridge and subnet of the test's own, and removes the bridge afterwards.
+func bridgeNetwork(t *testing.T, bridge, subnet string) (confDir, ipamDir string) {
+	t.Helper()
+	confDir, ipamDir = t.TempDir(), t.TempDir()
+	conf := fmt.Sprintf(`{
+  "cniVersion": "1.0.0",
+  "name": "berth-test",
+  "plugins": [
+    {"type": "bridge", "bridge": %q, "isGateway": true, "ipMasq": false, "hairpinMode": true,
+     "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": %q}]]}},
+    {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
+  ]
+}`, bridge, ipamDir, subnet)
+	if err := os.WriteFile(filepath.Join(confDir, "10-berth-test.conflist"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := net.InterfaceByName(bridge); err == nil {
+			if out, err := exec.Command("ip", "link", "del", bridge).CombinedOutput(); err != nil {
+				t.Errorf("remove bridge %s: %v %s", bridge, err, out)
+			}
+		}
+	})
+	return confDir, ipamDir
+}
+
+// hostState is what pods must not leave behind on the host.
+type hostState struct {
+	links    []string
+	iptables string
+	ipam     []string
+}
+
+func snapshotHost(t *testing.T, bridge, ipamDir string) hostState {
+	t.Helper()
+	var s hostState
+	ifs, err := net.Interfaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range ifs {
+		if i.Name != bridge { // the bridge stays until the test removes it
+			s.links = append(s.links, i.Name)
+		}
+	}
+	for _, table := range []string{"nat", "filter"} {
+		out, err := exec.Command("iptables-save", "-t", table).Output()
+		if err != nil {
+			t.Fatalf("iptables-save: %v", err)
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			if sharedPortmapRule(l) {
+				continue
+			}
+			if strings.HasPrefix(l, "-A") || strings.HasPrefix(l, ":") {
+				// Chain declarations without their counters.
+				l, _, _ = strings.Cut(l, " [")
+				s.iptables += l + "\n"
+			}
+		}
+	}
+	_ = filepath.WalkDir(ipamDir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && !strings.HasPrefix(d.Name(), "last_reserved_ip") && d.Name() != "lock" {
+			s.ipam = append(s.ipam, p)
+		}
+		return nil
+	})
+	return s
+}
+
+// sharedPortmapRule reports the portmap plugin's node-wide chains and
+// the jumps into them: made by the first pod with a hostPort and kept for
+// all later ones, by any runtime. Per-pod rules (-j CNI-DN-...) are not.
+func sharedPortmapRule(l string) bool {
+	switch {
+	case strings.HasPrefix(l, ":CNI-HOSTPORT-"):
+		return true
+	case strings.Contains(l, "-j CNI-HOSTPORT-"):
+		return true
+	case strings.HasPrefix(l, "-A CNI-HOSTPORT-MASQ ") && strings.Contains(l, "-j MASQUERADE"):
+		return true
+	case strings.HasPrefix(l, "-A CNI-HOSTPORT-SETMARK "):
+		return true
+	}
+	return false
+}
+
+// TestPodNetworkBridge: pods on a bridge of their own get addresses from
+// host-local, reach each other, serve a hostPort on 127.0.0.1, and leave
+// no interface, iptables rule or IP allocation behind.
+func TestPodNetworkBridge(t *testing.T) {
+	bins := cniBinDir(t)
+	bridge := fmt.Sprintf("bt%d", os.Getpid()%100000)
+	subnet := fmt.Sprintf("10.213.%d.0/24", os.Getpid()%250)
+	confDir, ipamDir := bridgeNetwork(t, bridge, subnet)
+	before := snapshotHost(t, bridge, ipamDir)
+	d := startDaemon(t, daemonOptions{cniConfDir: confDir, extra: fmt.Sprintf("cni_bin_dirs = [%q]", bins)})
+	_, ipnet, _ := net.ParseCIDR(subnet)
+
+	hostPort := 20000 + os.Getpid()%10000
+	serverCfg := d.podConfig("server")
+	serverCfg.PortMappings = []*runtimeapi.PortMapping{{Protocol: runtimeapi.Protocol_TCP, ContainerPort: 8080, HostPort: int32(hostPort), HostIp: "127.0.0.1"}}
+	serverCfg.DnsConfig = &runtimeapi.DNSConfig{Servers: []string{"10.213.255.10"}, Searches: []string{"berth.test"}, Options: []string{"ndots:2"}}
+	server := d.runPod(t, serverCfg)
+	web := d.run(t, server, serverCfg, containerConfig("web", "", "sh", "-c",
+		"mkdir -p /www && echo pong > /www/index.html && exec httpd -f -p 8080 -h /www"))
+	clientCfg := d.podConfig("client")
+	client := d.runPod(t, clientCfg)
+	curl := d.run(t, client, clientCfg, containerConfig("curl", "", "sleep", "3600"))
+
+	ips := map[string]string{}
+	for _, pod := range []string{server, client} {
+		st, err := d.rt.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ip := net.ParseIP(st.Status.GetNetwork().GetIp())
+		if ip == nil || !ipnet.Contains(ip) {
+			t.Fatalf("pod %s IP %q, want one in %s", pod, st.Status.GetNetwork().GetIp(), subnet)
+		}
+		ips[pod] = ip.String()
+	}
+	if ips[server] == ips[client] {
+		t.Fatalf("both pods got %s", ips[server])
+	}
+	if out := d.mustExec(t, web, "ip", "-4", "-o", "addr", "show", "eth0"); !strings.Contains(out, ips[server]+"/24") {
+		t.Errorf("eth0 in the pod: %q, want %s", out, ips[server])
+	}
+	if out := d.mustExec(t, web, "cat", "/etc/resolv.conf"); !strings.Contains(out, "nameserver 10.213.255.10") ||
+		!strings.Contains(out, "search berth.test") || !strings.Contains(out, "options ndots:2") {
+		t.Errorf("resolv.conf:\n%s", out)
+	}
+
+	// Pod to pod, by IP.
+	eventually(t, 20*time.Second, "client pod reaches the server pod", func() error {
+		out, errOut, code := d.execSync(t, curl, "wget", "-q", "-O-", "http://"+ips[server]+":8080/index.html")
+		if code != 0 || out != "pong\n" {
+			p, perr, pcode := d.execSync(t, curl, "ping", "-c", "1", "-W", "1", ips[server])
+			return fmt.Errorf("wget: %d %q %q; ping: %d %s %s", code, out, errOut, pcode, p, perr)
+		}
+		return nil
+	})
+	// hostPort on 127.0.0.1, from the host.
+	eventually(t, 20*time.Second, "hostPort on 127.0.0.1", func() error {
+		c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+		r, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d/index.html", hostPort))
+		if err != nil {
+			return err
+		}
+		defer r.Body.Close()
+		body, _ := io.ReadAll(r.Body)
+		if string(body) != "pong\n" {
+			return fmt.Errorf("%s %q", r.Status, body)
+		}
+		return nil
+	})
+
+	for _, pod := range []string{server, client} {
+		if _, err := d.rt.StopPodSandbox(ctxT(t), &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
+			t.Fatal(err)
+		}
+		// Stop is idempotent, CNI DEL included.
+		if _, err := d.rt.StopPodSandbox(ctxT(t), &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := d.rt.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after := snapshotHost(t, bridge, ipamDir)
+	if strings.Join(after.links, " ") != strings.Join(before.links, " ") {
+		t.Errorf("interfaces before %v, after %v", before.links, after.links)
+	}
+	if after.iptables != before.iptables {
+		t.Errorf("iptables rules changed:\nbefore:\n%s\nafter:\n%s", before.iptables, after.iptables)
+	}
+	if len(after.ipam) != 0 {
+		t.Errorf("IP allocations left in host-local's store: %v", after.ipam)
+	}
+}
