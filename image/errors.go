@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"net/http"
 	"strings"
 	"syscall"
 
@@ -87,6 +88,15 @@ func classifyPullError(err error) error {
 			return withKind(ErrUnauthorized, err)
 		}
 	}
+	// A gateway or an overloaded registry answering for a backend it cannot
+	// reach is, for the puller, a registry out of reach: worth a retry.
+	var status docker.UnexpectedHTTPStatusError
+	if errors.As(err, &status) {
+		switch status.StatusCode {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return withKind(ErrUnreachable, err)
+		}
+	}
 	var errno syscall.Errno
 	if errors.As(err, &errno) && (errno == syscall.ENOSPC || errno == syscall.EDQUOT) {
 		return withKind(ErrDiskFull, err)
@@ -122,6 +132,15 @@ func classifyPullError(err error) error {
 
 // diskFull wraps an I/O error from the store with a clear message.
 func storeIOError(what string, err error) error {
+	// A gateway or an overloaded registry answering for a backend it cannot
+	// reach is, for the puller, a registry out of reach: worth a retry.
+	var status docker.UnexpectedHTTPStatusError
+	if errors.As(err, &status) {
+		switch status.StatusCode {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return withKind(ErrUnreachable, err)
+		}
+	}
 	var errno syscall.Errno
 	if errors.As(err, &errno) && (errno == syscall.ENOSPC || errno == syscall.EDQUOT) {
 		return withKind(ErrDiskFull, fmt.Errorf("%s: the image store is full: %w", what, err))
