@@ -77,8 +77,8 @@ func pullWithProgress(c *clients, req *runtimeapi.PullImageRequest, show bool) (
 		return r.id, r.err
 	}
 	admin := adminClient(c.socket)
-	// Auto refresh also when stderr is not a terminal (a log, a pipe):
-	// without it mpb never completes the bars and Wait blocks forever.
+	// Auto refresh also when stderr is not a terminal, so that a log or
+	// a pipe shows the progress too.
 	p := mpb.New(mpb.WithOutput(os.Stderr), mpb.WithAutoRefresh(), mpb.WithWidth(40), mpb.WithRefreshRate(150*time.Millisecond))
 	bars := map[string]*mpb.Bar{}
 	states := map[string]*atomic.Value{}

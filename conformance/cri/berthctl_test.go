@@ -56,7 +56,7 @@ func TestBerthctl(t *testing.T) {
 		{Files: []testutil.File{{Path: "big", Content: string(big)}}, Compression: "none"},
 	}})
 	suite.reg.Push(t, layout, "walkthrough:v1")
-	proxy := slowProxy(t, suite.reg.Addr, 2<<20)
+	proxy := testutil.ThrottledProxy(t, suite.reg.Addr, 2<<20)
 	d := startDaemon(t, daemonOptions{registriesConf: testutil.RegistriesConf(t, "", proxy, suite.reg.Addr)})
 	ref := proxy + "/walkthrough:v1"
 

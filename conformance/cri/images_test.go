@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -167,7 +166,7 @@ func TestPullProgress(t *testing.T) {
 		{Files: []testutil.File{{Path: "big", Content: string(big)}}, Compression: "none"},
 	}})
 	suite.reg.Push(t, layout, "big:v1")
-	proxy := slowProxy(t, suite.reg.Addr, 2<<20)
+	proxy := testutil.ThrottledProxy(t, suite.reg.Addr, 2<<20)
 	conf := testutil.RegistriesConf(t, "", proxy, suite.reg.Addr)
 	d := startDaemon(t, daemonOptions{registriesConf: conf})
 	ref := proxy + "/big:v1"
@@ -226,72 +225,6 @@ func TestPullProgress(t *testing.T) {
 	if !strings.Contains(string(logData), `msg=pulling`) || !strings.Contains(string(logData), "downloading") {
 		t.Errorf("no progress in the log:\n%s", grepLines(string(logData), "pull"))
 	}
-}
-
-// slowProxy forwards TCP to addr, at most rate bytes per second towards
-// the client.
-func slowProxy(t *testing.T, addr string, rate int) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns []net.Conn
-	)
-	track := func(c net.Conn) {
-		mu.Lock()
-		conns = append(conns, c)
-		mu.Unlock()
-	}
-	// Idle keep-alive connections would block the copiers forever: close
-	// every connection, then wait.
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			track(c)
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				up, err := net.Dial("tcp", addr)
-				if err != nil {
-					return
-				}
-				track(up)
-				defer up.Close()
-				go func() { _, _ = io.Copy(up, c) }()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := up.Read(buf)
-					if n > 0 {
-						if _, werr := c.Write(buf[:n]); werr != nil {
-							return
-						}
-						time.Sleep(time.Duration(n) * time.Second / time.Duration(rate))
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String()
 }
 
 func grepLines(s, sub string) string {

@@ -6,7 +6,6 @@ package main
 
 import (
 	"crypto/rand"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -72,7 +71,7 @@ func run(bin, socket string) error {
 			Config: v1.ImageConfig{Cmd: []string{"sh"}, Env: []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}},
 		})
 		reg.Push(s, layout, "demo/busybox:latest")
-		proxy := throttle(s, reg.Addr, 16<<20)
+		proxy := testutil.ThrottledProxy(s, reg.Addr, 16<<20)
 		ref = proxy + "/demo/busybox:latest"
 		regConf = filepath.Join(work, "registries.conf")
 		conf := fmt.Sprintf("unqualified-search-registries = [\"docker.io\"]\n\n[[registry]]\nlocation = %q\ninsecure = true\n", proxy)
@@ -175,45 +174,4 @@ func waitSocket(path string, timeout time.Duration) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// throttle forwards a local port to addr at most rate bytes per second
-// towards the client, until the scratch area is closed.
-func throttle(s *testutil.Scratch, addr string, rate int) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		s.Fatal(err)
-	}
-	s.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				up, err := net.Dial("tcp", addr)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				go func() { _, _ = io.Copy(up, c) }()
-				buf := make([]byte, 64<<10)
-				for {
-					n, err := up.Read(buf)
-					if n > 0 {
-						if _, werr := c.Write(buf[:n]); werr != nil {
-							return
-						}
-						time.Sleep(time.Duration(n) * time.Second / time.Duration(rate))
-					}
-					if errors.Is(err, io.EOF) || err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
-	return ln.Addr().String()
 }
