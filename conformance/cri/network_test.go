@@ -213,3 +213,155 @@ func TestPodNetworkBridge(t *testing.T) {
 		t.Errorf("IP allocations left in host-local's store: %v", after.ipam)
 	}
 }
+
+// faultPlugin installs a CNI plugin of the test's own, chained after the
+// bridge, whose ADD fails, hangs or answers garbage as its mode file
+// says; DEL always succeeds, so that teardown can be checked.
+func faultPlugin(t *testing.T, binDir string) (modeFile string) {
+	t.Helper()
+	modeFile = filepath.Join(t.TempDir(), "mode")
+	script := fmt.Sprintf(`#!/bin/sh
+mode=$(cat %q)
+case "$CNI_COMMAND" in
+VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}'; exit 0;;
+ADD)
+	case "$mode" in
+	fail) echo '{"cniVersion":"1.0.0","code":11,"msg":"berth-fault: injected failure"}'; exit 1;;
+	hang) exec sleep 60;;
+	garbage) echo 'this is not JSON'; exit 0;;
+	esac;;
+esac
+exit 0
+`, modeFile)
+	if err := os.WriteFile(filepath.Join(binDir, "berth-fault"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return modeFile
+}
+
+// TestPodNetworkFaults: a plugin that fails, hangs or answers garbage
+// fails RunPodSandbox with its message and leaves no interface, iptables
+// rule, IP allocation or network namespace behind.
+func TestPodNetworkFaults(t *testing.T) {
+	// The standard plugins and the fault plugin, side by side.
+	bins := t.TempDir()
+	for _, p := range []string{"bridge", "host-local", "portmap", "loopback"} {
+		data, err := os.ReadFile(filepath.Join(cniBinDir(t), p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(bins, p), data, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	modeFile := faultPlugin(t, bins)
+	bridge := fmt.Sprintf("bf%d", os.Getpid()%100000)
+	subnet := fmt.Sprintf("10.214.%d.0/24", os.Getpid()%250)
+	confDir, ipamDir := bridgeNetwork(t, bridge, subnet)
+	conf := filepath.Join(confDir, "10-berth-test.conflist")
+	data, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withFault := strings.Replace(string(data), `{"type": "portmap"`, `{"type": "berth-fault"}, {"type": "portmap"`, 1)
+	if err := os.WriteFile(conf, []byte(withFault), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, daemonOptions{cniConfDir: confDir, extra: fmt.Sprintf("cni_bin_dirs = [%q]\ncni_timeout = \"3s\"", bins)})
+	// A first pod creates the bridge and portmap's node-wide chains, which
+	// stay; the snapshot is taken after it is gone.
+	if err := os.WriteFile(modeFile, []byte("fail"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = d.rt.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: d.podConfig("warmup")})
+	before := snapshotHost(t, bridge, ipamDir)
+
+	for _, c := range []struct{ mode, want string }{
+		{"fail", "berth-fault: injected failure"},
+		{"garbage", "berth-fault"},
+		{"hang", "timed out"},
+	} {
+		if err := os.WriteFile(modeFile, []byte(c.mode), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cfg := d.podConfig("fault-" + c.mode)
+		cfg.PortMappings = []*runtimeapi.PortMapping{{Protocol: runtimeapi.Protocol_TCP, ContainerPort: 80, HostPort: int32(30000 + os.Getpid()%10000), HostIp: "127.0.0.1"}}
+		_, err := d.rt.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: cfg})
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("plugin %s: RunPodSandbox: %v, want an error with %q", c.mode, err, c.want)
+		}
+		pods, err := d.rt.ListPodSandbox(ctxT(t), &runtimeapi.ListPodSandboxRequest{})
+		if err != nil || len(pods.Items) != 0 {
+			t.Errorf("plugin %s: pods left: %v %v", c.mode, err, pods.GetItems())
+		}
+		if entries, _ := os.ReadDir(filepath.Join(d.state, "netns")); len(entries) != 0 {
+			t.Errorf("plugin %s: network namespaces left: %d", c.mode, len(entries))
+		}
+		after := snapshotHost(t, bridge, ipamDir)
+		if strings.Join(after.links, " ") != strings.Join(before.links, " ") {
+			t.Errorf("plugin %s: interfaces before %v, after %v", c.mode, before.links, after.links)
+		}
+		if after.iptables != before.iptables {
+			t.Errorf("plugin %s: iptables rules changed:\nbefore:\n%s\nafter:\n%s", c.mode, before.iptables, after.iptables)
+		}
+		if len(after.ipam) != 0 {
+			t.Errorf("plugin %s: IP allocations left: %v", c.mode, after.ipam)
+		}
+	}
+	// The hung plugin's process is gone too.
+	if procs := processesMentioning("berth-fault"); len(procs) > 0 {
+		t.Errorf("fault plugin processes left: %v", procs)
+	}
+}
+
+// TestPodNetworkChurn creates and removes 100 pods with hostPorts, ten at
+// a time: no address is handed out twice while its pod exists, and the
+// host ends exactly as it began.
+func TestPodNetworkChurn(t *testing.T) {
+	bins := cniBinDir(t)
+	bridge := fmt.Sprintf("bc%d", os.Getpid()%100000)
+	subnet := fmt.Sprintf("10.215.%d.0/24", os.Getpid()%250)
+	confDir, ipamDir := bridgeNetwork(t, bridge, subnet)
+	d := startDaemon(t, daemonOptions{cniConfDir: confDir, extra: fmt.Sprintf("cni_bin_dirs = [%q]", bins)})
+	// The first pod makes the bridge and portmap's node-wide chains.
+	warm := d.runPod(t, d.podConfig("warmup"))
+	if _, err := d.rt.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: warm}); err != nil {
+		t.Fatal(err)
+	}
+	before := snapshotHost(t, bridge, ipamDir)
+	base := 40000 + os.Getpid()%10000
+	for batch := 0; batch < 10; batch++ {
+		ips := map[string]string{}
+		var pods []string
+		for i := 0; i < 10; i++ {
+			cfg := d.podConfig(fmt.Sprintf("churn-%d-%d", batch, i))
+			cfg.PortMappings = []*runtimeapi.PortMapping{{Protocol: runtimeapi.Protocol_TCP, ContainerPort: 80, HostPort: int32(base + i), HostIp: "127.0.0.1"}}
+			pod := d.runPod(t, cfg)
+			pods = append(pods, pod)
+			st, err := d.rt.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ip := st.Status.GetNetwork().GetIp()
+			if other, dup := ips[ip]; dup || ip == "" {
+				t.Fatalf("batch %d: pod %s got %q, already held by %s", batch, pod, ip, other)
+			}
+			ips[ip] = pod
+		}
+		for _, pod := range pods {
+			if _, err := d.rt.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	after := snapshotHost(t, bridge, ipamDir)
+	if strings.Join(after.links, " ") != strings.Join(before.links, " ") {
+		t.Errorf("interfaces before %v, after %v", before.links, after.links)
+	}
+	if after.iptables != before.iptables {
+		t.Errorf("iptables rules changed:\nbefore:\n%s\nafter:\n%s", before.iptables, after.iptables)
+	}
+	if len(after.ipam) != 0 {
+		t.Errorf("IP allocations left in host-local's store: %v", after.ipam)
+	}
+}
