@@ -103,6 +103,21 @@ func snapshotHost(t *testing.T, bridge, ipamDir string) hostState {
 	return s
 }
 
+// assertSame fails the test where after differs from s: an interface, an
+// iptables rule changed, or any IP allocation left at all.
+func (s hostState) assertSame(t *testing.T, when string, after hostState) {
+	t.Helper()
+	if strings.Join(after.links, " ") != strings.Join(s.links, " ") {
+		t.Errorf("%s: interfaces before %v, after %v", when, s.links, after.links)
+	}
+	if after.iptables != s.iptables {
+		t.Errorf("%s: iptables rules changed:\nbefore:\n%s\nafter:\n%s", when, s.iptables, after.iptables)
+	}
+	if len(after.ipam) != 0 {
+		t.Errorf("%s: IP allocations left in host-local's store: %v", when, after.ipam)
+	}
+}
+
 // sharedPortmapRule reports the portmap plugin's node-wide chains and
 // the jumps into them: made by the first pod with a hostPort and kept for
 // all later ones, by any runtime. Per-pod rules (-j CNI-DN-...) are not.
@@ -202,16 +217,7 @@ func TestPodNetworkBridge(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	after := snapshotHost(t, bridge, ipamDir)
-	if strings.Join(after.links, " ") != strings.Join(before.links, " ") {
-		t.Errorf("interfaces before %v, after %v", before.links, after.links)
-	}
-	if after.iptables != before.iptables {
-		t.Errorf("iptables rules changed:\nbefore:\n%s\nafter:\n%s", before.iptables, after.iptables)
-	}
-	if len(after.ipam) != 0 {
-		t.Errorf("IP allocations left in host-local's store: %v", after.ipam)
-	}
+	before.assertSame(t, "after the pods", snapshotHost(t, bridge, ipamDir))
 }
 
 // faultPlugin installs a CNI plugin of the test's own, chained after the
@@ -297,16 +303,7 @@ func TestPodNetworkFaults(t *testing.T) {
 		if entries, _ := os.ReadDir(filepath.Join(d.state, "netns")); len(entries) != 0 {
 			t.Errorf("plugin %s: network namespaces left: %d", c.mode, len(entries))
 		}
-		after := snapshotHost(t, bridge, ipamDir)
-		if strings.Join(after.links, " ") != strings.Join(before.links, " ") {
-			t.Errorf("plugin %s: interfaces before %v, after %v", c.mode, before.links, after.links)
-		}
-		if after.iptables != before.iptables {
-			t.Errorf("plugin %s: iptables rules changed:\nbefore:\n%s\nafter:\n%s", c.mode, before.iptables, after.iptables)
-		}
-		if len(after.ipam) != 0 {
-			t.Errorf("plugin %s: IP allocations left: %v", c.mode, after.ipam)
-		}
+		before.assertSame(t, "plugin "+c.mode, snapshotHost(t, bridge, ipamDir))
 	}
 	// The hung plugin's process is gone too.
 	if procs := processesMentioning("berth-fault"); len(procs) > 0 {
@@ -354,14 +351,5 @@ func TestPodNetworkChurn(t *testing.T) {
 			}
 		}
 	}
-	after := snapshotHost(t, bridge, ipamDir)
-	if strings.Join(after.links, " ") != strings.Join(before.links, " ") {
-		t.Errorf("interfaces before %v, after %v", before.links, after.links)
-	}
-	if after.iptables != before.iptables {
-		t.Errorf("iptables rules changed:\nbefore:\n%s\nafter:\n%s", before.iptables, after.iptables)
-	}
-	if len(after.ipam) != 0 {
-		t.Errorf("IP allocations left in host-local's store: %v", after.ipam)
-	}
+	before.assertSame(t, "after the pods", snapshotHost(t, bridge, ipamDir))
 }
