@@ -7,8 +7,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +29,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-runtime/berth/cgroups"
+	"github.com/berth-runtime/berth/cri/adminapi"
 	"github.com/berth-runtime/berth/internal/testutil"
 )
 
@@ -494,3 +498,21 @@ func eventually(t testing.TB, timeout time.Duration, what string, fn func() erro
 }
 
 var errNotYet = errors.New("not yet")
+
+// adminClient talks to berthd's side channel.
+func (d *daemon) adminClient() *http.Client {
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Dial: func(_, _ string) (net.Conn, error) {
+		return net.Dial("unix", adminapi.SocketFor(d.socket))
+	}}}
+}
+
+// pullsInFlight lists the pulls berthd is running, from its side channel.
+func (d *daemon) pullsInFlight() ([]adminapi.Pull, error) {
+	resp, err := d.adminClient().Get("http://berthd" + adminapi.PullsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var pulls []adminapi.Pull
+	return pulls, json.NewDecoder(resp.Body).Decode(&pulls)
+}

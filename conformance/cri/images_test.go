@@ -5,8 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"strings"
@@ -176,18 +174,11 @@ func TestPullProgress(t *testing.T) {
 		_, err := d.img.PullImage(ctxT(t), &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
 		done <- err
 	}()
-	admin := &http.Client{Transport: &http.Transport{Dial: func(_, _ string) (net.Conn, error) {
-		return net.Dial("unix", adminapi.SocketFor(d.socket))
-	}}}
+	admin := d.adminClient()
 	var seen adminapi.Pull
 	eventually(t, 30*time.Second, "a pull in flight with bytes done", func() error {
-		resp, err := admin.Get("http://berthd" + adminapi.PullsPath)
+		pulls, err := d.pullsInFlight()
 		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		var pulls []adminapi.Pull
-		if err := json.NewDecoder(resp.Body).Decode(&pulls); err != nil {
 			return err
 		}
 		for _, p := range pulls {
