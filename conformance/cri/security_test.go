@@ -12,18 +12,22 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
-// procStatus reads /proc/self/status inside a container (as the
-// container's process sees it: execs share its user and privileges).
-func (d *daemon) procStatus(t *testing.T, id string) map[string]string {
-	t.Helper()
-	out := d.mustExec(t, id, "cat", "/proc/self/status")
+// parseStatus reads the "Key:\tvalue" lines of /proc/<pid>/status.
+func parseStatus(text string) map[string]string {
 	m := map[string]string{}
-	for _, l := range strings.Split(out, "\n") {
+	for _, l := range strings.Split(text, "\n") {
 		if k, v, ok := strings.Cut(l, ":"); ok {
 			m[k] = strings.TrimSpace(v)
 		}
 	}
 	return m
+}
+
+// procStatus reads /proc/self/status inside a container (as the
+// container's process sees it: execs share its user and privileges).
+func (d *daemon) procStatus(t *testing.T, id string) map[string]string {
+	t.Helper()
+	return parseStatus(d.mustExec(t, id, "cat", "/proc/self/status"))
 }
 
 // hostStatus is the test process's own /proc/self/status field.
@@ -33,13 +37,11 @@ func hostStatus(t *testing.T, key string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, l := range strings.Split(string(data), "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok && k == key {
-			return strings.TrimSpace(v)
-		}
+	v, ok := parseStatus(string(data))[key]
+	if !ok {
+		t.Fatalf("no %s in /proc/self/status", key)
 	}
-	t.Fatalf("no %s in /proc/self/status", key)
-	return ""
+	return v
 }
 
 func int64p(v int64) *runtimeapi.Int64Value { return &runtimeapi.Int64Value{Value: v} }
