@@ -65,10 +65,9 @@ unit: build
 # End-to-end tests drive the built binaries as root. One package at a time:
 # they share the host's cgroups and network.
 RUNTIME_TOOLS := $(CURDIR)/.cache/runtime-tools
-# The standard CNI plugins, built from the Go module proxy (make test and
-# make install build them when missing).
+# The standard CNI plugins (hack/cni-plugins/build.sh lists them), built
+# from the Go module proxy; make install copies those missing.
 CNI_BIN       := $(CURDIR)/.cache/cni-bin
-CNI_PLUGINS   := bridge host-local loopback portmap firewall tuning bandwidth
 CNI_INSTALL_DIR ?= /opt/cni/bin
 
 cni-plugins:
@@ -107,10 +106,11 @@ install: build cni-plugins
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(addprefix $(BINDIR)/,$(BINARIES)) $(DESTDIR)$(PREFIX)/bin/
 	install -d $(DESTDIR)$(CNI_INSTALL_DIR)
-	@for p in $(CNI_PLUGINS); do \
+	@for f in $(CNI_BIN)/*; do \
+		p=$$(basename $$f); \
 		if [ ! -e $(DESTDIR)$(CNI_INSTALL_DIR)/$$p ]; then \
 			echo "install CNI plugin $$p into $(CNI_INSTALL_DIR)"; \
-			install -m 0755 $(CNI_BIN)/$$p $(DESTDIR)$(CNI_INSTALL_DIR)/$$p; \
+			install -m 0755 $$f $(DESTDIR)$(CNI_INSTALL_DIR)/$$p; \
 		fi; \
 	done
 
