@@ -39,22 +39,36 @@ func (s *Server) recover(ctx context.Context) {
 			s.log.Info("recovery: removing a pod sandbox", "pod", sb.ID, "state", sb.State)
 			s.logErr("recovery: remove pod sandbox", sb.ID, s.removeSandboxLocked(ctx, sb))
 		default:
-			if _, err := os.Stat(s.shims.socket(sb.ID)); err != nil && sb.State != sandboxReady && !s.podRuns(sb.ID) {
-				// Stopped before; its shim is gone as it should be.
-				continue
-			}
-			if err := s.reconcilePod(sb.ID); err != nil {
-				if errors.Is(err, shim.ErrUnavailable) {
-					s.handleShimGone(sb.ID)
+			if sb.Stopping {
+				s.log.Info("recovery: finishing the stop of a pod sandbox", "pod", sb.ID)
+				err := s.stopSandboxLocked(ctx, sb)
+				if err == nil {
 					continue
 				}
-				s.log.Warn("recovery: reconcile pod", "pod", sb.ID, "error", err)
+				s.log.Warn("recovery: stop pod sandbox", "pod", sb.ID, "error", err)
 			}
-			s.shims.watch(sb.ID)
+			s.recoverPod(sb)
 		}
 	}
 	s.removeOrphans()
 	s.log.Info("recovered state", "pods", len(s.store.listSandboxes()), "containers", len(s.store.listContainers()), "took", time.Since(start).Round(time.Millisecond))
+}
+
+// recoverPod records what happened to a pod's processes while berthd was
+// away and watches its shim again.
+func (s *Server) recoverPod(sb *sandbox) {
+	if _, err := os.Stat(s.shims.socket(sb.ID)); err != nil && sb.State != sandboxReady && !s.podRuns(sb.ID) {
+		// Stopped before; its shim is gone as it should be.
+		return
+	}
+	if err := s.reconcilePod(sb.ID); err != nil {
+		if errors.Is(err, shim.ErrUnavailable) {
+			s.handleShimGone(sb.ID)
+			return
+		}
+		s.log.Warn("recovery: reconcile pod", "pod", sb.ID, "error", err)
+	}
+	s.shims.watch(sb.ID)
 }
 
 func (s *Server) logErr(msg, id string, err error) {

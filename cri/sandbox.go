@@ -46,6 +46,12 @@ func (s *Server) StopPodSandbox(ctx context.Context, req *runtimeapi.StopPodSand
 // it again finishes what a failed or interrupted run left.
 func (s *Server) stopSandboxLocked(ctx context.Context, sb *sandbox) error {
 	log := s.log.With("pod", sb.ID, "name", sb.Name)
+	if !sb.Stopping {
+		sb.Stopping = true
+		if err := s.store.putSandbox(sb); err != nil {
+			return err
+		}
+	}
 	for _, c := range s.store.podContainers(sb.ID) {
 		if err := s.stopContainer(ctx, c.ID, 0); err != nil {
 			return fmt.Errorf("stop container %s: %w", c.ID, err)
@@ -73,6 +79,7 @@ func (s *Server) stopSandboxLocked(ctx context.Context, sb *sandbox) error {
 	if sb.State != sandboxRemoving {
 		sb.State = sandboxNotReady
 	}
+	sb.Stopping = false
 	if err := s.store.putSandbox(sb); err != nil {
 		return err
 	}

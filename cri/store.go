@@ -42,7 +42,10 @@ type sandbox struct {
 	IPs   []string `json:"ips,omitempty"`
 	// CNIAdded records that CNI ADD ran, so that a crash before the
 	// sandbox was ready still gets its DEL.
-	CNIAdded     bool   `json:"cniAdded,omitempty"`
+	CNIAdded bool `json:"cniAdded,omitempty"`
+	// Stopping records a StopPodSandbox under way: a crash in the middle
+	// (of CNI DEL, say) is finished at restart.
+	Stopping     bool   `json:"stopping,omitempty"`
 	CgroupParent string `json:"cgroupParent,omitempty"`
 	PausePid     int    `json:"pausePid,omitempty"`
 	// ShmMounted records the pod's /dev/shm tmpfs.

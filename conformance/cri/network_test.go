@@ -1,6 +1,7 @@
 package cri_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -8,7 +9,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -222,12 +225,20 @@ func TestPodNetworkBridge(t *testing.T) {
 
 // faultPlugin installs a CNI plugin of the test's own, chained after the
 // bridge, whose ADD fails, hangs or answers garbage as its mode file
-// says; DEL always succeeds, so that teardown can be checked.
+// says. In the block-add and block-del modes it writes its PID into
+// block.pid next to the mode file and waits for a file named release
+// there. Otherwise DEL succeeds, so that teardown can be checked.
 func faultPlugin(t *testing.T, binDir string) (modeFile string) {
 	t.Helper()
-	modeFile = filepath.Join(t.TempDir(), "mode")
+	dir := t.TempDir()
+	modeFile = filepath.Join(dir, "mode")
 	script := fmt.Sprintf(`#!/bin/sh
-mode=$(cat %q)
+mode=$(cat %[1]q/mode)
+block() {
+	echo $$ > %[1]q/block.pid
+	i=0
+	while [ ! -e %[1]q/release ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+}
 case "$CNI_COMMAND" in
 VERSION) echo '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}'; exit 0;;
 ADD)
@@ -235,50 +246,123 @@ ADD)
 	fail) echo '{"cniVersion":"1.0.0","code":11,"msg":"berth-fault: injected failure"}'; exit 1;;
 	hang) exec sleep 60;;
 	garbage) echo 'this is not JSON'; exit 0;;
+	block-add) block; exit 1;;
 	esac;;
+DEL)
+	[ "$mode" = block-del ] && block;;
 esac
 exit 0
-`, modeFile)
+`, dir)
 	if err := os.WriteFile(filepath.Join(binDir, "berth-fault"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	return modeFile
 }
 
-// TestPodNetworkFaults: a plugin that fails, hangs or answers garbage
-// fails RunPodSandbox with its message and leaves no interface, iptables
-// rule, IP allocation or network namespace behind.
-func TestPodNetworkFaults(t *testing.T) {
+// faultNetwork is a bridge network whose plugins include the fault
+// plugin, chained between the bridge and portmap while withFault says so.
+type faultNetwork struct {
+	bins, confDir, ipamDir, bridge, modeFile string
+	conf                                     string // the configuration file
+	plain                                    []byte // its content without the fault plugin
+}
+
+func newFaultNetwork(t *testing.T, prefix string, subnetByte int) *faultNetwork {
+	t.Helper()
 	// The standard plugins and the fault plugin, side by side.
-	bins := t.TempDir()
+	n := &faultNetwork{bins: t.TempDir()}
 	for _, p := range []string{"bridge", "host-local", "portmap", "loopback"} {
 		data, err := os.ReadFile(filepath.Join(cniBinDir(t), p))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(bins, p), data, 0o755); err != nil {
+		if err := os.WriteFile(filepath.Join(n.bins, p), data, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	modeFile := faultPlugin(t, bins)
-	bridge := fmt.Sprintf("bf%d", os.Getpid()%100000)
-	subnet := fmt.Sprintf("10.214.%d.0/24", os.Getpid()%250)
-	confDir, ipamDir := bridgeNetwork(t, bridge, subnet)
-	conf := filepath.Join(confDir, "10-berth-test.conflist")
-	data, err := os.ReadFile(conf)
-	if err != nil {
+	n.modeFile = faultPlugin(t, n.bins)
+	n.bridge = fmt.Sprintf("%s%d", prefix, os.Getpid()%100000)
+	n.confDir, n.ipamDir = bridgeNetwork(t, n.bridge, fmt.Sprintf("10.%d.%d.0/24", subnetByte, os.Getpid()%250))
+	n.conf = filepath.Join(n.confDir, "10-berth-test.conflist")
+	var err error
+	if n.plain, err = os.ReadFile(n.conf); err != nil {
 		t.Fatal(err)
 	}
-	withFault := strings.Replace(string(data), `{"type": "portmap"`, `{"type": "berth-fault"}, {"type": "portmap"`, 1)
-	if err := os.WriteFile(conf, []byte(withFault), 0o644); err != nil {
+	n.withFault(t, true)
+	return n
+}
+
+// withFault puts the fault plugin into the chain or takes it out; berthd
+// picks the change up at its next CNI call.
+func (n *faultNetwork) withFault(t *testing.T, on bool) {
+	t.Helper()
+	data := n.plain
+	if on {
+		data = []byte(strings.Replace(string(n.plain), `{"type": "portmap"`, `{"type": "berth-fault"}, {"type": "portmap"`, 1))
+	}
+	if err := os.WriteFile(n.conf, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d := startDaemon(t, daemonOptions{cniConfDir: confDir, extra: fmt.Sprintf("cni_bin_dirs = [%q]\ncni_timeout = \"3s\"", bins)})
+}
+
+func (n *faultNetwork) setMode(t *testing.T, mode string) {
+	t.Helper()
+	if err := os.WriteFile(n.modeFile, []byte(mode), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// daemonExtra is the berthd configuration that uses the network.
+func (n *faultNetwork) daemonExtra(timeout string) string {
+	return fmt.Sprintf("cni_bin_dirs = [%q]\ncni_timeout = %q", n.bins, timeout)
+}
+
+// blocked waits for the plugin to block and returns its PID.
+func (n *faultNetwork) blocked(t *testing.T) int {
+	t.Helper()
+	pidFile := filepath.Join(filepath.Dir(n.modeFile), "block.pid")
+	var pid int
+	eventually(t, 30*time.Second, "the fault plugin blocks", func() error {
+		data, err := os.ReadFile(pidFile)
+		if err != nil {
+			return err
+		}
+		pid, err = strconv.Atoi(strings.TrimSpace(string(data)))
+		return err
+	})
+	return pid
+}
+
+// release lets a blocked plugin go and waits until its process is gone.
+func (n *faultNetwork) release(t *testing.T, pid int) {
+	t.Helper()
+	dir := filepath.Dir(n.modeFile)
+	if err := os.WriteFile(filepath.Join(dir, "release"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the released plugin exits", func() error {
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+			return fmt.Errorf("plugin %d still runs", pid)
+		}
+		return nil
+	})
+	for _, f := range []string{"release", "block.pid"} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestPodNetworkFaults: a plugin that fails, hangs or answers garbage
+// fails RunPodSandbox with its message and leaves no interface, iptables
+// rule, IP allocation or network namespace behind.
+func TestPodNetworkFaults(t *testing.T) {
+	n := newFaultNetwork(t, "bf", 214)
+	bridge, ipamDir := n.bridge, n.ipamDir
+	d := startDaemon(t, daemonOptions{cniConfDir: n.confDir, extra: n.daemonExtra("3s")})
 	// A first pod creates the bridge and portmap's node-wide chains, which
 	// stay; the snapshot is taken after it is gone.
-	if err := os.WriteFile(modeFile, []byte("fail"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	n.setMode(t, "fail")
 	_, _ = d.rt.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: d.podConfig("warmup")})
 	before := snapshotHost(t, bridge, ipamDir)
 
@@ -287,9 +371,7 @@ func TestPodNetworkFaults(t *testing.T) {
 		{"garbage", "berth-fault"},
 		{"hang", "timed out"},
 	} {
-		if err := os.WriteFile(modeFile, []byte(c.mode), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		n.setMode(t, c.mode)
 		cfg := d.podConfig("fault-" + c.mode)
 		cfg.PortMappings = []*runtimeapi.PortMapping{{Protocol: runtimeapi.Protocol_TCP, ContainerPort: 80, HostPort: int32(30000 + os.Getpid()%10000), HostIp: "127.0.0.1"}}
 		_, err := d.rt.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: cfg})
@@ -309,6 +391,95 @@ func TestPodNetworkFaults(t *testing.T) {
 	if procs := processesMentioning("berth-fault"); len(procs) > 0 {
 		t.Errorf("fault plugin processes left: %v", procs)
 	}
+}
+
+// TestPodNetworkCrash: berthd killed in the middle of CNI ADD or DEL
+// finishes or undoes the half-done work when it starts again: no IP left
+// in host-local's store, no veth, no iptables rule, no netns mount.
+func TestPodNetworkCrash(t *testing.T) {
+	n := newFaultNetwork(t, "bk", 217)
+	d := startDaemon(t, daemonOptions{cniConfDir: n.confDir, extra: n.daemonExtra("1m")})
+	// The first pod makes the bridge, which stays.
+	n.setMode(t, "fail")
+	_, _ = d.rt.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: d.podConfig("warmup")})
+	before := snapshotHost(t, n.bridge, n.ipamDir)
+	hostPort := int32(31000 + os.Getpid()%10000)
+	withHostPort := func(name string) *runtimeapi.PodSandboxConfig {
+		cfg := d.podConfig(name)
+		cfg.PortMappings = []*runtimeapi.PortMapping{{Protocol: runtimeapi.Protocol_TCP, ContainerPort: 80, HostPort: hostPort, HostIp: "127.0.0.1"}}
+		return cfg
+	}
+	netnsLeft := func() []string {
+		entries, _ := os.ReadDir(filepath.Join(d.state, "netns"))
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		return names
+	}
+
+	t.Run("ADD", func(t *testing.T) {
+		// The bridge has made the veth and host-local has given the IP
+		// when the fault plugin blocks.
+		n.setMode(t, "block-add")
+		done := make(chan error, 1)
+		go func() {
+			_, err := d.rt.RunPodSandbox(context.Background(), &runtimeapi.RunPodSandboxRequest{Config: withHostPort("crash-add")})
+			done <- err
+		}()
+		pid := n.blocked(t)
+		if mid := snapshotHost(t, n.bridge, n.ipamDir); len(mid.ipam) == 0 {
+			t.Fatalf("no IP allocated while ADD blocks: not the half-done state this test is about")
+		}
+		d.stop(syscall.SIGKILL)
+		if err := <-done; err == nil {
+			t.Fatal("RunPodSandbox succeeded though berthd was killed")
+		}
+		n.setMode(t, "")
+		n.release(t, pid)
+		d.start()
+		if pods, err := d.rt.ListPodSandbox(ctxT(t), &runtimeapi.ListPodSandboxRequest{}); err != nil || len(pods.Items) != 0 {
+			t.Errorf("pods after restart: %v %v", err, pods.GetItems())
+		}
+		if left := netnsLeft(); len(left) != 0 {
+			t.Errorf("network namespaces left: %v", left)
+		}
+		before.assertSame(t, "after a crash in ADD", snapshotHost(t, n.bridge, n.ipamDir))
+	})
+
+	t.Run("DEL", func(t *testing.T) {
+		// A pod set up in full, hostPort rules included; then DEL blocks
+		// after portmap's and before the bridge's.
+		n.withFault(t, false)
+		pod := d.runPod(t, withHostPort("crash-del"))
+		n.withFault(t, true)
+		n.setMode(t, "block-del")
+		done := make(chan error, 1)
+		go func() {
+			_, err := d.rt.StopPodSandbox(context.Background(), &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod})
+			done <- err
+		}()
+		pid := n.blocked(t)
+		d.stop(syscall.SIGKILL)
+		if err := <-done; err == nil {
+			t.Fatal("StopPodSandbox succeeded though berthd was killed")
+		}
+		n.setMode(t, "")
+		n.release(t, pid)
+		d.start()
+		// Without another call: the restart finished the stop.
+		st, err := d.rt.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
+		if err != nil || st.Status.State != runtimeapi.PodSandboxState_SANDBOX_NOTREADY {
+			t.Errorf("pod after restart: %v %v", err, st.GetStatus().GetState())
+		}
+		if left := netnsLeft(); len(left) != 0 {
+			t.Errorf("network namespaces left: %v", left)
+		}
+		before.assertSame(t, "after a crash in DEL", snapshotHost(t, n.bridge, n.ipamDir))
+		if _, err := d.rt.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 // TestPodNetworkChurn creates and removes 100 pods with hostPorts, ten at
