@@ -36,19 +36,24 @@ func cniBinDir(t *testing.T) string {
 }
 
 // bridgeNetwork writes a bridge + host-local + portmap configuration on a
-// bridge and subnet of the test's own, and removes the bridge afterwards.
-func bridgeNetwork(t *testing.T, bridge, subnet string) (confDir, ipamDir string) {
+// bridge and subnets of the test's own (one range each: two make a
+// dual-stack network), and removes the bridge afterwards.
+func bridgeNetwork(t *testing.T, bridge string, subnets ...string) (confDir, ipamDir string) {
 	t.Helper()
 	confDir, ipamDir = t.TempDir(), t.TempDir()
+	var ranges []string
+	for _, s := range subnets {
+		ranges = append(ranges, fmt.Sprintf(`[{"subnet": %q}]`, s))
+	}
 	conf := fmt.Sprintf(`{
   "cniVersion": "1.0.0",
   "name": "berth-test",
   "plugins": [
     {"type": "bridge", "bridge": %q, "isGateway": true, "ipMasq": false, "hairpinMode": true,
-     "ipam": {"type": "host-local", "dataDir": %q, "ranges": [[{"subnet": %q}]]}},
+     "ipam": {"type": "host-local", "dataDir": %q, "ranges": [%s]}},
     {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
   ]
-}`, bridge, ipamDir, subnet)
+}`, bridge, ipamDir, strings.Join(ranges, ", "))
 	if err := os.WriteFile(filepath.Join(confDir, "10-berth-test.conflist"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +213,31 @@ func TestPodNetworkBridge(t *testing.T) {
 		return nil
 	})
 
-	for _, pod := range []string{server, client} {
+	// A hostNetwork pod skips CNI: the host's interfaces, the test's
+	// bridge among them, and no address of the bridge's.
+	hostCfg := d.podConfig("host-network")
+	hostCfg.Linux.SecurityContext = &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE}}
+	allocated := len(snapshotHost(t, bridge, ipamDir).ipam)
+	hostPod := d.runPod(t, hostCfg)
+	hostC := d.run(t, hostPod, hostCfg, containerConfig("c", "", "sleep", "3600"))
+	seen := d.mustExec(t, hostC, "ip", "-o", "link", "show")
+	ifs, err := net.Interfaces()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range ifs {
+		if !strings.Contains(seen, " "+i.Name+":") && !strings.Contains(seen, " "+i.Name+"@") {
+			t.Errorf("hostNetwork pod does not see the host's %s:\n%s", i.Name, seen)
+		}
+	}
+	if st, err := d.rt.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: hostPod}); err != nil || st.Status.GetNetwork().GetIp() != "" {
+		t.Errorf("hostNetwork pod status: %v, IP %q (want none: the kubelet uses the node's)", err, st.GetStatus().GetNetwork().GetIp())
+	}
+	if n := len(snapshotHost(t, bridge, ipamDir).ipam); n != allocated {
+		t.Errorf("hostNetwork pod took an address: %d allocations, %d before", n, allocated)
+	}
+
+	for _, pod := range []string{server, client, hostPod} {
 		if _, err := d.rt.StopPodSandbox(ctxT(t), &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
 			t.Fatal(err)
 		}
@@ -216,6 +245,61 @@ func TestPodNetworkBridge(t *testing.T) {
 		if _, err := d.rt.StopPodSandbox(ctxT(t), &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
 			t.Fatal(err)
 		}
+		if _, err := d.rt.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before.assertSame(t, "after the pods", snapshotHost(t, bridge, ipamDir))
+}
+
+// TestPodNetworkDualStack: on a network with an IPv4 and an IPv6 range,
+// a pod's status has both addresses, IPv4 first, both on eth0, and pods
+// reach each other over IPv6.
+func TestPodNetworkDualStack(t *testing.T) {
+	bins := cniBinDir(t)
+	if data, err := os.ReadFile("/proc/sys/net/ipv6/conf/default/disable_ipv6"); err != nil || strings.TrimSpace(string(data)) != "0" {
+		t.Skipf("IPv6 is disabled on this host (%v %q)", err, data)
+	}
+	bridge := fmt.Sprintf("bd%d", os.Getpid()%100000)
+	v4 := fmt.Sprintf("10.218.%d.0/24", os.Getpid()%250)
+	v6 := fmt.Sprintf("fd00:b37:%x::/64", os.Getpid()%0xffff)
+	confDir, ipamDir := bridgeNetwork(t, bridge, v4, v6)
+	before := snapshotHost(t, bridge, ipamDir)
+	d := startDaemon(t, daemonOptions{cniConfDir: confDir, extra: fmt.Sprintf("cni_bin_dirs = [%q]", bins)})
+	_, net4, _ := net.ParseCIDR(v4)
+	_, net6, _ := net.ParseCIDR(v6)
+
+	serverCfg := d.podConfig("server6")
+	server := d.runPod(t, serverCfg)
+	web := d.run(t, server, serverCfg, containerConfig("web", "", "sh", "-c",
+		"mkdir -p /www && echo pong6 > /www/index.html && exec httpd -f -p 8080 -h /www"))
+	clientCfg := d.podConfig("client6")
+	client := d.runPod(t, clientCfg)
+	curl := d.run(t, client, clientCfg, containerConfig("curl", "", "sleep", "3600"))
+
+	st, err := d.rt.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: server})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ip4 := net.ParseIP(st.Status.GetNetwork().GetIp())
+	var ip6 net.IP
+	if extra := st.Status.GetNetwork().GetAdditionalIps(); len(extra) == 1 {
+		ip6 = net.ParseIP(extra[0].GetIp())
+	}
+	if ip4 == nil || !net4.Contains(ip4) || ip6 == nil || !net6.Contains(ip6) {
+		t.Fatalf("pod network status %v, want an IP in %s, then one in %s", st.Status.GetNetwork(), v4, v6)
+	}
+	if out := d.mustExec(t, web, "ip", "-6", "-o", "addr", "show", "eth0"); !strings.Contains(out, ip6.String()+"/64") {
+		t.Errorf("eth0 in the pod: %q, want %s", out, ip6)
+	}
+	eventually(t, 30*time.Second, "client pod reaches the server pod over IPv6", func() error {
+		out, errOut, code := d.execSync(t, curl, "wget", "-q", "-O-", "http://["+ip6.String()+"]:8080/index.html")
+		if code != 0 || out != "pong6\n" {
+			return fmt.Errorf("wget: %d %q %q", code, out, errOut)
+		}
+		return nil
+	})
+	for _, pod := range []string{server, client} {
 		if _, err := d.rt.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
 			t.Fatal(err)
 		}
