@@ -29,7 +29,7 @@ TESTRUN   := $(if $(TEST),-run '$(TEST)',)
 
 BINARIES  := berth berth-shim pause berthd berthctl
 
-.PHONY: all build deps test-deps cni-plugins unit e2e test lint vet fmt install bench clean run run-oci fuzz fuzz-ci
+.PHONY: all build deps test-deps cni-plugins unit e2e test lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
 
 all: build
 
@@ -69,6 +69,8 @@ RUNTIME_TOOLS := $(CURDIR)/.cache/runtime-tools
 # from the Go module proxy; make install copies those missing.
 CNI_BIN       := $(CURDIR)/.cache/cni-bin
 CNI_INSTALL_DIR ?= /opt/cni/bin
+CNI_CONF_DIR    ?= /etc/cni/net.d
+BERTH_CONF_DIR  ?= /etc/berth
 
 cni-plugins:
 	hack/cni-plugins/build.sh $(CNI_BIN)
@@ -102,7 +104,21 @@ fuzz:
 
 test: test-deps build lint unit fuzz-ci e2e
 
-install: build cni-plugins
+# berthd renders the bridge template for the pod CIDR the kubelet gives;
+# until then, or without a kubelet, the default bridge network (10.88.0.0/16)
+# serves, installed only where no CNI configuration exists. An edited
+# template is kept.
+install-cni-config:
+	install -d $(DESTDIR)$(BERTH_CONF_DIR) $(DESTDIR)$(CNI_CONF_DIR)
+	@if [ ! -e $(DESTDIR)$(BERTH_CONF_DIR)/cni-bridge.conflist.template ]; then \
+		install -m 0644 contrib/cni/bridge.conflist.template $(DESTDIR)$(BERTH_CONF_DIR)/cni-bridge.conflist.template; \
+	fi
+	@if ! ls $(DESTDIR)$(CNI_CONF_DIR) | grep -qE '\.(conf|conflist|json)$$'; then \
+		echo "install the default CNI network (bridge berth0, 10.88.0.0/16) into $(CNI_CONF_DIR)"; \
+		install -m 0644 contrib/cni/10-berth-bridge.conflist $(DESTDIR)$(CNI_CONF_DIR)/10-berth-bridge.conflist; \
+	fi
+
+install: build cni-plugins install-cni-config
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(addprefix $(BINDIR)/,$(BINARIES)) $(DESTDIR)$(PREFIX)/bin/
 	install -d $(DESTDIR)$(CNI_INSTALL_DIR)

@@ -44,6 +44,10 @@ type Config struct {
 	// CNIConfDir and CNIBinDirs are where CNI configs and plugins are.
 	CNIConfDir string   `toml:"cni_conf_dir"`
 	CNIBinDirs []string `toml:"cni_bin_dirs"`
+	// CNIConfTemplate, if the file exists, is rendered into CNIConfDir
+	// when the kubelet sets the node's pod CIDR, as containerd's
+	// conf_template (`make install` installs a bridge network's).
+	CNIConfTemplate string `toml:"cni_conf_template"`
 	// CNITimeout bounds each CNI plugin call.
 	CNITimeout Duration `toml:"cni_timeout"`
 
@@ -105,6 +109,7 @@ func DefaultConfig() Config {
 		CgroupDriver:         string(defaultDriver()),
 		CNIConfDir:           "/etc/cni/net.d",
 		CNIBinDirs:           []string{"/opt/cni/bin", "/usr/lib/cni"},
+		CNIConfTemplate:      "/etc/berth/cni-bridge.conflist.template",
 		CNITimeout:           Duration{time.Minute},
 		RegistriesConf:       "/etc/containers/registries.conf",
 		RegistriesConfDir:    "/etc/containers/registries.conf.d",

@@ -3,6 +3,7 @@ package cri
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 
 	"golang.org/x/sys/unix"
@@ -101,7 +102,9 @@ func (s *Server) UpdateRuntimeConfig(ctx context.Context, req *runtimeapi.Update
 	s.mu.Lock()
 	s.podCIDR = cidr
 	s.mu.Unlock()
-	s.net.SetPodCIDR(cidr)
+	if err := s.net.SetPodCIDR(cidr); err != nil {
+		return nil, toStatus(fmt.Errorf("%w: pod CIDR %s: %v", errPrecondition, cidr, err))
+	}
 	s.log.Info("pod CIDR set", "cidr", cidr)
 	return &runtimeapi.UpdateRuntimeConfigResponse{}, nil
 }

@@ -95,7 +95,7 @@ func New(cfg Config, log *slog.Logger, version string) (*Server, error) {
 		return nil, err
 	}
 	netm, err := network.NewManager(network.Options{
-		NetNSDir: cfg.netnsDir(), ConfDir: cfg.CNIConfDir, BinDirs: cfg.CNIBinDirs,
+		NetNSDir: cfg.netnsDir(), ConfDir: cfg.CNIConfDir, BinDirs: cfg.CNIBinDirs, ConfTemplate: cfg.CNIConfTemplate,
 		Timeout: cfg.CNITimeout.Duration, Logger: log,
 	})
 	if err != nil {
@@ -115,7 +115,10 @@ func New(cfg Config, log *slog.Logger, version string) (*Server, error) {
 	s.registerStateMetrics()
 	if cidr := st.getMeta("podCIDR"); cidr != "" {
 		s.podCIDR = cidr
-		netm.SetPodCIDR(cidr)
+		if err := netm.SetPodCIDR(cidr); err != nil {
+			// Pods still get the configuration in place, if any.
+			log.Warn("pod CIDR", "cidr", cidr, "error", err)
+		}
 	}
 	s.recover(context.Background())
 	return s, nil

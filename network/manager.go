@@ -18,6 +18,9 @@ type Options struct {
 	// ConfDir holds CNI network configurations; BinDirs the plugins.
 	ConfDir string
 	BinDirs []string
+	// ConfTemplate, when the file exists, is rendered into ConfDir for
+	// the node's pod CIDR (see RenderTemplate).
+	ConfTemplate string
 	// Timeout bounds one CNI plugin call.
 	Timeout time.Duration
 	Logger  *slog.Logger
@@ -84,11 +87,14 @@ func NewManager(o Options) (*Manager, error) {
 // Close stops watching the configuration.
 func (m *Manager) Close() {}
 
-// SetPodCIDR records the node's pod CIDR (UpdateRuntimeConfig).
-func (m *Manager) SetPodCIDR(cidr string) {
+// SetPodCIDR records the node's pod CIDRs (UpdateRuntimeConfig,
+// comma-separated): plugins with the ipRanges capability get them, and
+// the configuration template, if there is one, is rendered for them.
+func (m *Manager) SetPodCIDR(cidr string) error {
 	m.mu.Lock()
 	m.podCIDR = cidr
 	m.mu.Unlock()
+	return m.renderTemplate(cidr)
 }
 
 // NewNetNS creates a pod's network namespace.

@@ -101,6 +101,8 @@ type daemonOptions struct {
 	cniConfDir string
 	// registriesConf; default the suite's.
 	registriesConf string
+	// cniConfTemplate; default none, whatever the host has.
+	cniConfTemplate string
 }
 
 // startDaemon starts berthd; the test's clean-up removes every pod, stops
@@ -136,6 +138,7 @@ socket = %q
 cgroup_driver = "cgroupfs"
 cgroup_parent = %q
 cni_conf_dir = %q
+cni_conf_template = %q
 registries_conf = %q
 registries_conf_dir = %q
 signature_policy = %q
@@ -143,7 +146,7 @@ log_level = "debug"
 stream_address = "127.0.0.1:0"
 pull_progress_interval = "1s"
 %s
-`, filepath.Join(d.dir, "root"), d.state, d.socket, d.cgroupParent, o.cniConfDir, o.registriesConf,
+`, filepath.Join(d.dir, "root"), d.state, d.socket, d.cgroupParent, o.cniConfDir, o.cniConfTemplate, o.registriesConf,
 		filepath.Join(d.dir, "registries.d"), filepath.Join(d.dir, "no-policy.json"), o.extra)
 	if err := os.WriteFile(d.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)

@@ -307,6 +307,119 @@ func TestPodNetworkDualStack(t *testing.T) {
 	before.assertSame(t, "after the pods", snapshotHost(t, bridge, ipamDir))
 }
 
+// TestPodNetworkPodCIDR: the bridge template make install ships is
+// rendered when the kubelet sets the node's pod CIDR, and pods get their
+// addresses from it.
+func TestPodNetworkPodCIDR(t *testing.T) {
+	bins := cniBinDir(t)
+	bridge := fmt.Sprintf("bp%d", os.Getpid()%100000)
+	ipamDir := t.TempDir()
+	// The shipped template, on the test's own bridge and IPAM store.
+	tmpl, err := os.ReadFile(filepath.Join(testutil.RepoRoot(), "contrib", "cni", "bridge.conflist.template"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := strings.Replace(string(tmpl), `"bridge": "berth0"`, fmt.Sprintf(`"bridge": %q`, bridge), 1)
+	own = strings.Replace(own, `"type": "host-local",`, fmt.Sprintf(`"type": "host-local", "dataDir": %q,`, ipamDir), 1)
+	if own == string(tmpl) || !strings.Contains(own, ipamDir) {
+		t.Fatalf("contrib/cni/bridge.conflist.template changed shape; adapt this test:\n%s", tmpl)
+	}
+	tmplFile := filepath.Join(t.TempDir(), "bridge.conflist.template")
+	if err := os.WriteFile(tmplFile, []byte(own), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if _, err := net.InterfaceByName(bridge); err == nil {
+			if out, err := exec.Command("ip", "link", "del", bridge).CombinedOutput(); err != nil {
+				t.Errorf("remove bridge %s: %v %s", bridge, err, out)
+			}
+		}
+	})
+	before := snapshotHost(t, bridge, ipamDir)
+	confDir := t.TempDir()
+	d := startDaemon(t, daemonOptions{cniConfDir: confDir, cniConfTemplate: tmplFile, extra: fmt.Sprintf("cni_bin_dirs = [%q]", bins)})
+
+	cidr := fmt.Sprintf("10.219.%d.0/24", os.Getpid()%250)
+	if _, err := d.rt.UpdateRuntimeConfig(ctxT(t), &runtimeapi.UpdateRuntimeConfigRequest{RuntimeConfig: &runtimeapi.RuntimeConfig{
+		NetworkConfig: &runtimeapi.NetworkConfig{PodCidr: cidr}}}); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := os.ReadFile(filepath.Join(confDir, "10-berth-bridge.conflist")); err != nil || !strings.Contains(string(data), cidr) {
+		t.Fatalf("rendered configuration: %v\n%s", err, data)
+	}
+	st, err := d.rt.Status(ctxT(t), &runtimeapi.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range st.Status.Conditions {
+		if c.Type == runtimeapi.NetworkReady && !c.Status {
+			t.Errorf("NetworkReady after the pod CIDR: %+v", c)
+		}
+	}
+	cfg := d.podConfig("in-cidr")
+	pod := d.runPod(t, cfg)
+	c := d.run(t, pod, cfg, containerConfig("c", "", "sleep", "3600"))
+	ps, err := d.rt.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, ipnet, _ := net.ParseCIDR(cidr)
+	ip := net.ParseIP(ps.Status.GetNetwork().GetIp())
+	if ip == nil || !ipnet.Contains(ip) || len(ps.Status.GetNetwork().GetAdditionalIps()) != 0 {
+		t.Errorf("pod network %v, want one IP in %s", ps.Status.GetNetwork(), cidr)
+	}
+	gw := ipnet.IP.To4()
+	gw[3] = 1
+	if out := d.mustExec(t, c, "ip", "route", "show", "default"); !strings.Contains(out, "via "+gw.String()) {
+		t.Errorf("default route in the pod: %q, want via %s", out, gw)
+	}
+	if _, err := d.rt.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+		t.Fatal(err)
+	}
+	before.assertSame(t, "after the pod", snapshotHost(t, bridge, ipamDir))
+}
+
+// TestInstallCNIConfig: make install puts the default bridge network in
+// place only where no CNI configuration exists, and keeps an edited
+// template.
+func TestInstallCNIConfig(t *testing.T) {
+	root := testutil.RepoRoot()
+	install := func(destDir string) {
+		t.Helper()
+		cmd := exec.Command("make", "-s", "-C", root, "install-cni-config", "DESTDIR="+destDir)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("make install-cni-config: %v\n%s", err, out)
+		}
+	}
+	fresh := t.TempDir()
+	install(fresh)
+	got, err := os.ReadFile(filepath.Join(fresh, "etc/cni/net.d/10-berth-bridge.conflist"))
+	want, _ := os.ReadFile(filepath.Join(root, "contrib/cni/10-berth-bridge.conflist"))
+	if err != nil || string(got) != string(want) || !strings.Contains(string(got), `"10.88.0.0/16"`) {
+		t.Errorf("default network on a fresh node: %v\n%s", err, got)
+	}
+	if _, err := os.Stat(filepath.Join(fresh, "etc/berth/cni-bridge.conflist.template")); err != nil {
+		t.Errorf("template: %v", err)
+	}
+
+	node := t.TempDir()
+	for dir, file := range map[string]string{"etc/cni/net.d": "05-mine.conflist", "etc/berth": "cni-bridge.conflist.template"} {
+		if err := os.MkdirAll(filepath.Join(node, dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(node, dir, file), []byte("mine"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	install(node)
+	if _, err := os.Stat(filepath.Join(node, "etc/cni/net.d/10-berth-bridge.conflist")); err == nil {
+		t.Errorf("default network installed next to the node's own")
+	}
+	if data, _ := os.ReadFile(filepath.Join(node, "etc/berth/cni-bridge.conflist.template")); string(data) != "mine" {
+		t.Errorf("edited template replaced: %q", data)
+	}
+}
+
 // faultPlugin installs a CNI plugin of the test's own, chained after the
 // bridge, whose ADD fails, hangs or answers garbage as its mode file
 // says. In the block-add and block-del modes it writes its PID into
