@@ -2,7 +2,7 @@
 #
 #   make build     binaries into bin/
 #   make test      install what the tests need, then every test (as root)
-#   make bench     benchmarks against runc/crun (and later containerd)
+#   make bench     benchmarks against runc, crun, skopeo+umoci and containerd
 #   make install   binaries into $(PREFIX)/bin
 #   make run       build, start berthd and run a pod through berthctl
 #   make run-oci   build, then run a container from a busybox bundle with berth
@@ -130,9 +130,9 @@ install: build cni-plugins install-cni-config
 		fi; \
 	done
 
-bench: build
+bench: build cni-plugins
 	@hack/install-deps.sh bench
-	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) $(GO) run $(GO_FLAGS) ./conformance/bench/cmd/berth-bench -out bench/results
+	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_CNI_BIN=$(CNI_BIN) $(GO) run $(GO_FLAGS) ./conformance/bench/cmd/berth-bench -out bench/results
 
 # The main job: start berthd, pull an image with progress bars and run a
 # pod through berthctl; berthd keeps running. run-oci: the OCI CLI alone.

@@ -121,7 +121,7 @@ func (b *OCIBench) Run(ctx context.Context, res *Results) error {
 	for round := 0; round < b.Rounds && ctx.Err() == nil; round++ {
 		d, err := b.timedFloor(filepath.Join(minimal, "rootfs"))
 		record(runMin.SeriesFor("floor"), d, err, b.Log)
-		for _, rt := range rotate(b.Runtimes, round) {
+		for _, rt := range rotated(b.Runtimes, round) {
 			d, err := rt.timed("run", "-b", minimal, "bench-run")
 			record(runMin.SeriesFor(rt.Name), d, err, b.Log)
 			if err != nil {
@@ -190,7 +190,7 @@ func (b *OCIBench) execCase(ctx context.Context) (*Case, error) {
 		started = append(started, rt)
 	}
 	for round := 0; round < b.Rounds && ctx.Err() == nil; round++ {
-		for _, rt := range rotate(b.Runtimes, round) {
+		for _, rt := range rotated(b.Runtimes, round) {
 			d, err := rt.timed("exec", "bench-exec", "/bin/true")
 			record(c.SeriesFor(rt.Name), d, err, b.Log)
 		}
@@ -207,13 +207,12 @@ func record(s *Series, d time.Duration, err error, log func(string, ...any)) {
 	s.Add(d)
 }
 
-// rotate changes which runtime goes first from round to round, so that
+// rotated changes which runtime goes first from round to round, so that
 // none always runs right after a particular other.
-func rotate(rts []OCIRuntime, round int) []OCIRuntime {
-	n := len(rts)
-	out := make([]OCIRuntime, n)
-	for i := range rts {
-		out[i] = rts[(i+round)%n]
+func rotated[T any](xs []T, round int) []T {
+	out := make([]T, len(xs))
+	for i := range xs {
+		out[i] = xs[(i+round)%len(xs)]
 	}
 	return out
 }

@@ -67,13 +67,13 @@ func (b *PullBench) Run(ctx context.Context, res *Results) error {
 	warm := &Case{Group: "Image pull", Name: "pull again, layers present", Unit: "ms",
 		Note: "The same pull with every layer already stored: what a kubelet with imagePullPolicy Always costs. skopeo+umoci re-copies into the same layout (blobs skipped) and unpacks again, as umoci has no layer store."}
 	for round := 0; round < b.Rounds && ctx.Err() == nil; round++ {
-		for _, p := range rotatePullers(pullers, round) {
+		for _, p := range rotated(pullers, round) {
 			d, err := p.cold(ctx, ref)
 			record(cold.SeriesFor(p.name()), d, err, b.Log)
 		}
 	}
 	for round := 0; round < b.Rounds && ctx.Err() == nil; round++ {
-		for _, p := range rotatePullers(pullers, round) {
+		for _, p := range rotated(pullers, round) {
 			d, err := p.warm(ctx, ref)
 			record(warm.SeriesFor(p.name()), d, err, b.Log)
 		}
@@ -147,14 +147,6 @@ type puller interface {
 	cold(ctx context.Context, ref string) (time.Duration, error)
 	warm(ctx context.Context, ref string) (time.Duration, error)
 	close()
-}
-
-func rotatePullers(ps []puller, round int) []puller {
-	out := make([]puller, len(ps))
-	for i := range ps {
-		out[i] = ps[(i+round)%len(ps)]
-	}
-	return out
 }
 
 // berthPuller pulls with berth's image store, in this process.

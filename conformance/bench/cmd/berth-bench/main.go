@@ -31,7 +31,9 @@ func main() {
 	out := flag.String("out", "bench/results", "directory for results, report and charts")
 	rounds := flag.Int("rounds", 30, "rounds per figure")
 	binDir := flag.String("bin-dir", envOr("BERTH_BIN_DIR", "bin"), "directory holding the built berth binaries")
-	only := flag.String("only", "oci,pull", "comma-separated benchmark groups to run: oci, pull")
+	only := flag.String("only", "oci,pull,pod", "comma-separated benchmark groups to run: oci, pull, pod")
+	cniBin := flag.String("cni-bin", envOr("BERTH_CNI_BIN", ".cache/cni-bin"), "directory holding the CNI plugins (make cni-plugins)")
+	podRounds := flag.Int("pod-rounds", 20, "rounds of the pod benchmark")
 	pullMB := flag.Int("pull-mb", 200, "unpacked size of the pull benchmark's image, in MiB")
 	pullRounds := flag.Int("pull-rounds", 5, "rounds of the pull benchmark")
 	flag.Parse()
@@ -51,7 +53,8 @@ func main() {
 	for _, g := range strings.Split(*only, ",") {
 		groups[strings.TrimSpace(g)] = true
 	}
-	cfg := config{binDir: *binDir, rounds: *rounds, groups: groups, pullMB: *pullMB, pullRounds: *pullRounds}
+	cfg := config{binDir: *binDir, rounds: *rounds, groups: groups, pullMB: *pullMB, pullRounds: *pullRounds,
+		cniBin: *cniBin, podRounds: *podRounds}
 	if err := run(ctx, res, cfg, log); err != nil {
 		fatal(err)
 	}
@@ -70,6 +73,8 @@ type config struct {
 	groups     map[string]bool
 	pullMB     int
 	pullRounds int
+	cniBin     string
+	podRounds  int
 }
 
 func run(ctx context.Context, res *bench.Results, cfg config, log *slog.Logger) error {
@@ -150,6 +155,27 @@ func run(ctx context.Context, res *bench.Results, cfg config, log *slog.Logger) 
 			Log: func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) }}
 		log.Info("pull benchmarks", "rounds", cfg.pullRounds, "MiB", cfg.pullMB)
 		if err := pull.Run(ctx, res); err != nil {
+			return err
+		}
+	}
+	if cfg.groups["pod"] {
+		if p, err := exec.LookPath("containerd"); err == nil {
+			res.Versions["containerd"] = bench.Version(p, "--version")
+		}
+		binDir, err := filepath.Abs(binDir)
+		if err != nil {
+			return err
+		}
+		cniBin, err := filepath.Abs(cfg.cniBin)
+		if err != nil {
+			return err
+		}
+		scratch := testutil.NewScratch(work)
+		defer scratch.Close()
+		pod := &bench.PodBench{Scratch: scratch, BinDir: binDir, CNIBin: cniBin, StateRoot: stateRoot, Rounds: cfg.podRounds,
+			Log: func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...)) }}
+		log.Info("pod benchmarks", "rounds", cfg.podRounds)
+		if err := pod.Run(ctx, res); err != nil {
 			return err
 		}
 	}

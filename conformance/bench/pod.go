@@ -1,0 +1,388 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/internal/testutil"
+)
+
+// PodBench compares what a kubelet waits for when it starts a pod:
+// RunPodSandbox until the sandbox is ready with its network, then the
+// pod's first container created and started, then the pod's teardown.
+// berthd and containerd's CRI plugin (with runc) run side by side, each
+// on a private root and socket, with the same CNI configuration (bridge,
+// host-local, portmap) on a bridge of its own.
+type PodBench struct {
+	Scratch *testutil.Scratch
+	// BinDir holds the built berth binaries; CNIBin the CNI plugins.
+	BinDir, CNIBin string
+	// StateRoot is a directory under /run for the daemons' state.
+	StateRoot string
+	Rounds    int
+	Log       func(format string, args ...any)
+}
+
+// criDaemon is a CRI runtime under test.
+type criDaemon struct {
+	name         string
+	rt           runtimeapi.RuntimeServiceClient
+	img          runtimeapi.ImageServiceClient
+	conn         *grpc.ClientConn
+	cgroupParent string
+	bridge       string
+	stop         func()
+}
+
+// Run measures the three figures and adds them to res.
+func (b *PodBench) Run(ctx context.Context, res *Results) error {
+	s := b.Scratch
+	var reg *testutil.Registry
+	var busybox, pause, regConf string
+	if err := testutil.Guard(func() {
+		reg = testutil.StartRegistry(s, testutil.RegistryOptions{})
+		regConf = testutil.RegistriesConf(s, "", reg.Addr)
+		rootfs := s.TempDir()
+		testutil.BusyboxRootfs(s, rootfs)
+		bb := testutil.BuildOCI(s, s.TempDir(), "latest", testutil.ImageSpec{
+			Layers: []testutil.Layer{{Dir: rootfs}},
+			Config: v1.ImageConfig{Cmd: []string{"sh"}, Env: []string{"PATH=/bin"}},
+		})
+		reg.Push(s, bb, "bench/busybox:latest")
+		busybox = reg.Addr + "/bench/busybox:latest"
+		// containerd runs its sandboxes from an image; berth's pause binary
+		// in one keeps the two pause processes the same.
+		pauseBin, err := os.ReadFile(filepath.Join(b.BinDir, "pause"))
+		if err != nil {
+			s.Fatal(err)
+		}
+		p := testutil.BuildOCI(s, s.TempDir(), "latest", testutil.ImageSpec{
+			Layers: []testutil.Layer{{Files: []testutil.File{{Path: "pause", Content: string(pauseBin), Mode: 0o755}}}},
+			Config: v1.ImageConfig{Entrypoint: []string{"/pause"}},
+		})
+		reg.Push(s, p, "bench/pause:latest")
+		pause = reg.Addr + "/bench/pause:latest"
+	}); err != nil {
+		return err
+	}
+
+	var daemons []*criDaemon
+	defer func() {
+		for _, d := range daemons {
+			d.stop()
+		}
+	}()
+	d, err := b.startBerthd(ctx, regConf)
+	if err != nil {
+		return fmt.Errorf("berthd: %w", err)
+	}
+	daemons = append(daemons, d)
+	if bin, err := exec.LookPath("containerd"); err == nil {
+		d, err := b.startContainerdCRI(ctx, bin, reg.Addr, pause)
+		if err != nil {
+			return fmt.Errorf("containerd: %w", err)
+		}
+		daemons = append(daemons, d)
+	} else {
+		res.Note("containerd is not installed: its pod figures are missing (`make bench` installs it)")
+	}
+
+	for _, d := range daemons {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		_, err := d.img.PullImage(cctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: busybox}})
+		cancel()
+		if err != nil {
+			return fmt.Errorf("%s: pull %s: %w", d.name, busybox, err)
+		}
+		// A first pod, not counted: containerd pulls its pause image, both
+		// make their bridge and iptables chains.
+		if _, _, _, err := b.pod(ctx, d, busybox, "warmup"); err != nil {
+			return fmt.Errorf("%s: first pod: %w", d.name, err)
+		}
+	}
+
+	note := "berthd and containerd's CRI plugin (io.containerd.runc.v2 shim, runc), each on a private root and socket, called over CRI by this program; the same CNI configuration (bridge + host-local + portmap, from `make test`'s plugin build) on a bridge each; cgroupfs driver. "
+	ready := &Case{Group: "Pod start (CRI)", Name: "RunPodSandbox with networking", Unit: "ms",
+		Target: "berth faster than containerd",
+		Note:   note + "From the call to its answer, which both give once the pause process runs in its namespaces and CNI ADD is done; the sandbox's READY state is checked after each."}
+	running := &Case{Group: "Pod start (CRI)", Name: "pod to running container", Unit: "ms",
+		Note: "RunPodSandbox, CreateContainer and StartContainer of a busybox `sleep` container (image present): what a kubelet waits for before a pod's first container runs."}
+	teardown := &Case{Group: "Pod start (CRI)", Name: "StopPodSandbox + RemovePodSandbox", Unit: "ms",
+		Note: "The pod above, with its running container: kill, CNI DEL, unmount, remove."}
+	for round := 0; round < b.Rounds && ctx.Err() == nil; round++ {
+		for _, d := range rotated(daemons, round) {
+			r, c, t, err := b.pod(ctx, d, busybox, fmt.Sprintf("bench-%d", round))
+			record(ready.SeriesFor(d.name), r, err, b.Log)
+			record(running.SeriesFor(d.name), c, err, b.Log)
+			record(teardown.SeriesFor(d.name), t, err, b.Log)
+		}
+	}
+	res.Cases = append(res.Cases, ready, running, teardown)
+	return ctx.Err()
+}
+
+// pod runs one pod with one container through d and removes it, timing
+// each part.
+func (b *PodBench) pod(ctx context.Context, d *criDaemon, image, name string) (ready, running, teardown time.Duration, err error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	logDir, err := os.MkdirTemp(b.StateRoot, "logs-")
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer os.RemoveAll(logDir)
+	cfg := &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "bench", Uid: name + "-" + d.name},
+		Hostname:     name,
+		LogDirectory: logDir,
+		Linux:        &runtimeapi.LinuxPodSandboxConfig{CgroupParent: d.cgroupParent},
+	}
+	start := time.Now()
+	run, err := d.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("RunPodSandbox: %w", err)
+	}
+	ready = time.Since(start)
+	pod := run.PodSandboxId
+	defer func() {
+		if err != nil {
+			// Leave nothing behind, whatever failed.
+			_, _ = d.rt.RemovePodSandbox(context.Background(), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod})
+		}
+	}()
+	st, err := d.rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("PodSandboxStatus: %w", err)
+	}
+	if st.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY || st.Status.GetNetwork().GetIp() == "" {
+		return 0, 0, 0, fmt.Errorf("pod %s: state %v, IP %q", pod, st.Status.State, st.Status.GetNetwork().GetIp())
+	}
+	cc, err := d.rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: pod, SandboxConfig: cfg,
+		Config: &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: "sleep"},
+			Image:    &runtimeapi.ImageSpec{Image: image},
+			Command:  []string{"sleep", "3600"},
+			LogPath:  "sleep.log",
+		}})
+	if err != nil {
+		return 0, 0, 0, fmt.Errorf("CreateContainer: %w", err)
+	}
+	if _, err := d.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: cc.ContainerId}); err != nil {
+		return 0, 0, 0, fmt.Errorf("StartContainer: %w", err)
+	}
+	running = time.Since(start)
+	start = time.Now()
+	if _, err := d.rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
+		return 0, 0, 0, fmt.Errorf("StopPodSandbox: %w", err)
+	}
+	if _, err := d.rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+		return 0, 0, 0, fmt.Errorf("RemovePodSandbox: %w", err)
+	}
+	return ready, running, time.Since(start), nil
+}
+
+// cniConfig writes the shared CNI configuration for one daemon's bridge
+// and returns its directory.
+func (b *PodBench) cniConfig(bridge, subnet string) (string, error) {
+	dir := filepath.Join(b.StateRoot, "cni-"+bridge)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	conf := fmt.Sprintf(`{
+  "cniVersion": "1.0.0",
+  "name": "bench-%[1]s",
+  "plugins": [
+    {"type": "bridge", "bridge": %[1]q, "isGateway": true, "ipMasq": false, "hairpinMode": true,
+     "ipam": {"type": "host-local", "dataDir": %[2]q, "ranges": [[{"subnet": %[3]q}]]}},
+    {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
+  ]
+}`, bridge, filepath.Join(dir, "ipam"), subnet)
+	return dir, os.WriteFile(filepath.Join(dir, "10-bench.conflist"), []byte(conf), 0o644)
+}
+
+// removeBridge deletes a benchmark's bridge, which outlives its pods.
+func removeBridge(name string) {
+	if _, err := net.InterfaceByName(name); err == nil {
+		_ = exec.Command("ip", "link", "del", name).Run()
+	}
+}
+
+// dialCRI connects to a CRI socket and waits until it answers.
+func dialCRI(ctx context.Context, sock string, exited <-chan error) (*grpc.ClientConn, runtimeapi.RuntimeServiceClient, error) {
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, err
+	}
+	rt := runtimeapi.NewRuntimeServiceClient(conn)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, time.Second)
+		_, err := rt.Version(cctx, &runtimeapi.VersionRequest{})
+		cancel()
+		if err == nil {
+			return conn, rt, nil
+		}
+		select {
+		case werr := <-exited:
+			conn.Close()
+			return nil, nil, fmt.Errorf("exited: %v", werr)
+		default:
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			conn.Close()
+			return nil, nil, fmt.Errorf("does not answer on %s: %w", sock, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (b *PodBench) startBerthd(ctx context.Context, regConf string) (*criDaemon, error) {
+	const bridge = "bb-berth"
+	dir := filepath.Join(b.StateRoot, "berthd")
+	cni, err := b.cniConfig(bridge, "10.220.1.0/24")
+	if err != nil {
+		return nil, err
+	}
+	sock := filepath.Join(dir, "berth.sock")
+	config := fmt.Sprintf(`root = %q
+state = %q
+socket = %q
+cgroup_driver = "cgroupfs"
+cgroup_parent = %q
+cni_conf_dir = %q
+cni_conf_template = ""
+cni_bin_dirs = [%q]
+registries_conf = %q
+log_level = "warn"
+stream_address = "127.0.0.1:0"
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, CgroupParent+"/berthd", cni, b.CNIBin, regConf)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	cfgFile := filepath.Join(dir, "berth.toml")
+	if err := os.WriteFile(cfgFile, []byte(config), 0o644); err != nil {
+		return nil, err
+	}
+	logf, err := os.Create(filepath.Join(dir, "berthd.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(filepath.Join(b.BinDir, "berthd"), "--config", cfgFile)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stopDaemon := func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(30 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	}
+	conn, rt, err := dialCRI(ctx, sock, exited)
+	if err != nil {
+		stopDaemon()
+		log, _ := os.ReadFile(logf.Name())
+		return nil, fmt.Errorf("%w\n%s", err, log)
+	}
+	d := &criDaemon{name: "berth", rt: rt, img: runtimeapi.NewImageServiceClient(conn), conn: conn,
+		cgroupParent: CgroupParent + "/pods-berth", bridge: bridge}
+	d.stop = func() {
+		removeAllPods(d)
+		conn.Close()
+		stopDaemon()
+		removeBridge(bridge)
+	}
+	return d, nil
+}
+
+func (b *PodBench) startContainerdCRI(ctx context.Context, bin, registry, pause string) (*criDaemon, error) {
+	const bridge = "bb-ctrd"
+	cni, err := b.cniConfig(bridge, "10.220.2.0/24")
+	if err != nil {
+		return nil, err
+	}
+	// containerd's own documented settings for a node without
+	// CAP_SYS_RESOURCE (restrict_oom_score_adj), a plain-HTTP registry on
+	// 127.0.0.1 for the images, and the same CNI plugins.
+	cri := fmt.Sprintf(`[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = %q
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = %q
+    conf_dir = %q
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors.%q]
+    endpoint = ["http://%s"]
+`, pause, b.CNIBin, cni, registry, registry)
+	dir, err := os.MkdirTemp(b.StateRoot, "containerd-")
+	if err != nil {
+		return nil, err
+	}
+	cd, err := startContainerd(ctx, bin, dir, cri)
+	if err != nil {
+		return nil, err
+	}
+	exited := make(chan error) // startContainerd's process is waited on by stop
+	conn, rt, err := dialCRI(ctx, cd.sock, exited)
+	if err != nil {
+		log, _ := os.ReadFile(filepath.Join(dir, "containerd.log"))
+		cd.stop()
+		return nil, fmt.Errorf("%w\n%s", err, lastLines(log, 20))
+	}
+	d := &criDaemon{name: "containerd", rt: rt, img: runtimeapi.NewImageServiceClient(conn), conn: conn,
+		cgroupParent: CgroupParent + "/pods-containerd", bridge: bridge}
+	d.stop = func() {
+		removeAllPods(d)
+		conn.Close()
+		cd.stop()
+		removeBridge(bridge)
+	}
+	return d, nil
+}
+
+// removeAllPods removes whatever pods a daemon still has, so that
+// stopping it leaves no process behind.
+func removeAllPods(d *criDaemon) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	pods, err := d.rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+	if err != nil {
+		return
+	}
+	for _, p := range pods.Items {
+		_, _ = d.rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.Id})
+	}
+}
+
+func lastLines(b []byte, n int) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
