@@ -26,10 +26,13 @@ TEST_TIMEOUT ?= 30m
 # Pass TEST=<regexp> to run a subset of the end-to-end tests.
 TEST      ?=
 TESTRUN   := $(if $(TEST),-run '$(TEST)',)
+# Pass SUITE=oci|cri|kubelet to run one end-to-end suite.
+SUITE     ?=
+E2E_PKGS  := $(if $(SUITE),./conformance/$(SUITE)/,./conformance/...)
 
 BINARIES  := berth berth-shim pause berthd berthctl
 
-.PHONY: all build deps test-deps cni-plugins unit e2e test lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
+.PHONY: all build deps test-deps cni-plugins kubelet unit e2e test lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
 
 all: build
 
@@ -75,9 +78,16 @@ BERTH_CONF_DIR  ?= /etc/berth
 cni-plugins:
 	hack/cni-plugins/build.sh $(CNI_BIN)
 
-e2e: build cni-plugins
+# The kubelet of the release whose CRI berth speaks, built once from the
+# k8s.io/kubernetes module for conformance/kubelet.
+KUBELET_DIR   := $(CURDIR)/.cache/kubelet
+
+kubelet:
+	hack/kubelet/build.sh $(KUBELET_DIR)
+
+e2e: build cni-plugins kubelet
 	hack/runtime-tools/build.sh $(RUNTIME_TOOLS)
-	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_RUNTIME_TOOLS=$(RUNTIME_TOOLS) BERTH_CNI_BIN=$(CNI_BIN) $(GO) test $(GO_FLAGS) -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TESTRUN) ./conformance/...
+	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_RUNTIME_TOOLS=$(RUNTIME_TOOLS) BERTH_CNI_BIN=$(CNI_BIN) BERTH_KUBELET=$(KUBELET_DIR)/kubelet $(GO) test $(GO_FLAGS) -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TESTRUN) $(E2E_PKGS)
 
 # Fuzz targets as package:Target. CI runs each for FUZZ_CI_TIME; `make
 # fuzz` for FUZZTIME. Minimization is off: on two cores it stalls the

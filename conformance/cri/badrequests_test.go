@@ -34,11 +34,11 @@ func TestBadRequests(t *testing.T) {
 		return cfg
 	}
 	runPod := func(cfg *runtimeapi.PodSandboxConfig) error {
-		_, err := d.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+		_, err := d.RT.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
 		return err
 	}
 	create := func(podID string, cfg *runtimeapi.ContainerConfig) error {
-		_, err := d.rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: podID, Config: cfg, SandboxConfig: podCfg})
+		_, err := d.RT.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: podID, Config: cfg, SandboxConfig: podCfg})
 		return err
 	}
 	cases := []struct {
@@ -55,7 +55,7 @@ func TestBadRequests(t *testing.T) {
 			return runPod(podWith(func(c *runtimeapi.PodSandboxConfig) { c.Hostname = "a/b" }))
 		}},
 		{"RunPodSandbox with an unknown handler", codes.InvalidArgument, func() error {
-			_, err := d.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: d.podConfig("h"), RuntimeHandler: "kata"})
+			_, err := d.RT.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: d.podConfig("h"), RuntimeHandler: "kata"})
 			return err
 		}},
 		{"RunPodSandbox with a host sysctl", codes.InvalidArgument, func() error {
@@ -88,7 +88,7 @@ func TestBadRequests(t *testing.T) {
 		}},
 		{"CreateContainer with a missing host path", codes.InvalidArgument, func() error {
 			return create(pod, ctrWith(func(c *runtimeapi.ContainerConfig) {
-				c.Mounts = []*runtimeapi.Mount{{ContainerPath: "/data", HostPath: filepath.Join(d.dir, "does-not-exist")}}
+				c.Mounts = []*runtimeapi.Mount{{ContainerPath: "/data", HostPath: filepath.Join(d.Dir, "does-not-exist")}}
 			}))
 		}},
 		{"CreateContainer with an unknown capability", codes.InvalidArgument, func() error {
@@ -115,43 +115,43 @@ func TestBadRequests(t *testing.T) {
 			}))
 		}},
 		{"StartContainer of an unknown id", codes.NotFound, func() error {
-			_, err := d.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: "no-such"})
+			_, err := d.RT.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: "no-such"})
 			return err
 		}},
 		{"StartContainer twice", codes.FailedPrecondition, func() error {
-			_, err := d.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c})
+			_, err := d.RT.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: c})
 			return err
 		}},
 		{"ContainerStatus of an unknown id", codes.NotFound, func() error {
-			_, err := d.rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: "no-such"})
+			_, err := d.RT.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: "no-such"})
 			return err
 		}},
 		{"ContainerStatus without an id", codes.InvalidArgument, func() error {
-			_, err := d.rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{})
+			_, err := d.RT.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{})
 			return err
 		}},
 		{"PodSandboxStatus of an unknown id", codes.NotFound, func() error {
-			_, err := d.rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: "no-such"})
+			_, err := d.RT.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: "no-such"})
 			return err
 		}},
 		{"ContainerStats of an unknown id", codes.NotFound, func() error {
-			_, err := d.rt.ContainerStats(ctx, &runtimeapi.ContainerStatsRequest{ContainerId: "no-such"})
+			_, err := d.RT.ContainerStats(ctx, &runtimeapi.ContainerStatsRequest{ContainerId: "no-such"})
 			return err
 		}},
 		{"PodSandboxStats of an unknown id", codes.NotFound, func() error {
-			_, err := d.rt.PodSandboxStats(ctx, &runtimeapi.PodSandboxStatsRequest{PodSandboxId: "no-such"})
+			_, err := d.RT.PodSandboxStats(ctx, &runtimeapi.PodSandboxStatsRequest{PodSandboxId: "no-such"})
 			return err
 		}},
 		{"UpdateContainerResources without resources", codes.InvalidArgument, func() error {
-			_, err := d.rt.UpdateContainerResources(ctx, &runtimeapi.UpdateContainerResourcesRequest{ContainerId: c})
+			_, err := d.RT.UpdateContainerResources(ctx, &runtimeapi.UpdateContainerResourcesRequest{ContainerId: c})
 			return err
 		}},
 		{"RemoveImage without an image", codes.InvalidArgument, func() error {
-			_, err := d.img.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{})
+			_, err := d.Img.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{})
 			return err
 		}},
 		{"ImageStatus without an image", codes.InvalidArgument, func() error {
-			_, err := d.img.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{})
+			_, err := d.Img.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{})
 			return err
 		}},
 	}
@@ -164,19 +164,19 @@ func TestBadRequests(t *testing.T) {
 	}
 
 	// Idempotent calls: unknown ids are success.
-	if _, err := d.rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: "no-such"}); err != nil {
+	if _, err := d.RT.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: "no-such"}); err != nil {
 		t.Errorf("StopPodSandbox of an unknown id: %v", err)
 	}
-	if _, err := d.rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: "no-such"}); err != nil {
+	if _, err := d.RT.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: "no-such"}); err != nil {
 		t.Errorf("RemovePodSandbox of an unknown id: %v", err)
 	}
-	if _, err := d.rt.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: "no-such"}); err != nil {
+	if _, err := d.RT.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: "no-such"}); err != nil {
 		t.Errorf("RemoveContainer of an unknown id: %v", err)
 	}
 
 	// Garbage on the socket: the connection is dropped, the daemon lives.
 	for _, junk := range [][]byte{[]byte("GET / HTTP/1.1\r\n\r\n"), bytes.Repeat([]byte{0xff}, 1<<16), {}} {
-		conn, err := net.Dial("unix", d.socket)
+		conn, err := net.Dial("unix", d.Socket)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -189,13 +189,13 @@ func TestBadRequests(t *testing.T) {
 	// Still serving, the good pod untouched, and no panic recovered.
 	vctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := d.rt.Version(vctx, &runtimeapi.VersionRequest{}); err != nil {
+	if _, err := d.RT.Version(vctx, &runtimeapi.VersionRequest{}); err != nil {
 		t.Fatalf("daemon stopped answering: %v", err)
 	}
 	if st := d.status(t, c); st.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
 		t.Errorf("good container %v", st.State)
 	}
-	if log := string(readFile(d.log)); strings.Contains(log, "panic") {
+	if log := string(readFile(d.LogFile)); strings.Contains(log, "panic") {
 		t.Errorf("the daemon recovered from a panic:\n%s", grepLines(log, "panic"))
 	}
 }

@@ -31,7 +31,7 @@ func (d *daemon) berthctlErr(t *testing.T, args ...string) (string, string, erro
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, testutil.Bin(t, "berthctl"), append([]string{"-r", "unix://" + d.socket, "--timeout", "90s"}, args...)...)
+	cmd := exec.CommandContext(ctx, testutil.Bin(t, "berthctl"), append([]string{"-r", "unix://" + d.Socket, "--timeout", "90s"}, args...)...)
 	// A hung client dumps its goroutines into the failure message.
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGQUIT) }
 	cmd.WaitDelay = 5 * time.Second

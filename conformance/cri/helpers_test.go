@@ -4,31 +4,22 @@ package cri_test
 
 import (
 	"archive/tar"
-	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/berth-runtime/berth/cgroups"
+	"github.com/berth-runtime/berth/conformance/internal/berthd"
 	"github.com/berth-runtime/berth/cri/adminapi"
 	"github.com/berth-runtime/berth/internal/testutil"
 )
@@ -75,23 +66,11 @@ func TestMain(m *testing.M) {
 	})
 }
 
-// daemon is a berthd started by a test on its own socket, root and state.
+// daemon is a berthd started by a test, with the suite's helpers.
 type daemon struct {
-	t            testing.TB
-	dir          string // holds root/, the config and the daemon's log
-	state        string // short: Unix socket paths are limited
-	config       string
-	socket       string
-	cgroupParent string
-	log          string
-	cmd          *exec.Cmd
-	exited       chan error
-	conn         *grpc.ClientConn
-	rt           runtimeapi.RuntimeServiceClient
-	img          runtimeapi.ImageServiceClient
+	*berthd.Daemon
+	t testing.TB
 }
-
-var daemonSeq atomic.Int64
 
 // daemonOptions tune a test daemon's configuration.
 type daemonOptions struct {
@@ -109,250 +88,16 @@ type daemonOptions struct {
 // the daemon and fails the test if anything was left behind.
 func startDaemon(t testing.TB, opts ...daemonOptions) *daemon {
 	t.Helper()
-	testutil.RequireRoot(t)
 	var o daemonOptions
 	if len(opts) > 0 {
 		o = opts[0]
 	}
-	d := &daemon{t: t, dir: t.TempDir()}
-	state, err := os.MkdirTemp("/run", "berth-test-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.state = state
-	d.socket = filepath.Join(state, "berth.sock")
-	d.cgroupParent = fmt.Sprintf("%s/cri-%d-%d", testutil.CgroupParent, os.Getpid(), daemonSeq.Add(1))
-	if o.cniConfDir == "" {
-		o.cniConfDir = filepath.Join(d.dir, "cni")
-		if err := os.MkdirAll(o.cniConfDir, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
 	if o.registriesConf == "" {
 		o.registriesConf = suite.regConf
 	}
-	d.config = filepath.Join(d.dir, "berth.toml")
-	cfg := fmt.Sprintf(`root = %q
-state = %q
-socket = %q
-cgroup_driver = "cgroupfs"
-cgroup_parent = %q
-cni_conf_dir = %q
-cni_conf_template = %q
-registries_conf = %q
-registries_conf_dir = %q
-signature_policy = %q
-log_level = "debug"
-stream_address = "127.0.0.1:0"
-pull_progress_interval = "1s"
-%s
-`, filepath.Join(d.dir, "root"), d.state, d.socket, d.cgroupParent, o.cniConfDir, o.cniConfTemplate, o.registriesConf,
-		filepath.Join(d.dir, "registries.d"), filepath.Join(d.dir, "no-policy.json"), o.extra)
-	if err := os.WriteFile(d.config, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	d.log = filepath.Join(d.dir, "berthd.log")
-	t.Cleanup(d.cleanup)
-	d.start()
-	return d
-}
-
-// start runs berthd and waits until it answers.
-func (d *daemon) start() {
-	t := d.t
-	t.Helper()
-	logf, err := os.OpenFile(d.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	d.cmd = exec.Command(testutil.Bin(t, "berthd"), "--config", d.config)
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func(c *exec.Cmd) { exited <- c.Wait() }(d.cmd)
-	conn, err := grpc.NewClient("unix://"+d.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.conn, d.rt, d.img = conn, runtimeapi.NewRuntimeServiceClient(conn), runtimeapi.NewImageServiceClient(conn)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := d.rt.Version(ctx, &runtimeapi.VersionRequest{})
-		cancel()
-		if err == nil {
-			break
-		}
-		select {
-		case werr := <-exited:
-			t.Fatalf("berthd exited: %v\n%s", werr, d.logTail(40))
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("berthd does not answer: %v\n%s", err, d.logTail(40))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	d.exited = exited
-}
-
-// stop sends sig and waits for berthd to exit.
-func (d *daemon) stop(sig syscall.Signal) {
-	d.t.Helper()
-	if d.cmd == nil {
-		return
-	}
-	_ = d.cmd.Process.Signal(sig)
-	select {
-	case <-d.exited:
-	case <-time.After(30 * time.Second):
-		_ = d.cmd.Process.Kill()
-		<-d.exited
-		d.t.Errorf("berthd did not exit on %v", sig)
-	}
-	d.conn.Close()
-	d.cmd = nil
-}
-
-// restart stops berthd with sig (SIGTERM, or SIGKILL for a crash) and
-// starts it again on the same root and state.
-func (d *daemon) restart(sig syscall.Signal) {
-	d.t.Helper()
-	d.stop(sig)
-	d.start()
-}
-
-// logTail is the end of berthd's log, without lines containing skip
-// (if given).
-func (d *daemon) logTail(n int, skip ...string) string {
-	data, _ := os.ReadFile(d.log)
-	var lines []string
-	for _, l := range strings.Split(strings.TrimRight(string(data), "\n"), "\n") {
-		if len(skip) == 0 || !strings.Contains(l, skip[0]) {
-			lines = append(lines, l)
-		}
-	}
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// cleanup removes every pod and container, stops berthd, and checks that
-// nothing of the test is left on the host: mounts, shims, network
-// namespaces, cgroups. What is left is removed and reported.
-func (d *daemon) cleanup() {
-	t := d.t
-	if d.cmd != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		if pods, err := d.rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{}); err == nil {
-			for _, p := range pods.Items {
-				if _, err := d.rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.Id}); err != nil {
-					t.Errorf("clean-up: remove pod %s: %v", p.Id, err)
-				}
-			}
-		} else {
-			t.Errorf("clean-up: list pods: %v", err)
-		}
-		cancel()
-		d.stop(syscall.SIGTERM)
-	}
-	if t.Failed() {
-		t.Logf("berthd log (last lines above debug level):\n%s", d.logTail(80, "level=debug"))
-	}
-	// Shims go once their pods are removed; give the last a moment.
-	var procs []int
-	for i := 0; i < 50; i++ {
-		if procs = processesMentioning(d.state); len(procs) == 0 {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if len(procs) > 0 {
-		t.Errorf("LEAK: processes of the test daemon still run: %v", procs)
-		for _, p := range procs {
-			_ = syscall.Kill(p, syscall.SIGKILL)
-		}
-	}
-	for _, dir := range []string{d.state, d.dir} {
-		if mounts := mountsUnder(dir); len(mounts) > 0 {
-			t.Errorf("LEAK: mounts left under %s: %v", dir, mounts)
-			for i := len(mounts) - 1; i >= 0; i-- {
-				_ = syscall.Unmount(mounts[i], syscall.MNT_DETACH)
-			}
-		}
-	}
-	if entries, _ := os.ReadDir(filepath.Join(d.state, "netns")); len(entries) > 0 {
-		t.Errorf("LEAK: network namespaces left: %d", len(entries))
-	}
-	if cgroups.Exists(d.cgroupParent) {
-		if pids, _ := cgroups.Pids(d.cgroupParent); len(pids) > 0 {
-			t.Errorf("LEAK: processes left in %s: %v", d.cgroupParent, pids)
-		}
-		if leftover := cgroupChildren(d.cgroupParent); len(leftover) > 0 {
-			t.Errorf("LEAK: cgroups left under %s: %v", d.cgroupParent, leftover)
-		}
-		if err := cgroups.RemoveTree(d.cgroupParent); err != nil {
-			t.Errorf("clean-up: %v", err)
-		}
-	}
-	if err := os.RemoveAll(d.state); err != nil {
-		t.Errorf("clean-up: %v", err)
-	}
-}
-
-// processesMentioning lists the pids whose command line contains s.
-func processesMentioning(s string) []int {
-	var out []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		var pid int
-		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil || pid == os.Getpid() {
-			continue
-		}
-		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && bytes.Contains(data, []byte(s)) {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
-// mountsUnder lists mount points at or under dir, outermost first.
-func mountsUnder(dir string) []string {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return nil
-	}
-	defer f.Close()
-	var out []string
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
-			out = append(out, fields[4])
-		}
-	}
-	return out
-}
-
-// cgroupChildren lists the cgroups under a parent in any hierarchy.
-func cgroupChildren(parent string) []string {
-	var out []string
-	roots, _ := filepath.Glob("/sys/fs/cgroup/*" + parent)
-	roots = append(roots, "/sys/fs/cgroup"+parent)
-	for _, r := range roots {
-		_ = filepath.WalkDir(r, func(p string, de os.DirEntry, err error) error {
-			if err == nil && de.IsDir() && p != r {
-				out = append(out, p)
-			}
-			return nil
-		})
-	}
-	return out
+	return &daemon{t: t, Daemon: berthd.Start(t, berthd.Options{
+		Extra: o.extra, CNIConfDir: o.cniConfDir, CNIConfTemplate: o.cniConfTemplate, RegistriesConf: o.registriesConf,
+	})}
 }
 
 func ctxT(t testing.TB) context.Context {
@@ -366,7 +111,7 @@ func (d *daemon) podConfig(name string) *runtimeapi.PodSandboxConfig {
 	return &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "berth-test", Uid: name + "-uid"},
 		Hostname:     name,
-		LogDirectory: filepath.Join(d.dir, "logs", name),
+		LogDirectory: filepath.Join(d.Dir, "logs", name),
 		Labels:       map[string]string{"app": name, "suite": "cri"},
 		Annotations:  map[string]string{"berth.test/annotation": "yes"},
 		Linux:        &runtimeapi.LinuxPodSandboxConfig{},
@@ -376,7 +121,7 @@ func (d *daemon) podConfig(name string) *runtimeapi.PodSandboxConfig {
 // runPod runs a pod and returns its id.
 func (d *daemon) runPod(t testing.TB, cfg *runtimeapi.PodSandboxConfig) string {
 	t.Helper()
-	resp, err := d.rt.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: cfg})
+	resp, err := d.RT.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: cfg})
 	if err != nil {
 		t.Fatalf("RunPodSandbox %s: %v", cfg.Metadata.GetName(), err)
 	}
@@ -386,7 +131,7 @@ func (d *daemon) runPod(t testing.TB, cfg *runtimeapi.PodSandboxConfig) string {
 // pull pulls an image.
 func (d *daemon) pull(t testing.TB, ref string) string {
 	t.Helper()
-	resp, err := d.img.PullImage(ctxT(t), &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
+	resp, err := d.Img.PullImage(ctxT(t), &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
 	if err != nil {
 		t.Fatalf("PullImage %s: %v", ref, err)
 	}
@@ -413,7 +158,7 @@ func containerConfig(name, image string, args ...string) *runtimeapi.ContainerCo
 func (d *daemon) create(t testing.TB, podID string, podCfg *runtimeapi.PodSandboxConfig, cfg *runtimeapi.ContainerConfig) string {
 	t.Helper()
 	d.pull(t, cfg.Image.Image)
-	resp, err := d.rt.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: podID, Config: cfg, SandboxConfig: podCfg})
+	resp, err := d.RT.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: podID, Config: cfg, SandboxConfig: podCfg})
 	if err != nil {
 		t.Fatalf("CreateContainer %s: %v", cfg.Metadata.Name, err)
 	}
@@ -424,7 +169,7 @@ func (d *daemon) create(t testing.TB, podID string, podCfg *runtimeapi.PodSandbo
 func (d *daemon) run(t testing.TB, podID string, podCfg *runtimeapi.PodSandboxConfig, cfg *runtimeapi.ContainerConfig) string {
 	t.Helper()
 	id := d.create(t, podID, podCfg, cfg)
-	if _, err := d.rt.StartContainer(ctxT(t), &runtimeapi.StartContainerRequest{ContainerId: id}); err != nil {
+	if _, err := d.RT.StartContainer(ctxT(t), &runtimeapi.StartContainerRequest{ContainerId: id}); err != nil {
 		t.Fatalf("StartContainer %s: %v", cfg.Metadata.Name, err)
 	}
 	return id
@@ -433,7 +178,7 @@ func (d *daemon) run(t testing.TB, podID string, podCfg *runtimeapi.PodSandboxCo
 // status returns a container's status.
 func (d *daemon) status(t testing.TB, id string) *runtimeapi.ContainerStatus {
 	t.Helper()
-	resp, err := d.rt.ContainerStatus(ctxT(t), &runtimeapi.ContainerStatusRequest{ContainerId: id})
+	resp, err := d.RT.ContainerStatus(ctxT(t), &runtimeapi.ContainerStatusRequest{ContainerId: id})
 	if err != nil {
 		t.Fatalf("ContainerStatus %s: %v", id, err)
 	}
@@ -459,7 +204,7 @@ func (d *daemon) waitExited(t testing.TB, id string, timeout time.Duration) *run
 // execSync runs a command and returns its stdout, stderr and exit code.
 func (d *daemon) execSync(t testing.TB, id string, cmd ...string) (string, string, int32) {
 	t.Helper()
-	resp, err := d.rt.ExecSync(ctxT(t), &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: cmd, Timeout: 60})
+	resp, err := d.RT.ExecSync(ctxT(t), &runtimeapi.ExecSyncRequest{ContainerId: id, Cmd: cmd, Timeout: 60})
 	if err != nil {
 		t.Fatalf("ExecSync %v in %s: %v", cmd, id, err)
 	}
@@ -505,7 +250,7 @@ var errNotYet = errors.New("not yet")
 // adminClient talks to berthd's side channel.
 func (d *daemon) adminClient() *http.Client {
 	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Dial: func(_, _ string) (net.Conn, error) {
-		return net.Dial("unix", adminapi.SocketFor(d.socket))
+		return net.Dial("unix", adminapi.SocketFor(d.Socket))
 	}}}
 }
 

@@ -26,7 +26,7 @@ func TestImageService(t *testing.T) {
 	if !strings.HasPrefix(id, "sha256:") {
 		t.Fatalf("image ref %q is not an image id", id)
 	}
-	list, err := d.img.ListImages(ctx, &runtimeapi.ListImagesRequest{})
+	list, err := d.Img.ListImages(ctx, &runtimeapi.ListImagesRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +35,7 @@ func TestImageService(t *testing.T) {
 		t.Fatalf("ListImages: %+v", list.Images)
 	}
 	for _, ref := range []string{suite.busybox, id, strings.TrimPrefix(id, "sha256:")[:12], list.Images[0].RepoDigests[0]} {
-		st, err := d.img.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: ref}, Verbose: true})
+		st, err := d.Img.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: ref}, Verbose: true})
 		if err != nil {
 			t.Fatalf("ImageStatus %s: %v", ref, err)
 		}
@@ -48,22 +48,22 @@ func TestImageService(t *testing.T) {
 			t.Errorf("ImageStatus %s verbose info: %v %q", ref, err, st.Info["info"])
 		}
 	}
-	st, err := d.img.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: suite.reg.Addr + "/nothing:here"}})
+	st, err := d.Img.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: suite.reg.Addr + "/nothing:here"}})
 	if err != nil || st.Image != nil {
 		t.Errorf("ImageStatus of a missing image: %v %+v (want no error and no image)", err, st.Image)
 	}
-	filtered, err := d.img.ListImages(ctx, &runtimeapi.ListImagesRequest{Filter: &runtimeapi.ImageFilter{Image: &runtimeapi.ImageSpec{Image: suite.reg.Addr + "/nothing:here"}}})
+	filtered, err := d.Img.ListImages(ctx, &runtimeapi.ListImagesRequest{Filter: &runtimeapi.ImageFilter{Image: &runtimeapi.ImageSpec{Image: suite.reg.Addr + "/nothing:here"}}})
 	if err != nil || len(filtered.Images) != 0 {
 		t.Errorf("ListImages filtered on a missing image: %v %d", err, len(filtered.Images))
 	}
 
 	tools := d.pull(t, suite.tools)
-	st, err = d.img.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: tools}})
+	st, err = d.Img.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: tools}})
 	if err != nil || st.Image.GetUsername() != "user" || st.Image.GetUid() != nil {
 		t.Errorf("image user: %v %+v", err, st.Image)
 	}
 
-	fs, err := d.img.ImageFsInfo(ctx, &runtimeapi.ImageFsInfoRequest{})
+	fs, err := d.Img.ImageFsInfo(ctx, &runtimeapi.ImageFsInfoRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,18 +85,18 @@ func TestImageService(t *testing.T) {
 		{"Not A Reference!", codes.InvalidArgument},
 		{"", codes.InvalidArgument},
 	} {
-		_, err := d.img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: c.ref}})
+		_, err := d.Img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: c.ref}})
 		wantCode(t, err, c.code, "PullImage "+c.ref)
 	}
 
 	// Removing by one name removes the image with all its names; again is
 	// not an error.
 	for i := 0; i < 2; i++ {
-		if _, err := d.img.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: suite.busybox}}); err != nil {
+		if _, err := d.Img.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: suite.busybox}}); err != nil {
 			t.Fatalf("RemoveImage (%d): %v", i, err)
 		}
 	}
-	st, err = d.img.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: id}})
+	st, err = d.Img.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: id}})
 	if err != nil || st.Image != nil {
 		t.Errorf("image after RemoveImage: %v %+v", err, st.Image)
 	}
@@ -109,14 +109,14 @@ func TestImageInUse(t *testing.T) {
 	podCfg := d.podConfig("inuse")
 	pod := d.runPod(t, podCfg)
 	c := d.run(t, pod, podCfg, containerConfig("c", "", "sleep", "3600"))
-	if _, err := d.img.RemoveImage(ctxT(t), &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: suite.busybox}}); err != nil {
+	if _, err := d.Img.RemoveImage(ctxT(t), &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: suite.busybox}}); err != nil {
 		t.Fatal(err)
 	}
 	if out := d.mustExec(t, c, "cat", "/etc/passwd"); !strings.Contains(out, "root:") {
 		t.Errorf("container lost its files: %q", out)
 	}
 	// A new container of it needs a pull first.
-	_, err := d.rt.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: containerConfig("d", "", "true"), SandboxConfig: podCfg})
+	_, err := d.RT.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: containerConfig("d", "", "true"), SandboxConfig: podCfg})
 	wantCode(t, err, codes.NotFound, "CreateContainer of a removed image")
 }
 
@@ -129,24 +129,24 @@ func TestPullWithCredentials(t *testing.T) {
 	ref := reg.Addr + "/private:v1"
 	ctx := ctxT(t)
 
-	_, err := d.img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
+	_, err := d.Img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
 	wantCode(t, err, codes.Unauthenticated, "pull without credentials")
-	_, err = d.img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref},
+	_, err = d.Img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref},
 		Auth: &runtimeapi.AuthConfig{Username: reg.User, Password: "wrong"}})
 	wantCode(t, err, codes.Unauthenticated, "pull with a wrong password")
-	if _, err := d.img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref},
+	if _, err := d.Img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref},
 		Auth: &runtimeapi.AuthConfig{Username: reg.User, Password: reg.Password}}); err != nil {
 		t.Fatalf("pull with username and password: %v", err)
 	}
-	if _, err := d.img.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}); err != nil {
+	if _, err := d.Img.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}); err != nil {
 		t.Fatal(err)
 	}
 	auth := base64.StdEncoding.EncodeToString([]byte(reg.User + ":" + reg.Password))
-	if _, err := d.img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref},
+	if _, err := d.Img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref},
 		Auth: &runtimeapi.AuthConfig{Auth: auth, ServerAddress: reg.Addr}}); err != nil {
 		t.Fatalf("pull with an auth string: %v", err)
 	}
-	_, err = d.img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref},
+	_, err = d.Img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref},
 		Auth: &runtimeapi.AuthConfig{Auth: "%%%"}})
 	wantCode(t, err, codes.InvalidArgument, "pull with a malformed auth string")
 }
@@ -171,7 +171,7 @@ func TestPullProgress(t *testing.T) {
 
 	done := make(chan error, 1)
 	go func() {
-		_, err := d.img.PullImage(ctxT(t), &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
+		_, err := d.Img.PullImage(ctxT(t), &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
 		done <- err
 	}()
 	admin := d.adminClient()
@@ -204,7 +204,7 @@ func TestPullProgress(t *testing.T) {
 	if !strings.Contains(string(metrics), `berth_image_pull_in_flight_bytes_done{image="`+ref+`"}`) {
 		t.Errorf("metrics lack the pull in flight:\n%s", grepLines(string(metrics), "berth_image"))
 	}
-	out, err := exec.Command(testutil.Bin(t, "berthctl"), "-r", "unix://"+d.socket, "images", "--pulling").CombinedOutput()
+	out, err := exec.Command(testutil.Bin(t, "berthctl"), "-r", "unix://"+d.Socket, "images", "--pulling").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), ref) {
 		t.Errorf("berthctl images --pulling: %v\n%s", err, out)
 	}
@@ -212,7 +212,7 @@ func TestPullProgress(t *testing.T) {
 		t.Fatalf("pull: %v", err)
 	}
 	// Every pull logs its progress while it runs, the kubelet's too.
-	logData, _ := os.ReadFile(d.log)
+	logData, _ := os.ReadFile(d.LogFile)
 	if !strings.Contains(string(logData), `msg=pulling`) || !strings.Contains(string(logData), "downloading") {
 		t.Errorf("no progress in the log:\n%s", grepLines(string(logData), "pull"))
 	}

@@ -23,13 +23,13 @@ func TestListFilters(t *testing.T) {
 	running := d.run(t, a, aCfg, containerConfig("running", "", "sleep", "3600"))
 	created := d.create(t, a, aCfg, containerConfig("created", "", "true"))
 	inB := d.run(t, b, bCfg, containerConfig("in-b", "", "sleep", "3600"))
-	if _, err := d.rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: b}); err != nil {
+	if _, err := d.RT.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: b}); err != nil {
 		t.Fatal(err)
 	}
 
 	pods := func(f *runtimeapi.PodSandboxFilter) []string {
 		t.Helper()
-		resp, err := d.rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: f})
+		resp, err := d.RT.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{Filter: f})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -42,7 +42,7 @@ func TestListFilters(t *testing.T) {
 	}
 	containers := func(f *runtimeapi.ContainerFilter) []string {
 		t.Helper()
-		resp, err := d.rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: f})
+		resp, err := d.RT.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: f})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -98,7 +98,7 @@ func TestSlowPullBlocksNothing(t *testing.T) {
 
 	pulled := make(chan error, 1)
 	go func() {
-		_, err := d.img.PullImage(ctxT(t), &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: proxy + "/crawl:v1"}})
+		_, err := d.Img.PullImage(ctxT(t), &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: proxy + "/crawl:v1"}})
 		pulled <- err
 	}()
 	eventually(t, 30*time.Second, "the pull in flight", func() error {
@@ -118,18 +118,18 @@ func TestSlowPullBlocksNothing(t *testing.T) {
 		t.Cleanup(cancel)
 		return ctx
 	}
-	if _, err := d.rt.ListPodSandbox(quick(), &runtimeapi.ListPodSandboxRequest{}); err != nil {
+	if _, err := d.RT.ListPodSandbox(quick(), &runtimeapi.ListPodSandboxRequest{}); err != nil {
 		t.Errorf("ListPodSandbox during a pull: %v", err)
 	}
-	if _, err := d.img.ListImages(quick(), &runtimeapi.ListImagesRequest{}); err != nil {
+	if _, err := d.Img.ListImages(quick(), &runtimeapi.ListImagesRequest{}); err != nil {
 		t.Errorf("ListImages during a pull: %v", err)
 	}
 	other := d.podConfig("during-pull")
-	if _, err := d.rt.RunPodSandbox(quick(), &runtimeapi.RunPodSandboxRequest{Config: other}); err != nil {
+	if _, err := d.RT.RunPodSandbox(quick(), &runtimeapi.RunPodSandboxRequest{Config: other}); err != nil {
 		t.Errorf("RunPodSandbox during a pull: %v", err)
 	}
 	c := d.create(t, pod, podCfg, containerConfig("c", "", "sleep", "3600"))
-	if _, err := d.rt.StartContainer(quick(), &runtimeapi.StartContainerRequest{ContainerId: c}); err != nil {
+	if _, err := d.RT.StartContainer(quick(), &runtimeapi.StartContainerRequest{ContainerId: c}); err != nil {
 		t.Errorf("StartContainer during a pull: %v", err)
 	}
 	select {

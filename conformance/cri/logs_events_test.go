@@ -67,7 +67,7 @@ func TestLogsAndRotation(t *testing.T) {
 	if err := os.Rename(logPath, rotated); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.rt.ReopenContainerLog(ctxT(t), &runtimeapi.ReopenContainerLogRequest{ContainerId: c}); err != nil {
+	if _, err := d.RT.ReopenContainerLog(ctxT(t), &runtimeapi.ReopenContainerLogRequest{ContainerId: c}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 10*time.Second, "ticks in the new log", func() error {
@@ -88,17 +88,17 @@ func TestLogsAndRotation(t *testing.T) {
 	}
 
 	// berthctl reads the same file back as plain text.
-	out, err := exec.Command(testutil.Bin(t, "berthctl"), "-r", "unix://"+d.socket, "logs", "--tail", "2", c).CombinedOutput()
+	out, err := exec.Command(testutil.Bin(t, "berthctl"), "-r", "unix://"+d.Socket, "logs", "--tail", "2", c).CombinedOutput()
 	if err != nil || !regexp.MustCompile(`^tick \d+\ntick \d+\n$`).Match(out) {
 		t.Errorf("berthctl logs --tail 2: %v %q", err, out)
 	}
 
-	if _, err := d.rt.StopContainer(ctxT(t), &runtimeapi.StopContainerRequest{ContainerId: c, Timeout: 5}); err != nil {
+	if _, err := d.RT.StopContainer(ctxT(t), &runtimeapi.StopContainerRequest{ContainerId: c, Timeout: 5}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = d.rt.ReopenContainerLog(ctxT(t), &runtimeapi.ReopenContainerLogRequest{ContainerId: c})
+	_, err = d.RT.ReopenContainerLog(ctxT(t), &runtimeapi.ReopenContainerLogRequest{ContainerId: c})
 	wantCode(t, err, codes.FailedPrecondition, "ReopenContainerLog of a stopped container")
-	_, err = d.rt.ReopenContainerLog(ctxT(t), &runtimeapi.ReopenContainerLogRequest{ContainerId: "no-such"})
+	_, err = d.RT.ReopenContainerLog(ctxT(t), &runtimeapi.ReopenContainerLogRequest{ContainerId: "no-such"})
 	wantCode(t, err, codes.NotFound, "ReopenContainerLog of an unknown container")
 }
 
@@ -108,7 +108,7 @@ func TestContainerEvents(t *testing.T) {
 	d := startDaemon(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	stream, err := d.rt.GetContainerEvents(ctx, &runtimeapi.GetEventsRequest{})
+	stream, err := d.RT.GetContainerEvents(ctx, &runtimeapi.GetEventsRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,13 +127,13 @@ func TestContainerEvents(t *testing.T) {
 	pod := d.runPod(t, podCfg)
 	c := d.run(t, pod, podCfg, containerConfig("short", "", "sh", "-c", "sleep 0.5; exit 4"))
 	d.waitExited(t, c, 30*time.Second)
-	if _, err := d.rt.RemoveContainer(ctxT(t), &runtimeapi.RemoveContainerRequest{ContainerId: c}); err != nil {
+	if _, err := d.RT.RemoveContainer(ctxT(t), &runtimeapi.RemoveContainerRequest{ContainerId: c}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.rt.StopPodSandbox(ctxT(t), &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
+	if _, err := d.RT.StopPodSandbox(ctxT(t), &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.rt.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+	if _, err := d.RT.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
 		t.Fatal(err)
 	}
 

@@ -109,7 +109,7 @@ func TestNamespaces(t *testing.T) {
 		}
 		// The host's processes are visible: this test's own, say.
 		d.mustExec(t, c, "test", "-d", "/proc/"+strconv.Itoa(os.Getpid()))
-		st, err := d.rt.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
+		st, err := d.RT.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
 		if err != nil {
 			t.Fatal(err)
 		}

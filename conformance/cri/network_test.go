@@ -17,55 +17,9 @@ import (
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/berth-runtime/berth/conformance/internal/berthd"
 	"github.com/berth-runtime/berth/internal/testutil"
 )
-
-// cniBinDir is where make test builds the standard CNI plugins.
-func cniBinDir(t *testing.T) string {
-	t.Helper()
-	dir := os.Getenv("BERTH_CNI_BIN")
-	if dir == "" {
-		dir = filepath.Join(testutil.RepoRoot(), ".cache", "cni-bin")
-	}
-	for _, p := range []string{"bridge", "host-local", "portmap", "loopback"} {
-		if _, err := os.Stat(filepath.Join(dir, p)); err != nil {
-			t.Fatalf("CNI plugin %s not built in %s (make test builds them: hack/cni-plugins/build.sh): %v", p, dir, err)
-		}
-	}
-	return dir
-}
-
-// bridgeNetwork writes a bridge + host-local + portmap configuration on a
-// bridge and subnets of the test's own (one range each: two make a
-// dual-stack network), and removes the bridge afterwards.
-func bridgeNetwork(t *testing.T, bridge string, subnets ...string) (confDir, ipamDir string) {
-	t.Helper()
-	confDir, ipamDir = t.TempDir(), t.TempDir()
-	var ranges []string
-	for _, s := range subnets {
-		ranges = append(ranges, fmt.Sprintf(`[{"subnet": %q}]`, s))
-	}
-	conf := fmt.Sprintf(`{
-  "cniVersion": "1.0.0",
-  "name": "berth-test",
-  "plugins": [
-    {"type": "bridge", "bridge": %q, "isGateway": true, "ipMasq": false, "hairpinMode": true,
-     "ipam": {"type": "host-local", "dataDir": %q, "ranges": [%s]}},
-    {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}
-  ]
-}`, bridge, ipamDir, strings.Join(ranges, ", "))
-	if err := os.WriteFile(filepath.Join(confDir, "10-berth-test.conflist"), []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if _, err := net.InterfaceByName(bridge); err == nil {
-			if out, err := exec.Command("ip", "link", "del", bridge).CombinedOutput(); err != nil {
-				t.Errorf("remove bridge %s: %v %s", bridge, err, out)
-			}
-		}
-	})
-	return confDir, ipamDir
-}
 
 // hostState is what pods must not leave behind on the host.
 type hostState struct {
@@ -147,10 +101,10 @@ func sharedPortmapRule(l string) bool {
 // host-local, reach each other, serve a hostPort on 127.0.0.1, and leave
 // no interface, iptables rule or IP allocation behind.
 func TestPodNetworkBridge(t *testing.T) {
-	bins := cniBinDir(t)
+	bins := berthd.CNIBinDir(t)
 	bridge := fmt.Sprintf("bt%d", os.Getpid()%100000)
 	subnet := fmt.Sprintf("10.213.%d.0/24", os.Getpid()%250)
-	confDir, ipamDir := bridgeNetwork(t, bridge, subnet)
+	confDir, ipamDir := berthd.BridgeNetwork(t, bridge, subnet)
 	before := snapshotHost(t, bridge, ipamDir)
 	d := startDaemon(t, daemonOptions{cniConfDir: confDir, extra: fmt.Sprintf("cni_bin_dirs = [%q]", bins)})
 	_, ipnet, _ := net.ParseCIDR(subnet)
@@ -168,7 +122,7 @@ func TestPodNetworkBridge(t *testing.T) {
 
 	ips := map[string]string{}
 	for _, pod := range []string{server, client} {
-		st, err := d.rt.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
+		st, err := d.RT.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -230,7 +184,7 @@ func TestPodNetworkBridge(t *testing.T) {
 			t.Errorf("hostNetwork pod does not see the host's %s:\n%s", i.Name, seen)
 		}
 	}
-	if st, err := d.rt.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: hostPod}); err != nil || st.Status.GetNetwork().GetIp() != "" {
+	if st, err := d.RT.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: hostPod}); err != nil || st.Status.GetNetwork().GetIp() != "" {
 		t.Errorf("hostNetwork pod status: %v, IP %q (want none: the kubelet uses the node's)", err, st.GetStatus().GetNetwork().GetIp())
 	}
 	if n := len(snapshotHost(t, bridge, ipamDir).ipam); n != allocated {
@@ -238,14 +192,14 @@ func TestPodNetworkBridge(t *testing.T) {
 	}
 
 	for _, pod := range []string{server, client, hostPod} {
-		if _, err := d.rt.StopPodSandbox(ctxT(t), &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
+		if _, err := d.RT.StopPodSandbox(ctxT(t), &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
 			t.Fatal(err)
 		}
 		// Stop is idempotent, CNI DEL included.
-		if _, err := d.rt.StopPodSandbox(ctxT(t), &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
+		if _, err := d.RT.StopPodSandbox(ctxT(t), &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := d.rt.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+		if _, err := d.RT.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -256,14 +210,14 @@ func TestPodNetworkBridge(t *testing.T) {
 // a pod's status has both addresses, IPv4 first, both on eth0, and pods
 // reach each other over IPv6.
 func TestPodNetworkDualStack(t *testing.T) {
-	bins := cniBinDir(t)
+	bins := berthd.CNIBinDir(t)
 	if data, err := os.ReadFile("/proc/sys/net/ipv6/conf/default/disable_ipv6"); err != nil || strings.TrimSpace(string(data)) != "0" {
 		t.Skipf("IPv6 is disabled on this host (%v %q)", err, data)
 	}
 	bridge := fmt.Sprintf("bd%d", os.Getpid()%100000)
 	v4 := fmt.Sprintf("10.218.%d.0/24", os.Getpid()%250)
 	v6 := fmt.Sprintf("fd00:b37:%x::/64", os.Getpid()%0xffff)
-	confDir, ipamDir := bridgeNetwork(t, bridge, v4, v6)
+	confDir, ipamDir := berthd.BridgeNetwork(t, bridge, v4, v6)
 	before := snapshotHost(t, bridge, ipamDir)
 	d := startDaemon(t, daemonOptions{cniConfDir: confDir, extra: fmt.Sprintf("cni_bin_dirs = [%q]", bins)})
 	_, net4, _ := net.ParseCIDR(v4)
@@ -277,7 +231,7 @@ func TestPodNetworkDualStack(t *testing.T) {
 	client := d.runPod(t, clientCfg)
 	curl := d.run(t, client, clientCfg, containerConfig("curl", "", "sleep", "3600"))
 
-	st, err := d.rt.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: server})
+	st, err := d.RT.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: server})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,7 +254,7 @@ func TestPodNetworkDualStack(t *testing.T) {
 		return nil
 	})
 	for _, pod := range []string{server, client} {
-		if _, err := d.rt.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+		if _, err := d.RT.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -311,7 +265,7 @@ func TestPodNetworkDualStack(t *testing.T) {
 // rendered when the kubelet sets the node's pod CIDR, and pods get their
 // addresses from it.
 func TestPodNetworkPodCIDR(t *testing.T) {
-	bins := cniBinDir(t)
+	bins := berthd.CNIBinDir(t)
 	bridge := fmt.Sprintf("bp%d", os.Getpid()%100000)
 	ipamDir := t.TempDir()
 	// The shipped template, on the test's own bridge and IPAM store.
@@ -340,14 +294,14 @@ func TestPodNetworkPodCIDR(t *testing.T) {
 	d := startDaemon(t, daemonOptions{cniConfDir: confDir, cniConfTemplate: tmplFile, extra: fmt.Sprintf("cni_bin_dirs = [%q]", bins)})
 
 	cidr := fmt.Sprintf("10.219.%d.0/24", os.Getpid()%250)
-	if _, err := d.rt.UpdateRuntimeConfig(ctxT(t), &runtimeapi.UpdateRuntimeConfigRequest{RuntimeConfig: &runtimeapi.RuntimeConfig{
+	if _, err := d.RT.UpdateRuntimeConfig(ctxT(t), &runtimeapi.UpdateRuntimeConfigRequest{RuntimeConfig: &runtimeapi.RuntimeConfig{
 		NetworkConfig: &runtimeapi.NetworkConfig{PodCidr: cidr}}}); err != nil {
 		t.Fatal(err)
 	}
 	if data, err := os.ReadFile(filepath.Join(confDir, "10-berth-bridge.conflist")); err != nil || !strings.Contains(string(data), cidr) {
 		t.Fatalf("rendered configuration: %v\n%s", err, data)
 	}
-	st, err := d.rt.Status(ctxT(t), &runtimeapi.StatusRequest{})
+	st, err := d.RT.Status(ctxT(t), &runtimeapi.StatusRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,7 +313,7 @@ func TestPodNetworkPodCIDR(t *testing.T) {
 	cfg := d.podConfig("in-cidr")
 	pod := d.runPod(t, cfg)
 	c := d.run(t, pod, cfg, containerConfig("c", "", "sleep", "3600"))
-	ps, err := d.rt.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
+	ps, err := d.RT.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,7 +327,7 @@ func TestPodNetworkPodCIDR(t *testing.T) {
 	if out := d.mustExec(t, c, "ip", "route", "show", "default"); !strings.Contains(out, "via "+gw.String()) {
 		t.Errorf("default route in the pod: %q, want via %s", out, gw)
 	}
-	if _, err := d.rt.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+	if _, err := d.RT.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
 		t.Fatal(err)
 	}
 	before.assertSame(t, "after the pod", snapshotHost(t, bridge, ipamDir))
@@ -469,7 +423,7 @@ func newFaultNetwork(t *testing.T, prefix string, subnetByte int) *faultNetwork 
 	// The standard plugins and the fault plugin, side by side.
 	n := &faultNetwork{bins: t.TempDir()}
 	for _, p := range []string{"bridge", "host-local", "portmap", "loopback"} {
-		data, err := os.ReadFile(filepath.Join(cniBinDir(t), p))
+		data, err := os.ReadFile(filepath.Join(berthd.CNIBinDir(t), p))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -479,7 +433,7 @@ func newFaultNetwork(t *testing.T, prefix string, subnetByte int) *faultNetwork 
 	}
 	n.modeFile = faultPlugin(t, n.bins)
 	n.bridge = fmt.Sprintf("%s%d", prefix, os.Getpid()%100000)
-	n.confDir, n.ipamDir = bridgeNetwork(t, n.bridge, fmt.Sprintf("10.%d.%d.0/24", subnetByte, os.Getpid()%250))
+	n.confDir, n.ipamDir = berthd.BridgeNetwork(t, n.bridge, fmt.Sprintf("10.%d.%d.0/24", subnetByte, os.Getpid()%250))
 	n.conf = filepath.Join(n.confDir, "10-berth-test.conflist")
 	var err error
 	if n.plain, err = os.ReadFile(n.conf); err != nil {
@@ -560,7 +514,7 @@ func TestPodNetworkFaults(t *testing.T) {
 	// A first pod creates the bridge and portmap's node-wide chains, which
 	// stay; the snapshot is taken after it is gone.
 	n.setMode(t, "fail")
-	_, _ = d.rt.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: d.podConfig("warmup")})
+	_, _ = d.RT.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: d.podConfig("warmup")})
 	before := snapshotHost(t, bridge, ipamDir)
 
 	for _, c := range []struct{ mode, want string }{
@@ -571,21 +525,21 @@ func TestPodNetworkFaults(t *testing.T) {
 		n.setMode(t, c.mode)
 		cfg := d.podConfig("fault-" + c.mode)
 		cfg.PortMappings = []*runtimeapi.PortMapping{{Protocol: runtimeapi.Protocol_TCP, ContainerPort: 80, HostPort: int32(30000 + os.Getpid()%10000), HostIp: "127.0.0.1"}}
-		_, err := d.rt.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: cfg})
+		_, err := d.RT.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: cfg})
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("plugin %s: RunPodSandbox: %v, want an error with %q", c.mode, err, c.want)
 		}
-		pods, err := d.rt.ListPodSandbox(ctxT(t), &runtimeapi.ListPodSandboxRequest{})
+		pods, err := d.RT.ListPodSandbox(ctxT(t), &runtimeapi.ListPodSandboxRequest{})
 		if err != nil || len(pods.Items) != 0 {
 			t.Errorf("plugin %s: pods left: %v %v", c.mode, err, pods.GetItems())
 		}
-		if entries, _ := os.ReadDir(filepath.Join(d.state, "netns")); len(entries) != 0 {
+		if entries, _ := os.ReadDir(filepath.Join(d.State, "netns")); len(entries) != 0 {
 			t.Errorf("plugin %s: network namespaces left: %d", c.mode, len(entries))
 		}
 		before.assertSame(t, "plugin "+c.mode, snapshotHost(t, bridge, ipamDir))
 	}
 	// The hung plugin's process is gone too.
-	if procs := processesMentioning("berth-fault"); len(procs) > 0 {
+	if procs := berthd.ProcessesMentioning("berth-fault"); len(procs) > 0 {
 		t.Errorf("fault plugin processes left: %v", procs)
 	}
 }
@@ -598,7 +552,7 @@ func TestPodNetworkCrash(t *testing.T) {
 	d := startDaemon(t, daemonOptions{cniConfDir: n.confDir, extra: n.daemonExtra("1m")})
 	// The first pod makes the bridge, which stays.
 	n.setMode(t, "fail")
-	_, _ = d.rt.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: d.podConfig("warmup")})
+	_, _ = d.RT.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: d.podConfig("warmup")})
 	before := snapshotHost(t, n.bridge, n.ipamDir)
 	hostPort := int32(31000 + os.Getpid()%10000)
 	withHostPort := func(name string) *runtimeapi.PodSandboxConfig {
@@ -607,7 +561,7 @@ func TestPodNetworkCrash(t *testing.T) {
 		return cfg
 	}
 	netnsLeft := func() []string {
-		entries, _ := os.ReadDir(filepath.Join(d.state, "netns"))
+		entries, _ := os.ReadDir(filepath.Join(d.State, "netns"))
 		var names []string
 		for _, e := range entries {
 			names = append(names, e.Name())
@@ -621,21 +575,21 @@ func TestPodNetworkCrash(t *testing.T) {
 		n.setMode(t, "block-add")
 		done := make(chan error, 1)
 		go func() {
-			_, err := d.rt.RunPodSandbox(context.Background(), &runtimeapi.RunPodSandboxRequest{Config: withHostPort("crash-add")})
+			_, err := d.RT.RunPodSandbox(context.Background(), &runtimeapi.RunPodSandboxRequest{Config: withHostPort("crash-add")})
 			done <- err
 		}()
 		pid := n.blocked(t)
 		if mid := snapshotHost(t, n.bridge, n.ipamDir); len(mid.ipam) == 0 {
 			t.Fatalf("no IP allocated while ADD blocks: not the half-done state this test is about")
 		}
-		d.stop(syscall.SIGKILL)
+		d.Stop(syscall.SIGKILL)
 		if err := <-done; err == nil {
 			t.Fatal("RunPodSandbox succeeded though berthd was killed")
 		}
 		n.setMode(t, "")
 		n.release(t, pid)
-		d.start()
-		if pods, err := d.rt.ListPodSandbox(ctxT(t), &runtimeapi.ListPodSandboxRequest{}); err != nil || len(pods.Items) != 0 {
+		d.Start()
+		if pods, err := d.RT.ListPodSandbox(ctxT(t), &runtimeapi.ListPodSandboxRequest{}); err != nil || len(pods.Items) != 0 {
 			t.Errorf("pods after restart: %v %v", err, pods.GetItems())
 		}
 		if left := netnsLeft(); len(left) != 0 {
@@ -653,19 +607,19 @@ func TestPodNetworkCrash(t *testing.T) {
 		n.setMode(t, "block-del")
 		done := make(chan error, 1)
 		go func() {
-			_, err := d.rt.StopPodSandbox(context.Background(), &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod})
+			_, err := d.RT.StopPodSandbox(context.Background(), &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod})
 			done <- err
 		}()
 		pid := n.blocked(t)
-		d.stop(syscall.SIGKILL)
+		d.Stop(syscall.SIGKILL)
 		if err := <-done; err == nil {
 			t.Fatal("StopPodSandbox succeeded though berthd was killed")
 		}
 		n.setMode(t, "")
 		n.release(t, pid)
-		d.start()
+		d.Start()
 		// Without another call: the restart finished the stop.
-		st, err := d.rt.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
+		st, err := d.RT.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
 		if err != nil || st.Status.State != runtimeapi.PodSandboxState_SANDBOX_NOTREADY {
 			t.Errorf("pod after restart: %v %v", err, st.GetStatus().GetState())
 		}
@@ -673,7 +627,7 @@ func TestPodNetworkCrash(t *testing.T) {
 			t.Errorf("network namespaces left: %v", left)
 		}
 		before.assertSame(t, "after a crash in DEL", snapshotHost(t, n.bridge, n.ipamDir))
-		if _, err := d.rt.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+		if _, err := d.RT.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -683,14 +637,14 @@ func TestPodNetworkCrash(t *testing.T) {
 // a time: no address is handed out twice while its pod exists, and the
 // host ends exactly as it began.
 func TestPodNetworkChurn(t *testing.T) {
-	bins := cniBinDir(t)
+	bins := berthd.CNIBinDir(t)
 	bridge := fmt.Sprintf("bc%d", os.Getpid()%100000)
 	subnet := fmt.Sprintf("10.215.%d.0/24", os.Getpid()%250)
-	confDir, ipamDir := bridgeNetwork(t, bridge, subnet)
+	confDir, ipamDir := berthd.BridgeNetwork(t, bridge, subnet)
 	d := startDaemon(t, daemonOptions{cniConfDir: confDir, extra: fmt.Sprintf("cni_bin_dirs = [%q]", bins)})
 	// The first pod makes the bridge and portmap's node-wide chains.
 	warm := d.runPod(t, d.podConfig("warmup"))
-	if _, err := d.rt.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: warm}); err != nil {
+	if _, err := d.RT.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: warm}); err != nil {
 		t.Fatal(err)
 	}
 	before := snapshotHost(t, bridge, ipamDir)
@@ -703,7 +657,7 @@ func TestPodNetworkChurn(t *testing.T) {
 			cfg.PortMappings = []*runtimeapi.PortMapping{{Protocol: runtimeapi.Protocol_TCP, ContainerPort: 80, HostPort: int32(base + i), HostIp: "127.0.0.1"}}
 			pod := d.runPod(t, cfg)
 			pods = append(pods, pod)
-			st, err := d.rt.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
+			st, err := d.RT.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -714,7 +668,7 @@ func TestPodNetworkChurn(t *testing.T) {
 			ips[ip] = pod
 		}
 		for _, pod := range pods {
-			if _, err := d.rt.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+			if _, err := d.RT.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
 				t.Fatal(err)
 			}
 		}

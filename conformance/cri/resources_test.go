@@ -29,7 +29,7 @@ func (d *daemon) cgroupValue(t *testing.T, id, v1, v2 string) string {
 func TestResources(t *testing.T) {
 	d := startDaemon(t)
 	podCfg := d.podConfig("resources")
-	podCfg.Linux.CgroupParent = d.cgroupParent + "/kubepods/burstable/pod" + podCfg.Metadata.Uid
+	podCfg.Linux.CgroupParent = d.CgroupParent + "/kubepods/burstable/pod" + podCfg.Metadata.Uid
 	pod := d.runPod(t, podCfg)
 
 	cfg := containerConfig("limited", "", "sleep", "3600")
@@ -64,7 +64,7 @@ func TestResources(t *testing.T) {
 	}
 
 	// A live update.
-	_, err := d.rt.UpdateContainerResources(ctxT(t), &runtimeapi.UpdateContainerResourcesRequest{ContainerId: c,
+	_, err := d.RT.UpdateContainerResources(ctxT(t), &runtimeapi.UpdateContainerResourcesRequest{ContainerId: c,
 		Linux: &runtimeapi.LinuxContainerResources{CpuShares: 256, MemoryLimitInBytes: 96 << 20}})
 	if err != nil {
 		t.Fatal(err)
@@ -72,14 +72,14 @@ func TestResources(t *testing.T) {
 	if got := d.cgroupValue(t, c, "memory/memory.limit_in_bytes", "memory.max"); got != strconv.Itoa(96<<20) {
 		t.Errorf("memory limit after update %s", got)
 	}
-	st, err := d.rt.ContainerStatus(ctxT(t), &runtimeapi.ContainerStatusRequest{ContainerId: c})
+	st, err := d.RT.ContainerStatus(ctxT(t), &runtimeapi.ContainerStatusRequest{ContainerId: c})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if st.Status.GetResources().GetLinux().GetMemoryLimitInBytes() != 96<<20 {
 		t.Errorf("status resources after update: %+v", st.Status.GetResources())
 	}
-	_, err = d.rt.UpdateContainerResources(ctxT(t), &runtimeapi.UpdateContainerResourcesRequest{ContainerId: c,
+	_, err = d.RT.UpdateContainerResources(ctxT(t), &runtimeapi.UpdateContainerResourcesRequest{ContainerId: c,
 		Linux: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: -5}})
 	wantCode(t, err, codes.InvalidArgument, "negative memory limit")
 
@@ -87,7 +87,7 @@ func TestResources(t *testing.T) {
 	d.mustExec(t, c, "sh", "-c", "head -c 20000000 /dev/zero > /tmp/fill; i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done")
 	var cs *runtimeapi.ContainerStats
 	eventually(t, 15*time.Second, "container stats", func() error {
-		resp, err := d.rt.ContainerStats(ctxT(t), &runtimeapi.ContainerStatsRequest{ContainerId: c})
+		resp, err := d.RT.ContainerStats(ctxT(t), &runtimeapi.ContainerStatsRequest{ContainerId: c})
 		if err != nil {
 			return err
 		}
@@ -101,11 +101,11 @@ func TestResources(t *testing.T) {
 	if cs.Attributes.GetId() != c || cs.Attributes.GetMetadata().GetName() != "limited" {
 		t.Errorf("stats attributes %+v", cs.Attributes)
 	}
-	list, err := d.rt.ListContainerStats(ctxT(t), &runtimeapi.ListContainerStatsRequest{Filter: &runtimeapi.ContainerStatsFilter{PodSandboxId: pod}})
+	list, err := d.RT.ListContainerStats(ctxT(t), &runtimeapi.ListContainerStatsRequest{Filter: &runtimeapi.ContainerStatsFilter{PodSandboxId: pod}})
 	if err != nil || len(list.Stats) != 1 || list.Stats[0].Attributes.Id != c {
 		t.Errorf("ListContainerStats: %v %+v", err, list)
 	}
-	ps, err := d.rt.PodSandboxStats(ctxT(t), &runtimeapi.PodSandboxStatsRequest{PodSandboxId: pod})
+	ps, err := d.RT.PodSandboxStats(ctxT(t), &runtimeapi.PodSandboxStatsRequest{PodSandboxId: pod})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,20 +113,20 @@ func TestResources(t *testing.T) {
 		len(ps.Stats.GetLinux().GetContainers()) != 1 {
 		t.Errorf("PodSandboxStats: %+v", ps.Stats)
 	}
-	if _, err := d.rt.ListMetricDescriptors(ctxT(t), &runtimeapi.ListMetricDescriptorsRequest{}); err != nil {
+	if _, err := d.RT.ListMetricDescriptors(ctxT(t), &runtimeapi.ListMetricDescriptorsRequest{}); err != nil {
 		t.Errorf("ListMetricDescriptors: %v", err)
 	}
-	pm, err := d.rt.ListPodSandboxMetrics(ctxT(t), &runtimeapi.ListPodSandboxMetricsRequest{})
+	pm, err := d.RT.ListPodSandboxMetrics(ctxT(t), &runtimeapi.ListPodSandboxMetricsRequest{})
 	if err != nil || len(pm.PodMetrics) != 1 || pm.PodMetrics[0].PodSandboxId != pod || len(pm.PodMetrics[0].ContainerMetrics) != 1 {
 		t.Errorf("ListPodSandboxMetrics: %v %+v", err, pm)
 	}
 
 	// The kubelet owns the pod cgroups it names: after the pod is gone it
 	// removes them, and so does this test.
-	if _, err := d.rt.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+	if _, err := d.RT.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
 		t.Fatal(err)
 	}
-	if err := cgroups.RemoveTree(d.cgroupParent + "/kubepods"); err != nil {
+	if err := cgroups.RemoveTree(d.CgroupParent + "/kubepods"); err != nil {
 		t.Errorf("remove the kubelet's cgroups: %v (a process left in them?)", err)
 	}
 }
@@ -159,7 +159,7 @@ func TestStopSignalAndTimeout(t *testing.T) {
 	c := d.run(t, pod, podCfg, containerConfig("graceful", suite.tools,
 		`trap "exit 42" USR1; trap "exit 15" TERM; echo trapped; while true; do sleep 0.1; done`))
 	d.waitLog(t, podCfg, "graceful", "trapped")
-	if _, err := d.rt.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: c, Timeout: 30}); err != nil {
+	if _, err := d.RT.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: c, Timeout: 30}); err != nil {
 		t.Fatal(err)
 	}
 	if st := d.status(t, c); st.ExitCode != 42 {
@@ -169,7 +169,7 @@ func TestStopSignalAndTimeout(t *testing.T) {
 	// One that ignores SIGTERM: SIGKILL after 1s.
 	stubborn := d.run(t, pod, podCfg, containerConfig("stubborn", "", "sh", "-c", `trap "" TERM; echo trapped; while true; do sleep 0.1; done`))
 	d.waitLog(t, podCfg, "stubborn", "trapped")
-	if _, err := d.rt.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: stubborn, Timeout: 1}); err != nil {
+	if _, err := d.RT.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: stubborn, Timeout: 1}); err != nil {
 		t.Fatal(err)
 	}
 	if st := d.status(t, stubborn); st.ExitCode != 137 || st.State != runtimeapi.ContainerState_CONTAINER_EXITED {
@@ -177,7 +177,7 @@ func TestStopSignalAndTimeout(t *testing.T) {
 	}
 	// Stopping again, and stopping an unknown container, succeed.
 	for _, id := range []string{stubborn, "no-such-container"} {
-		if _, err := d.rt.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: id, Timeout: 1}); err != nil {
+		if _, err := d.RT.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: id, Timeout: 1}); err != nil {
 			t.Errorf("StopContainer %s again: %v", id, err)
 		}
 	}

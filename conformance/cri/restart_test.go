@@ -12,6 +12,8 @@ import (
 	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/conformance/internal/berthd"
 )
 
 // TestDaemonRestartAndCrash: containers outlive berthd, whether it stops
@@ -29,7 +31,7 @@ func TestDaemonRestartAndCrash(t *testing.T) {
 			created := d.create(t, pod, podCfg, containerConfig("created", "", "sleep", "3600"))
 			before := d.status(t, ticker)
 
-			d.stop(sig)
+			d.Stop(sig)
 			// While berthd is down: short exits, ticker keeps logging.
 			logPath := filepath.Join(podCfg.LogDirectory, "ticker.log")
 			size := fileSize(logPath)
@@ -37,7 +39,7 @@ func TestDaemonRestartAndCrash(t *testing.T) {
 			if fileSize(logPath) <= size {
 				t.Errorf("no log lines while berthd was down")
 			}
-			d.start()
+			d.Start()
 
 			st := d.status(t, ticker)
 			if st.State != runtimeapi.ContainerState_CONTAINER_RUNNING || st.StartedAt != before.StartedAt {
@@ -52,10 +54,10 @@ func TestDaemonRestartAndCrash(t *testing.T) {
 				t.Errorf("created container after restart: %v", cs.State)
 			}
 			// It can still be started, and the pod still works.
-			if _, err := d.rt.StartContainer(ctxT(t), &runtimeapi.StartContainerRequest{ContainerId: created}); err != nil {
+			if _, err := d.RT.StartContainer(ctxT(t), &runtimeapi.StartContainerRequest{ContainerId: created}); err != nil {
 				t.Errorf("start after restart: %v", err)
 			}
-			ps, err := d.rt.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
+			ps, err := d.RT.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
 			if err != nil || ps.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY {
 				t.Errorf("pod after restart: %v %v", err, ps.GetStatus().GetState())
 			}
@@ -66,7 +68,7 @@ func TestDaemonRestartAndCrash(t *testing.T) {
 					t.Fatalf("tick %d is %s: log lines lost", i, m[1])
 				}
 			}
-			if sig == syscall.SIGKILL && !bytes.Contains(readFile(d.log), []byte("recovered state")) {
+			if sig == syscall.SIGKILL && !bytes.Contains(readFile(d.LogFile), []byte("recovered state")) {
 				t.Errorf("no recovery in the log")
 			}
 		})
@@ -81,7 +83,7 @@ func TestShimKilled(t *testing.T) {
 	pod := d.runPod(t, podCfg)
 	c := d.run(t, pod, podCfg, containerConfig("c", "", "sleep", "3600"))
 	var shims []int
-	for _, p := range processesMentioning(d.state) {
+	for _, p := range berthd.ProcessesMentioning(d.State) {
 		if cmd := readFile("/proc/" + strconv.Itoa(p) + "/cmdline"); bytes.Contains(cmd, []byte("berth-shim")) && bytes.Contains(cmd, []byte(pod)) {
 			shims = append(shims, p)
 		}
@@ -97,7 +99,7 @@ func TestShimKilled(t *testing.T) {
 		t.Errorf("after the shim died: code %d message %q", st.ExitCode, st.Message)
 	}
 	eventually(t, 10*time.Second, "pod not ready", func() error {
-		ps, err := d.rt.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
+		ps, err := d.RT.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
 		if err != nil {
 			return err
 		}
@@ -106,7 +108,7 @@ func TestShimKilled(t *testing.T) {
 		}
 		return nil
 	})
-	if _, err := d.rt.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+	if _, err := d.RT.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
 		t.Fatal(err)
 	}
 }

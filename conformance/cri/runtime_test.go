@@ -12,14 +12,16 @@ import (
 
 	"google.golang.org/grpc/codes"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/conformance/internal/berthd"
 )
 
 func TestVersionStatusAndRuntimeConfig(t *testing.T) {
 	cni := t.TempDir()
-	d := startDaemon(t, daemonOptions{cniConfDir: cni, extra: fmt.Sprintf("cni_bin_dirs = [%q]", cniBinDir(t))})
+	d := startDaemon(t, daemonOptions{cniConfDir: cni, extra: fmt.Sprintf("cni_bin_dirs = [%q]", berthd.CNIBinDir(t))})
 	ctx := ctxT(t)
 
-	v, err := d.rt.Version(ctx, &runtimeapi.VersionRequest{Version: "v1"})
+	v, err := d.RT.Version(ctx, &runtimeapi.VersionRequest{Version: "v1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,7 +29,7 @@ func TestVersionStatusAndRuntimeConfig(t *testing.T) {
 		t.Errorf("version: %+v", v)
 	}
 
-	st, err := d.rt.Status(ctx, &runtimeapi.StatusRequest{Verbose: true})
+	st, err := d.RT.Status(ctx, &runtimeapi.StatusRequest{Verbose: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,11 +51,11 @@ func TestVersionStatusAndRuntimeConfig(t *testing.T) {
 		t.Errorf("features: %+v", st.Features)
 	}
 	var cfg map[string]any
-	if err := json.Unmarshal([]byte(st.Info["config"]), &cfg); err != nil || cfg["Socket"] != d.socket {
+	if err := json.Unmarshal([]byte(st.Info["config"]), &cfg); err != nil || cfg["Socket"] != d.Socket {
 		t.Errorf("verbose config: %v %v", err, st.Info["config"])
 	}
 
-	rc, err := d.rt.RuntimeConfig(ctx, &runtimeapi.RuntimeConfigRequest{})
+	rc, err := d.RT.RuntimeConfig(ctx, &runtimeapi.RuntimeConfigRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +67,7 @@ func TestVersionStatusAndRuntimeConfig(t *testing.T) {
 	// restart (loopback only needs the loopback plugin).
 	// A config naming a plugin that does not exist is not usable.
 	networkReady := func() (*runtimeapi.RuntimeCondition, error) {
-		st, err := d.rt.Status(ctx, &runtimeapi.StatusRequest{})
+		st, err := d.RT.Status(ctx, &runtimeapi.StatusRequest{})
 		if err != nil {
 			return nil, err
 		}
@@ -109,16 +111,16 @@ func TestVersionStatusAndRuntimeConfig(t *testing.T) {
 	})
 
 	// The pod CIDR: kept across restarts, checked.
-	_, err = d.rt.UpdateRuntimeConfig(ctx, &runtimeapi.UpdateRuntimeConfigRequest{RuntimeConfig: &runtimeapi.RuntimeConfig{
+	_, err = d.RT.UpdateRuntimeConfig(ctx, &runtimeapi.UpdateRuntimeConfigRequest{RuntimeConfig: &runtimeapi.RuntimeConfig{
 		NetworkConfig: &runtimeapi.NetworkConfig{PodCidr: "10.99.0.0/24"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = d.rt.UpdateRuntimeConfig(ctx, &runtimeapi.UpdateRuntimeConfigRequest{RuntimeConfig: &runtimeapi.RuntimeConfig{
+	_, err = d.RT.UpdateRuntimeConfig(ctx, &runtimeapi.UpdateRuntimeConfigRequest{RuntimeConfig: &runtimeapi.RuntimeConfig{
 		NetworkConfig: &runtimeapi.NetworkConfig{PodCidr: "10.99.0.0/33"}}})
 	wantCode(t, err, codes.InvalidArgument, "UpdateRuntimeConfig with a bad CIDR")
-	d.restart(15)
-	st, err = d.rt.Status(ctxT(t), &runtimeapi.StatusRequest{Verbose: true})
+	d.Restart(15)
+	st, err = d.RT.Status(ctxT(t), &runtimeapi.StatusRequest{Verbose: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,6 +128,6 @@ func TestVersionStatusAndRuntimeConfig(t *testing.T) {
 		t.Errorf("pod CIDR after restart: %q", st.Info["podCIDR"])
 	}
 
-	_, err = d.rt.CheckpointContainer(ctxT(t), &runtimeapi.CheckpointContainerRequest{ContainerId: "x"})
+	_, err = d.RT.CheckpointContainer(ctxT(t), &runtimeapi.CheckpointContainerRequest{ContainerId: "x"})
 	wantCode(t, err, codes.Unimplemented, "CheckpointContainer")
 }

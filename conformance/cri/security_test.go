@@ -96,7 +96,7 @@ func TestUsersAndGroups(t *testing.T) {
 			if !slices.Equal(groups, c.groups) {
 				t.Errorf("Groups %v, want %v", groups, c.groups)
 			}
-			resp, err := d.rt.ContainerStatus(ctxT(t), &runtimeapi.ContainerStatusRequest{ContainerId: id})
+			resp, err := d.RT.ContainerStatus(ctxT(t), &runtimeapi.ContainerStatusRequest{ContainerId: id})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -110,7 +110,7 @@ func TestUsersAndGroups(t *testing.T) {
 	cfg := containerConfig("ghost", "", "true")
 	cfg.Linux.SecurityContext.RunAsUsername = "ghost"
 	d.pull(t, suite.busybox)
-	_, err := d.rt.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: cfg, SandboxConfig: podCfg})
+	_, err := d.RT.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: cfg, SandboxConfig: podCfg})
 	wantCode(t, err, codes.InvalidArgument, "run_as_username not in /etc/passwd")
 	if err != nil && !strings.Contains(err.Error(), "ghost") {
 		t.Errorf("error does not name the user: %v", err)
@@ -177,7 +177,7 @@ func TestPrivilegesAndConfinement(t *testing.T) {
 		def.Linux.SecurityContext.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
 		unconfined := containerConfig("seccomp-unconfined", "", "sleep", "3600")
 		unconfined.Linux.SecurityContext.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Unconfined}
-		profile := filepath.Join(d.dir, "no-mkdir.json")
+		profile := filepath.Join(d.Dir, "no-mkdir.json")
 		if err := os.WriteFile(profile, []byte(`{"defaultAction": "SCMP_ACT_ALLOW",
 			"syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}`), 0o644); err != nil {
 			t.Fatal(err)
@@ -211,7 +211,7 @@ func TestPrivilegesAndConfinement(t *testing.T) {
 
 		bad := containerConfig("seccomp-missing", "", "true")
 		bad.Linux.SecurityContext.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Localhost, LocalhostRef: "/no/such/profile.json"}
-		_, err := d.rt.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: bad, SandboxConfig: podCfg})
+		_, err := d.RT.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: bad, SandboxConfig: podCfg})
 		if err == nil || !strings.Contains(err.Error(), "/no/such/profile.json") {
 			t.Errorf("missing Localhost profile: %v", err)
 		}
@@ -272,7 +272,7 @@ func TestPrivilegesAndConfinement(t *testing.T) {
 		}
 		if out := d.mustExec(t, id, "sh", "-c", "grep ' /sys ' /proc/self/mounts"); !strings.Contains(out, "rw") {
 			t.Errorf("privileged /sys: %q", out)
-			specs, _ := filepath.Glob(filepath.Join(d.dir, "root", "*", id+"*", "config.json"))
+			specs, _ := filepath.Glob(filepath.Join(d.Dir, "root", "*", id+"*", "config.json"))
 			for _, f := range specs {
 				t.Logf("%s:\n%s", f, grepLines(string(readFile(f)), "sys"))
 			}
@@ -284,7 +284,7 @@ func TestPrivilegesAndConfinement(t *testing.T) {
 		plain := d.runPod(t, plainCfg)
 		cfg := containerConfig("priv", "", "true")
 		cfg.Linux.SecurityContext.Privileged = true
-		_, err := d.rt.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: plain, Config: cfg, SandboxConfig: plainCfg})
+		_, err := d.RT.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: plain, Config: cfg, SandboxConfig: plainCfg})
 		wantCode(t, err, codes.InvalidArgument, "privileged container in an unprivileged pod")
 	})
 }

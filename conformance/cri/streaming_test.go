@@ -62,7 +62,7 @@ func TestExecAndExecSync(t *testing.T) {
 		t.Errorf("ExecSync: %q %q %d", out, errOut, code)
 	}
 	start := time.Now()
-	_, err := d.rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: c, Cmd: []string{"sleep", "30"}, Timeout: 1})
+	_, err := d.RT.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: c, Cmd: []string{"sleep", "30"}, Timeout: 1})
 	wantCode(t, err, codes.DeadlineExceeded, "ExecSync past its timeout")
 	if time.Since(start) > 20*time.Second {
 		t.Errorf("ExecSync timeout of 1s took %s", time.Since(start))
@@ -72,7 +72,7 @@ func TestExecAndExecSync(t *testing.T) {
 		t.Errorf("timed-out exec still runs:\n%s", out)
 	}
 	// A missing binary: the caller learns it failed, and why.
-	resp0, err := d.rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: c, Cmd: []string{"/no/such/binary"}, Timeout: 10})
+	resp0, err := d.RT.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: c, Cmd: []string{"/no/such/binary"}, Timeout: 10})
 	if err == nil && resp0.ExitCode == 0 {
 		t.Errorf("exec of a missing binary succeeded")
 	} else if err != nil && !strings.Contains(err.Error(), "/no/such/binary") {
@@ -81,7 +81,7 @@ func TestExecAndExecSync(t *testing.T) {
 
 	// Exec through the streaming server: stdin in, both outputs back, the
 	// exit code as the kubelet sees it.
-	resp, err := d.rt.Exec(ctx, &runtimeapi.ExecRequest{ContainerId: c, Cmd: []string{"sh", "-c", "cat; echo done >&2; exit 3"},
+	resp, err := d.RT.Exec(ctx, &runtimeapi.ExecRequest{ContainerId: c, Cmd: []string{"sh", "-c", "cat; echo done >&2; exit 3"},
 		Stdin: true, Stdout: true, Stderr: true})
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +93,7 @@ func TestExecAndExecSync(t *testing.T) {
 	}
 
 	// With a terminal.
-	resp, err = d.rt.Exec(ctx, &runtimeapi.ExecRequest{ContainerId: c, Cmd: []string{"sh", "-c", "tty; stty size"}, Tty: true, Stdout: true})
+	resp, err = d.RT.Exec(ctx, &runtimeapi.ExecRequest{ContainerId: c, Cmd: []string{"sh", "-c", "tty; stty size"}, Tty: true, Stdout: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,19 +108,19 @@ func TestExecAndExecSync(t *testing.T) {
 		{ContainerId: c, Cmd: []string{"true"}},
 		{ContainerId: c, Cmd: []string{"true"}, Tty: true, Stdout: true, Stderr: true},
 	} {
-		_, err := d.rt.Exec(ctx, req)
+		_, err := d.RT.Exec(ctx, req)
 		wantCode(t, err, codes.InvalidArgument, "Exec "+req.String())
 	}
-	_, err = d.rt.Exec(ctx, &runtimeapi.ExecRequest{ContainerId: "no-such-container", Cmd: []string{"true"}, Stdout: true})
+	_, err = d.RT.Exec(ctx, &runtimeapi.ExecRequest{ContainerId: "no-such-container", Cmd: []string{"true"}, Stdout: true})
 	wantCode(t, err, codes.NotFound, "Exec in an unknown container")
-	_, err = d.rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: "no-such-container", Cmd: []string{"true"}})
+	_, err = d.RT.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: "no-such-container", Cmd: []string{"true"}})
 	wantCode(t, err, codes.NotFound, "ExecSync in an unknown container")
 
 	// A stopped container cannot be exec'd into.
-	if _, err := d.rt.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: c, Timeout: 5}); err != nil {
+	if _, err := d.RT.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: c, Timeout: 5}); err != nil {
 		t.Fatal(err)
 	}
-	_, err = d.rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: c, Cmd: []string{"true"}})
+	_, err = d.RT.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: c, Cmd: []string{"true"}})
 	wantCode(t, err, codes.FailedPrecondition, "ExecSync in an exited container")
 }
 
@@ -133,7 +133,7 @@ func TestAttachStdinOnce(t *testing.T) {
 	c := d.run(t, pod, podCfg, cfg)
 	ctx := ctxT(t)
 
-	resp, err := d.rt.Attach(ctx, &runtimeapi.AttachRequest{ContainerId: c, Stdin: true, Stdout: true, Stderr: true})
+	resp, err := d.RT.Attach(ctx, &runtimeapi.AttachRequest{ContainerId: c, Stdin: true, Stdout: true, Stderr: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func TestAttachStdinOnce(t *testing.T) {
 	if st.ExitCode != 0 || st.Reason != "Completed" {
 		t.Errorf("after stdin closed: code %d reason %q", st.ExitCode, st.Reason)
 	}
-	_, err = d.rt.Attach(ctx, &runtimeapi.AttachRequest{ContainerId: c, Stdout: true})
+	_, err = d.RT.Attach(ctx, &runtimeapi.AttachRequest{ContainerId: c, Stdout: true})
 	wantCode(t, err, codes.FailedPrecondition, "Attach to an exited container")
 }
 
@@ -170,7 +170,7 @@ func TestPortForward(t *testing.T) {
 		return nil
 	})
 
-	resp, err := d.rt.PortForward(ctx, &runtimeapi.PortForwardRequest{PodSandboxId: pod, Port: []int32{8080}})
+	resp, err := d.RT.PortForward(ctx, &runtimeapi.PortForwardRequest{PodSandboxId: pod, Port: []int32{8080}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,8 +220,8 @@ func TestPortForward(t *testing.T) {
 		}
 	}
 
-	_, err = d.rt.PortForward(ctx, &runtimeapi.PortForwardRequest{PodSandboxId: pod, Port: []int32{70000}})
+	_, err = d.RT.PortForward(ctx, &runtimeapi.PortForwardRequest{PodSandboxId: pod, Port: []int32{70000}})
 	wantCode(t, err, codes.InvalidArgument, "PortForward to port 70000")
-	_, err = d.rt.PortForward(ctx, &runtimeapi.PortForwardRequest{PodSandboxId: "no-such-pod", Port: []int32{80}})
+	_, err = d.RT.PortForward(ctx, &runtimeapi.PortForwardRequest{PodSandboxId: "no-such-pod", Port: []int32{80}})
 	wantCode(t, err, codes.NotFound, "PortForward to an unknown pod")
 }

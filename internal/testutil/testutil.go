@@ -402,3 +402,23 @@ func checkCgroupLeaks() error {
 	}
 	return nil
 }
+
+// RemoveIfNew records which of paths exist now; the function it returns
+// removes those that did not, with everything in them. For daemons under
+// test that write to fixed host paths whatever they are told (the
+// kubelet's device-plugin socket, containerd's CNI cache).
+func RemoveIfNew(paths ...string) func() error {
+	var created []string
+	for _, p := range paths {
+		if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
+			created = append(created, p)
+		}
+	}
+	return func() error {
+		var errs []error
+		for _, p := range created {
+			errs = append(errs, os.RemoveAll(p))
+		}
+		return errors.Join(errs...)
+	}
+}

@@ -92,6 +92,14 @@ func run(ctx context.Context, res *bench.Results, cfg config, log *slog.Logger) 
 		return err
 	}
 	defer os.RemoveAll(stateRoot)
+	// containerd keeps its shims' sockets, its pods' network namespaces
+	// and its CNI cache in fixed places, whatever its root.
+	removeNew := testutil.RemoveIfNew("/run/containerd", "/run/netns", "/var/lib/cni/results")
+	defer func() {
+		if err := removeNew(); err != nil {
+			log.Warn("clean-up", "error", err)
+		}
+	}()
 	defer func() {
 		// The v2 hierarchy of a hybrid host is covered here, so the
 		// removal reports it; what counts is what is left in the others.

@@ -1,0 +1,308 @@
+// Package berthd starts the built berthd for end-to-end tests on a
+// socket, root, state and cgroup parent of the test's own, and checks
+// afterwards that nothing of it is left on the host.
+package berthd
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/cgroups"
+	"github.com/berth-runtime/berth/internal/testutil"
+)
+
+// Daemon is a berthd started by a test.
+type Daemon struct {
+	T            testing.TB
+	Dir          string // holds root/, the config and the daemon's log
+	State        string // short: Unix socket paths are limited
+	ConfigFile   string
+	Socket       string
+	CgroupParent string
+	LogFile      string
+	RT           runtimeapi.RuntimeServiceClient
+	Img          runtimeapi.ImageServiceClient
+
+	cmd    *exec.Cmd
+	exited chan error
+	conn   *grpc.ClientConn
+}
+
+var seq atomic.Int64
+
+// Options tune a test daemon's configuration.
+type Options struct {
+	// Extra TOML lines.
+	Extra string
+	// CNIConfDir; default an empty directory (pods get loopback only).
+	CNIConfDir string
+	// CNIConfTemplate; default none, whatever the host has.
+	CNIConfTemplate string
+	// RegistriesConf is the registries.conf to pull with.
+	RegistriesConf string
+	// CgroupParent; default one of its own under testutil.CgroupParent.
+	CgroupParent string
+}
+
+// Start starts berthd; the test's clean-up removes every pod, stops the
+// daemon and fails the test if anything was left behind.
+func Start(t testing.TB, o Options) *Daemon {
+	t.Helper()
+	testutil.RequireRoot(t)
+	d := &Daemon{T: t, Dir: t.TempDir()}
+	state, err := os.MkdirTemp("/run", "berth-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.State = state
+	d.Socket = filepath.Join(state, "berth.sock")
+	d.CgroupParent = o.CgroupParent
+	if d.CgroupParent == "" {
+		d.CgroupParent = fmt.Sprintf("%s/cri-%d-%d", testutil.CgroupParent, os.Getpid(), seq.Add(1))
+	}
+	if o.CNIConfDir == "" {
+		o.CNIConfDir = filepath.Join(d.Dir, "cni")
+		if err := os.MkdirAll(o.CNIConfDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.ConfigFile = filepath.Join(d.Dir, "berth.toml")
+	cfg := fmt.Sprintf(`root = %q
+state = %q
+socket = %q
+cgroup_driver = "cgroupfs"
+cgroup_parent = %q
+cni_conf_dir = %q
+cni_conf_template = %q
+registries_conf = %q
+registries_conf_dir = %q
+signature_policy = %q
+log_level = "debug"
+stream_address = "127.0.0.1:0"
+pull_progress_interval = "1s"
+%s
+`, filepath.Join(d.Dir, "root"), d.State, d.Socket, d.CgroupParent, o.CNIConfDir, o.CNIConfTemplate, o.RegistriesConf,
+		filepath.Join(d.Dir, "registries.d"), filepath.Join(d.Dir, "no-policy.json"), o.Extra)
+	if err := os.WriteFile(d.ConfigFile, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.LogFile = filepath.Join(d.Dir, "berthd.log")
+	t.Cleanup(d.cleanup)
+	d.Start()
+	return d
+}
+
+// Start runs berthd and waits until it answers.
+func (d *Daemon) Start() {
+	t := d.T
+	t.Helper()
+	logf, err := os.OpenFile(d.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	d.cmd = exec.Command(testutil.Bin(t, "berthd"), "--config", d.ConfigFile)
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func(c *exec.Cmd) { exited <- c.Wait() }(d.cmd)
+	conn, err := grpc.NewClient("unix://"+d.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.conn, d.RT, d.Img = conn, runtimeapi.NewRuntimeServiceClient(conn), runtimeapi.NewImageServiceClient(conn)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := d.RT.Version(ctx, &runtimeapi.VersionRequest{})
+		cancel()
+		if err == nil {
+			break
+		}
+		select {
+		case werr := <-exited:
+			t.Fatalf("berthd exited: %v\n%s", werr, d.LogTail(40))
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("berthd does not answer: %v\n%s", err, d.LogTail(40))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	d.exited = exited
+}
+
+// Running reports whether the test's berthd process runs.
+func (d *Daemon) Running() bool { return d.cmd != nil }
+
+// Stop sends sig and waits for berthd to exit.
+func (d *Daemon) Stop(sig syscall.Signal) {
+	d.T.Helper()
+	if d.cmd == nil {
+		return
+	}
+	_ = d.cmd.Process.Signal(sig)
+	select {
+	case <-d.exited:
+	case <-time.After(30 * time.Second):
+		_ = d.cmd.Process.Kill()
+		<-d.exited
+		d.T.Errorf("berthd did not exit on %v", sig)
+	}
+	d.conn.Close()
+	d.cmd = nil
+}
+
+// Restart stops berthd with sig (SIGTERM, or SIGKILL for a crash) and
+// starts it again on the same root and state.
+func (d *Daemon) Restart(sig syscall.Signal) {
+	d.T.Helper()
+	d.Stop(sig)
+	d.Start()
+}
+
+// LogTail is the end of berthd's log, without lines containing skip
+// (if given).
+func (d *Daemon) LogTail(n int, skip ...string) string {
+	data, _ := os.ReadFile(d.LogFile)
+	var lines []string
+	for _, l := range strings.Split(strings.TrimRight(string(data), "\n"), "\n") {
+		if len(skip) == 0 || !strings.Contains(l, skip[0]) {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// cleanup removes every pod and container, stops berthd, and checks that
+// nothing of the test is left on the host: mounts, shims, network
+// namespaces, cgroups. What is left is removed and reported.
+func (d *Daemon) cleanup() {
+	t := d.T
+	if d.cmd != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		if pods, err := d.RT.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{}); err == nil {
+			for _, p := range pods.Items {
+				if _, err := d.RT.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.Id}); err != nil {
+					t.Errorf("clean-up: remove pod %s: %v", p.Id, err)
+				}
+			}
+		} else {
+			t.Errorf("clean-up: list pods: %v", err)
+		}
+		cancel()
+		d.Stop(syscall.SIGTERM)
+	}
+	if t.Failed() {
+		t.Logf("berthd log (last lines above debug level):\n%s", d.LogTail(80, "level=debug"))
+	}
+	// Shims go once their pods are removed; give the last a moment.
+	var procs []int
+	for i := 0; i < 50; i++ {
+		if procs = ProcessesMentioning(d.State); len(procs) == 0 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if len(procs) > 0 {
+		t.Errorf("LEAK: processes of the test daemon still run: %v", procs)
+		for _, p := range procs {
+			_ = syscall.Kill(p, syscall.SIGKILL)
+		}
+	}
+	for _, dir := range []string{d.State, d.Dir} {
+		if mounts := MountsUnder(dir); len(mounts) > 0 {
+			t.Errorf("LEAK: mounts left under %s: %v", dir, mounts)
+			for i := len(mounts) - 1; i >= 0; i-- {
+				_ = syscall.Unmount(mounts[i], syscall.MNT_DETACH)
+			}
+		}
+	}
+	if entries, _ := os.ReadDir(filepath.Join(d.State, "netns")); len(entries) > 0 {
+		t.Errorf("LEAK: network namespaces left: %d", len(entries))
+	}
+	if cgroups.Exists(d.CgroupParent) {
+		if pids, _ := cgroups.Pids(d.CgroupParent); len(pids) > 0 {
+			t.Errorf("LEAK: processes left in %s: %v", d.CgroupParent, pids)
+		}
+		if leftover := CgroupChildren(d.CgroupParent); len(leftover) > 0 {
+			t.Errorf("LEAK: cgroups left under %s: %v", d.CgroupParent, leftover)
+		}
+		if err := cgroups.RemoveTree(d.CgroupParent); err != nil {
+			t.Errorf("clean-up: %v", err)
+		}
+	}
+	if err := os.RemoveAll(d.State); err != nil {
+		t.Errorf("clean-up: %v", err)
+	}
+}
+
+// ProcessesMentioning lists the pids whose command line contains s.
+func ProcessesMentioning(s string) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		var pid int
+		if _, err := fmt.Sscanf(e.Name(), "%d", &pid); err != nil || pid == os.Getpid() {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && bytes.Contains(data, []byte(s)) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// MountsUnder lists mount points at or under dir, outermost first.
+func MountsUnder(dir string) []string {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
+			out = append(out, fields[4])
+		}
+	}
+	return out
+}
+
+// CgroupChildren lists the cgroups under a parent in any hierarchy.
+func CgroupChildren(parent string) []string {
+	var out []string
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*" + parent)
+	roots = append(roots, "/sys/fs/cgroup"+parent)
+	for _, r := range roots {
+		_ = filepath.WalkDir(r, func(p string, de os.DirEntry, err error) error {
+			if err == nil && de.IsDir() && p != r {
+				out = append(out, p)
+			}
+			return nil
+		})
+	}
+	return out
+}
