@@ -7,9 +7,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -50,10 +52,16 @@ func TestMain(m *testing.M) {
 		})
 		suite.reg.Push(s, busybox, "busybox:latest")
 		suite.busybox = suite.reg.Addr + "/busybox:latest"
+		euid, err := setuidProgram(s.TempDir())
+		if err != nil {
+			return err
+		}
 		tools := testutil.BuildOCI(s, s.TempDir(), "latest", testutil.ImageSpec{
 			Layers: []testutil.Layer{base, {Files: []testutil.File{
 				{Path: "app", Type: tar.TypeDir, Mode: 0o755, UID: 1000, GID: 1000},
 				{Path: "app/hello.txt", Content: "hello from the image\n"},
+				// Set-user-ID root: no_new_privs must keep it from working.
+				{Path: "usr/local/bin/euid", Content: euid, Mode: 0o4755},
 			}}},
 			Config: v1.ImageConfig{
 				User: "user", Entrypoint: []string{"sh", "-c"}, Cmd: []string{"id; sleep 3600"},
@@ -64,6 +72,24 @@ func TestMain(m *testing.M) {
 		suite.tools = suite.reg.Addr + "/tools:v1"
 		return nil
 	})
+}
+
+// setuidProgram builds a static program that prints its effective uid.
+func setuidProgram(dir string) (string, error) {
+	src := filepath.Join(dir, "euid.c")
+	prog := `#include <stdio.h>
+#include <unistd.h>
+int main(void) { printf("%d\n", (int)geteuid()); return 0; }
+`
+	if err := os.WriteFile(src, []byte(prog), 0o644); err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "euid")
+	if out, err := exec.Command("gcc", "-static", "-Os", "-o", bin, src).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build the set-user-ID test program: %v: %s", err, out)
+	}
+	data, err := os.ReadFile(bin)
+	return string(data), err
 }
 
 // daemon is a berthd started by a test, with the suite's helpers.

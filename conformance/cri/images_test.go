@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -99,6 +100,16 @@ func TestImageService(t *testing.T) {
 	st, err = d.Img.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: id}})
 	if err != nil || st.Image != nil {
 		t.Errorf("image after RemoveImage: %v %+v", err, st.Image)
+	}
+
+	// Pulled again by digest alone: the same image, known by that digest.
+	digestRef := list.Images[0].RepoDigests[0]
+	if got := d.pull(t, digestRef); got != id {
+		t.Errorf("pull by digest %s: %s, want %s", digestRef, got, id)
+	}
+	st, err = d.Img.ImageStatus(ctx, &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: digestRef}})
+	if err != nil || st.Image.GetId() != id || !slices.Contains(st.Image.GetRepoDigests(), digestRef) {
+		t.Errorf("ImageStatus by digest after a pull by digest: %v %+v", err, st.Image)
 	}
 }
 

@@ -98,6 +98,25 @@ func TestNamespaces(t *testing.T) {
 		}
 	})
 
+	t.Run("sysctls", func(t *testing.T) {
+		// Namespaced sysctls of the pod's net and IPC namespaces: set in
+		// the pod, not on the host.
+		sysctls := map[string]string{"net.ipv4.ip_unprivileged_port_start": "79", "kernel.shm_rmid_forced": "1"}
+		cfg := d.podConfig("sysctls")
+		cfg.Linux.Sysctls = sysctls
+		pod := d.runPod(t, cfg)
+		c := d.run(t, pod, cfg, containerConfig("c", "", "sleep", "3600"))
+		for k, v := range sysctls {
+			p := "/proc/sys/" + strings.ReplaceAll(k, ".", "/")
+			if out := d.mustExec(t, c, "cat", p); out != v+"\n" {
+				t.Errorf("%s in the pod: %q, want %s", k, out, v)
+			}
+			if host, _ := os.ReadFile(p); string(host) == v+"\n" {
+				t.Errorf("%s on the host is the pod's %s too", k, v)
+			}
+		}
+	})
+
 	t.Run("host-namespaces", func(t *testing.T) {
 		opts := &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE, Pid: runtimeapi.NamespaceMode_NODE, Ipc: runtimeapi.NamespaceMode_NODE}
 		pod, cfg := d.podWithNamespaces(t, "hostns", opts)

@@ -1,6 +1,7 @@
 package cri_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -169,6 +170,17 @@ func TestPrivilegesAndConfinement(t *testing.T) {
 		id := d.run(t, pod, podCfg, cfg)
 		if st := d.procStatus(t, id); st["NoNewPrivs"] != "1" {
 			t.Errorf("NoNewPrivs %q", st["NoNewPrivs"])
+		}
+		// The tools image runs as uid 1000 and has a set-user-ID root
+		// program: it works without no_new_privs, and not with it.
+		for _, nnp := range []bool{false, true} {
+			cfg := containerConfig(fmt.Sprintf("setuid-nnp-%v", nnp), suite.tools, "sleep 3600")
+			cfg.Linux.SecurityContext.NoNewPrivs = nnp
+			id := d.run(t, pod, podCfg, cfg)
+			want := map[bool]string{false: "0\n", true: "1000\n"}[nnp]
+			if out := d.mustExec(t, id, "/usr/local/bin/euid"); out != want {
+				t.Errorf("no_new_privs %v: set-user-ID root program runs as %q, want %q", nnp, out, want)
+			}
 		}
 	})
 

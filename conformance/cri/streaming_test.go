@@ -3,15 +3,18 @@ package cri_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"google.golang.org/grpc/codes"
 	restclient "k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/portforward"
@@ -224,4 +227,125 @@ func TestPortForward(t *testing.T) {
 	wantCode(t, err, codes.InvalidArgument, "PortForward to port 70000")
 	_, err = d.RT.PortForward(ctx, &runtimeapi.PortForwardRequest{PodSandboxId: "no-such-pod", Port: []int32{80}})
 	wantCode(t, err, codes.NotFound, "PortForward to an unknown pod")
+}
+
+// TestStreamingWebSocket: exec, attach and port-forward over WebSocket,
+// the protocols the API server speaks to a runtime's streaming server
+// when it proxies rather than redirects (v4.channel.k8s.io).
+func TestStreamingWebSocket(t *testing.T) {
+	d := startDaemon(t)
+	podCfg := d.podConfig("websocket")
+	pod := d.runPod(t, podCfg)
+	ticker := d.run(t, pod, podCfg, containerConfig("ticker", "", "sh", "-c", "while true; do echo tick; sleep 0.2; done"))
+	web := d.run(t, pod, podCfg, containerConfig("web", "", "sh", "-c",
+		"mkdir -p /www && echo pong > /www/index.html && exec httpd -f -p 8080 -h /www"))
+	ctx := ctxT(t)
+	wsExec := func(rawURL string, opts remotecommand.StreamOptions, timeout time.Duration) error {
+		ex, err := remotecommand.NewWebSocketExecutorForProtocols(&restclient.Config{}, "GET", rawURL, "v4.channel.k8s.io")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		return ex.StreamWithContext(sctx, opts)
+	}
+
+	t.Run("exec", func(t *testing.T) {
+		resp, err := d.RT.Exec(ctx, &runtimeapi.ExecRequest{ContainerId: web, Cmd: []string{"sh", "-c", "echo out; echo err >&2; exit 3"}, Stdout: true, Stderr: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var stdout, stderr bytes.Buffer
+		err = wsExec(resp.Url, remotecommand.StreamOptions{Stdout: &stdout, Stderr: &stderr}, time.Minute)
+		var exitErr utilexec.ExitError
+		if !errors.As(err, &exitErr) || exitErr.ExitStatus() != 3 {
+			t.Errorf("exit: %v, want status 3", err)
+		}
+		if stdout.String() != "out\n" || stderr.String() != "err\n" {
+			t.Errorf("stdout %q stderr %q", stdout.String(), stderr.String())
+		}
+	})
+
+	t.Run("attach", func(t *testing.T) {
+		resp, err := d.RT.Attach(ctx, &runtimeapi.AttachRequest{ContainerId: ticker, Stdout: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The ticker never ends: the attach is cut after a while and must
+		// have seen its output meanwhile.
+		var stdout syncBuffer
+		_ = wsExec(resp.Url, remotecommand.StreamOptions{Stdout: &stdout}, 3*time.Second)
+		if !strings.Contains(stdout.String(), "tick\n") {
+			t.Errorf("attach stdout %q", stdout.String())
+		}
+	})
+
+	t.Run("port-forward", func(t *testing.T) {
+		eventually(t, 20*time.Second, "httpd listening in the pod", func() error {
+			if out, _, code := d.execSync(t, web, "wget", "-q", "-O-", "http://127.0.0.1:8080/index.html"); code != 0 || out != "pong\n" {
+				return errNotYet
+			}
+			return nil
+		})
+		resp, err := d.RT.PortForward(ctx, &runtimeapi.PortForwardRequest{PodSandboxId: pod, Port: []int32{8080}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wsURL := "ws" + strings.TrimPrefix(resp.Url, "http")
+		dialer := websocket.Dialer{Subprotocols: []string{"v4.channel.k8s.io"}, HandshakeTimeout: 10 * time.Second}
+		conn, _, err := dialer.Dial(wsURL, nil)
+		if err != nil {
+			t.Fatalf("dial %s: %v", wsURL, err)
+		}
+		defer conn.Close()
+		_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+		// Each channel (0 data, 1 error) opens with the port, little endian.
+		for i := 0; i < 2; i++ {
+			_, msg, err := conn.ReadMessage()
+			if err != nil || len(msg) != 3 || binary.LittleEndian.Uint16(msg[1:]) != 8080 {
+				t.Fatalf("channel header %d: %v %v", i, msg, err)
+			}
+		}
+		if err := conn.WriteMessage(websocket.BinaryMessage, append([]byte{0}, "GET /index.html HTTP/1.0\r\n\r\n"...)); err != nil {
+			t.Fatal(err)
+		}
+		var data, errs bytes.Buffer
+		for {
+			_, msg, err := conn.ReadMessage()
+			if err != nil || len(msg) == 0 {
+				break
+			}
+			switch msg[0] {
+			case 0:
+				data.Write(msg[1:])
+			case 1:
+				errs.Write(msg[1:])
+			}
+			if strings.Contains(data.String(), "\r\n\r\npong\n") {
+				break
+			}
+		}
+		if !strings.HasPrefix(data.String(), "HTTP/1.") || !strings.Contains(data.String(), "pong\n") || errs.Len() != 0 {
+			t.Errorf("through the WebSocket port forward: %q, errors %q", data.String(), errs.String())
+		}
+	})
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader in two
+// goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

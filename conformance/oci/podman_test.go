@@ -32,6 +32,9 @@ func newPodman(t *testing.T) *podman {
 		bin: testutil.RequireCommand(t, "podman"),
 		global: []string{
 			"--runtime", berth,
+			// Without it, podman leaves berth its default state root
+			// (/run/berth/runtime), as it leaves runc /run/runc.
+			"--runtime-flag", "root=" + filepath.Join(dir, "berth-state"),
 			"--root", filepath.Join(dir, "storage"),
 			"--runroot", filepath.Join(dir, "run"),
 			"--tmpdir", filepath.Join(dir, "tmp"),
