@@ -114,12 +114,12 @@ func (b *PodBench) Run(ctx context.Context, res *Results) error {
 	}
 
 	note := "berthd and containerd's CRI plugin (io.containerd.runc.v2 shim, runc), each on a private root and socket, called over CRI by this program; the same CNI configuration (bridge + host-local + portmap, from `make test`'s plugin build) on a bridge each; cgroupfs driver. "
-	ready := &Case{Group: "Pod start (CRI)", Name: "RunPodSandbox with networking", Unit: "ms",
+	ready := &Case{Group: "Pod start over CRI", Name: "RunPodSandbox with networking", Unit: "ms",
 		Target: "berth faster than containerd",
 		Note:   note + "From the call to its answer, which both give once the pause process runs in its namespaces and CNI ADD is done; the sandbox's READY state is checked after each."}
-	running := &Case{Group: "Pod start (CRI)", Name: "pod to running container", Unit: "ms",
+	running := &Case{Group: "Pod start over CRI", Name: "pod to running container", Unit: "ms",
 		Note: "RunPodSandbox, CreateContainer and StartContainer of a busybox `sleep` container (image present): what a kubelet waits for before a pod's first container runs."}
-	teardown := &Case{Group: "Pod start (CRI)", Name: "StopPodSandbox + RemovePodSandbox", Unit: "ms",
+	teardown := &Case{Group: "Pod start over CRI", Name: "StopPodSandbox + RemovePodSandbox", Unit: "ms",
 		Note: "The pod above, with its running container: kill, CNI DEL, unmount, remove."}
 	for round := 0; round < b.Rounds && ctx.Err() == nil; round++ {
 		for _, d := range rotated(daemons, round) {

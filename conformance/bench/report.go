@@ -113,7 +113,7 @@ func (r *Results) plot(dir, stamp string) (map[string]string, error) {
 		p.NominalX(names...)
 		p.Legend.Top = true
 		p.Y.Min = 0
-		name := fmt.Sprintf("%s-%s.svg", stamp, strings.ReplaceAll(strings.ToLower(g), " ", "-"))
+		name := fmt.Sprintf("%s-%s.svg", stamp, slug(g))
 		w := vg.Length(120+110*len(cases)) * vg.Millimeter / 2.5
 		if err := p.Save(w, 9*vg.Centimeter, filepath.Join(dir, name)); err != nil {
 			return nil, err
@@ -121,6 +121,14 @@ func (r *Results) plot(dir, stamp string) (map[string]string, error) {
 		charts[g] = name
 	}
 	return charts, nil
+}
+
+// slug makes a group's name a file name: lower-case words joined by "-".
+func slug(s string) string {
+	words := strings.FieldsFunc(strings.ToLower(s), func(r rune) bool {
+		return (r < 'a' || r > 'z') && (r < '0' || r > '9')
+	})
+	return strings.Join(words, "-")
 }
 
 // swatch is a legend entry: a filled square of a runtime's colour.

@@ -47,7 +47,9 @@ type Results struct {
 	Machine  Machine           `json:"machine"`
 	Versions map[string]string `json:"versions"`
 	Notes    []string          `json:"notes,omitempty"`
-	Cases    []*Case           `json:"cases"`
+	// Partial runs (only some groups) do not replace REPORT.md.
+	Partial bool    `json:"partial,omitempty"`
+	Cases   []*Case `json:"cases"`
 }
 
 // Note records something a reader of the report must know.
@@ -57,7 +59,7 @@ func (r *Results) Note(format string, args ...any) {
 
 // Write stores the raw figures as JSON, the report as Markdown and the
 // charts as SVG in dir: <date>.json, <date>.md, <date>-<group>.svg, and
-// REPORT.md as a copy of the newest report.
+// REPORT.md as a copy of the newest report of every group.
 func (r *Results) Write(dir string) (report string, err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
@@ -79,8 +81,10 @@ func (r *Results) Write(dir string) (report string, err error) {
 	if err := os.WriteFile(report, []byte(md), 0o644); err != nil {
 		return "", err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "REPORT.md"), []byte(md), 0o644); err != nil {
-		return "", err
+	if !r.Partial {
+		if err := os.WriteFile(filepath.Join(dir, "REPORT.md"), []byte(md), 0o644); err != nil {
+			return "", err
+		}
 	}
 	return report, nil
 }
