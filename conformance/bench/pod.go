@@ -32,7 +32,11 @@ type PodBench struct {
 	// StateRoot is a directory under /run for the daemons' state.
 	StateRoot string
 	Rounds    int
-	Log       func(format string, args ...any)
+	// Density is how many pods the density figure starts (0: none);
+	// Parallel how many the concurrency figure starts at once, in
+	// ParallelRounds rounds.
+	Density, Parallel, ParallelRounds int
+	Log                               func(format string, args ...any)
 }
 
 // criDaemon is a CRI runtime under test.
@@ -44,9 +48,13 @@ type criDaemon struct {
 	cgroupParent string
 	bridge       string
 	stop         func()
+	// pid is the daemon's; shim tells its shims' command lines.
+	pid  int
+	shim func(exe, cmdline string) bool
 }
 
-// Run measures the three figures and adds them to res.
+// Run measures pod start and teardown, then density and concurrency, and
+// adds the figures to res.
 func (b *PodBench) Run(ctx context.Context, res *Results) error {
 	s := b.Scratch
 	var reg *testutil.Registry
@@ -130,67 +138,116 @@ func (b *PodBench) Run(ctx context.Context, res *Results) error {
 		}
 	}
 	res.Cases = append(res.Cases, ready, running, teardown)
+	if b.Density > 0 && ctx.Err() == nil {
+		b.Log("density: %d pods per runtime", b.Density)
+		res.Cases = append(res.Cases, b.density(ctx, daemons, busybox, b.Density)...)
+	}
+	if b.Parallel > 0 && ctx.Err() == nil {
+		b.Log("concurrency: %d pods at once, %d rounds", b.Parallel, b.ParallelRounds)
+		res.Cases = append(res.Cases, b.concurrency(ctx, daemons, busybox, b.Parallel, b.ParallelRounds)...)
+	}
 	return ctx.Err()
 }
 
 // pod runs one pod with one container through d and removes it, timing
 // each part.
 func (b *PodBench) pod(ctx context.Context, d *criDaemon, image, name string) (ready, running, teardown time.Duration, err error) {
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	logDir, err := os.MkdirTemp(b.StateRoot, "logs-")
+	p, err := b.startPod(ctx, d, image, name)
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	defer os.RemoveAll(logDir)
+	teardown, err = b.removePod(ctx, d, p)
+	return p.ready, p.running, teardown, err
+}
+
+// benchPod is a pod a benchmark started, and what its start took.
+type benchPod struct {
+	id, logDir      string
+	ready, running  time.Duration
+	run, create, st time.Duration // each call's own latency
+}
+
+// startPod runs a pod with one sleeping container, timing each call; on
+// error nothing of it is left.
+func (b *PodBench) startPod(ctx context.Context, d *criDaemon, image, name string) (p *benchPod, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	p = &benchPod{}
+	if p.logDir, err = os.MkdirTemp(b.StateRoot, "logs-"); err != nil {
+		return nil, err
+	}
 	cfg := &runtimeapi.PodSandboxConfig{
 		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "bench", Uid: name + "-" + d.name},
 		Hostname:     name,
-		LogDirectory: logDir,
+		LogDirectory: p.logDir,
 		Linux:        &runtimeapi.LinuxPodSandboxConfig{CgroupParent: d.cgroupParent},
 	}
-	start := time.Now()
-	run, err := d.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
-	if err != nil {
-		return 0, 0, 0, fmt.Errorf("RunPodSandbox: %w", err)
-	}
-	ready = time.Since(start)
-	pod := run.PodSandboxId
 	defer func() {
 		if err != nil {
 			// Leave nothing behind, whatever failed.
-			_, _ = d.rt.RemovePodSandbox(context.Background(), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod})
+			if p.id != "" {
+				_, _ = d.rt.RemovePodSandbox(context.Background(), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id})
+			}
+			os.RemoveAll(p.logDir)
 		}
 	}()
-	st, err := d.rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
+	start := time.Now()
+	run, err := d.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("PodSandboxStatus: %w", err)
+		return nil, fmt.Errorf("RunPodSandbox: %w", err)
+	}
+	p.ready = time.Since(start)
+	p.run = p.ready
+	p.id = run.PodSandboxId
+	st, err := d.rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: p.id})
+	if err != nil {
+		return nil, fmt.Errorf("PodSandboxStatus: %w", err)
 	}
 	if st.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY || st.Status.GetNetwork().GetIp() == "" {
-		return 0, 0, 0, fmt.Errorf("pod %s: state %v, IP %q", pod, st.Status.State, st.Status.GetNetwork().GetIp())
+		return nil, fmt.Errorf("pod %s: state %v, IP %q", p.id, st.Status.State, st.Status.GetNetwork().GetIp())
 	}
-	cc, err := d.rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: pod, SandboxConfig: cfg,
+	t := time.Now()
+	cc, err := d.rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: p.id, SandboxConfig: cfg,
 		Config: &runtimeapi.ContainerConfig{
 			Metadata: &runtimeapi.ContainerMetadata{Name: "sleep"},
 			Image:    &runtimeapi.ImageSpec{Image: image},
-			Command:  []string{"sleep", "3600"},
+			Command:  []string{"sleep", "36000"},
 			LogPath:  "sleep.log",
 		}})
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("CreateContainer: %w", err)
+		return nil, fmt.Errorf("CreateContainer: %w", err)
 	}
+	p.create = time.Since(t)
+	t = time.Now()
 	if _, err := d.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: cc.ContainerId}); err != nil {
-		return 0, 0, 0, fmt.Errorf("StartContainer: %w", err)
+		return nil, fmt.Errorf("StartContainer: %w", err)
 	}
-	running = time.Since(start)
+	p.st = time.Since(t)
+	p.running = time.Since(start)
+	return p, nil
+}
+
+// removePod stops and removes a pod, timing both calls together.
+func (b *PodBench) removePod(ctx context.Context, d *criDaemon, p *benchPod) (time.Duration, error) {
+	stop, remove, err := b.removePodTimed(ctx, d, p)
+	return stop + remove, err
+}
+
+func (b *PodBench) removePodTimed(ctx context.Context, d *criDaemon, p *benchPod) (stop, remove time.Duration, err error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	defer os.RemoveAll(p.logDir)
+	start := time.Now()
+	if _, err := d.rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: p.id}); err != nil {
+		_, _ = d.rt.RemovePodSandbox(context.Background(), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id})
+		return 0, 0, fmt.Errorf("StopPodSandbox: %w", err)
+	}
+	stop = time.Since(start)
 	start = time.Now()
-	if _, err := d.rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
-		return 0, 0, 0, fmt.Errorf("StopPodSandbox: %w", err)
+	if _, err := d.rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: p.id}); err != nil {
+		return 0, 0, fmt.Errorf("RemovePodSandbox: %w", err)
 	}
-	if _, err := d.rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
-		return 0, 0, 0, fmt.Errorf("RemovePodSandbox: %w", err)
-	}
-	return ready, running, time.Since(start), nil
+	return stop, time.Since(start), nil
 }
 
 // cniConfig writes the shared CNI configuration for one daemon's bridge
@@ -304,7 +361,10 @@ stream_address = "127.0.0.1:0"
 		return nil, fmt.Errorf("%w\n%s", err, log)
 	}
 	d := &criDaemon{name: "berth", rt: rt, img: runtimeapi.NewImageServiceClient(conn), conn: conn,
-		cgroupParent: CgroupParent + "/pods-berth", bridge: bridge}
+		cgroupParent: CgroupParent + "/pods-berth", bridge: bridge, pid: cmd.Process.Pid,
+		shim: func(exe, cmdline string) bool {
+			return filepath.Base(exe) == "berth-shim" && strings.Contains(cmdline, dir)
+		}}
 	d.stop = func() {
 		removeAllPods(d)
 		conn.Close()
@@ -355,7 +415,10 @@ func (b *PodBench) startContainerdCRI(ctx context.Context, bin, registry, pause 
 		return nil, fmt.Errorf("%w\n%s", err, lastLines(log, 20))
 	}
 	d := &criDaemon{name: "containerd", rt: rt, img: runtimeapi.NewImageServiceClient(conn), conn: conn,
-		cgroupParent: CgroupParent + "/pods-containerd", bridge: bridge}
+		cgroupParent: CgroupParent + "/pods-containerd", bridge: bridge, pid: cd.cmd.Process.Pid,
+		shim: func(exe, cmdline string) bool {
+			return filepath.Base(exe) == "containerd-shim-runc-v2" && strings.Contains(cmdline, cd.sock)
+		}}
 	d.stop = func() {
 		removeAllPods(d)
 		conn.Close()

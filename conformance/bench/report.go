@@ -51,15 +51,15 @@ func (r *Results) markdown(stamp string, charts map[string]string) string {
 		if s := c.Find(baseline); s != nil {
 			base = s.Summarize()
 		}
-		fmt.Fprintf(&b, "| runtime | median (%s) | min–max | p90 | n | errors | berth / runtime |\n|---|---:|---:|---:|---:|---:|---:|\n", c.Unit)
+		fmt.Fprintf(&b, "| runtime | median (%s) | min–max | p90 | p99 | n | errors | berth / runtime |\n|---|---:|---:|---:|---:|---:|---:|---:|\n", c.Unit)
 		for _, s := range c.Series {
 			sum := s.Summarize()
 			ratio := "—"
 			if s.Runtime != baseline && sum.Median > 0 && base.N > 0 {
 				ratio = fmt.Sprintf("%.2f", base.Median/sum.Median)
 			}
-			fmt.Fprintf(&b, "| %s | %.1f | %.1f–%.1f | %.1f | %d | %d | %s |\n",
-				s.Runtime, sum.Median, sum.Min, sum.Max, sum.P90, sum.N, sum.Errors, ratio)
+			fmt.Fprintf(&b, "| %s | %.1f | %.1f–%.1f | %.1f | %.1f | %d | %d | %s |\n",
+				s.Runtime, sum.Median, sum.Min, sum.Max, sum.P90, sum.P99, sum.N, sum.Errors, ratio)
 		}
 		if c.Target != "" {
 			fmt.Fprintf(&b, "\nTarget: %s.\n", c.Target)

@@ -23,6 +23,9 @@ type Series struct {
 // Add records one sample.
 func (s *Series) Add(d time.Duration) { s.Samples = append(s.Samples, float64(d.Microseconds())/1000) }
 
+// AddValue records one sample in the case's unit.
+func (s *Series) AddValue(v float64) { s.Samples = append(s.Samples, v) }
+
 // Summary is a Series boiled down.
 type Summary struct {
 	Runtime string  `json:"runtime"`

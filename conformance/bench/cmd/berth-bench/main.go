@@ -34,6 +34,9 @@ func main() {
 	only := flag.String("only", strings.Join(allGroups, ","), "comma-separated benchmark groups to run: "+strings.Join(allGroups, ", "))
 	cniBin := flag.String("cni-bin", envOr("BERTH_CNI_BIN", ".cache/cni-bin"), "directory holding the CNI plugins (make cni-plugins)")
 	podRounds := flag.Int("pod-rounds", 20, "rounds of the pod benchmark")
+	density := flag.Int("density", 110, "pods the density benchmark starts per runtime (0: skip)")
+	parallel := flag.Int("parallel", 50, "pods the concurrency benchmark starts at once (0: skip)")
+	parallelRounds := flag.Int("parallel-rounds", 3, "rounds of the concurrency benchmark")
 	pullMB := flag.Int("pull-mb", 200, "unpacked size of the pull benchmark's image, in MiB")
 	pullRounds := flag.Int("pull-rounds", 5, "rounds of the pull benchmark")
 	flag.Parse()
@@ -59,7 +62,7 @@ func main() {
 		}
 	}
 	cfg := config{binDir: *binDir, rounds: *rounds, groups: groups, pullMB: *pullMB, pullRounds: *pullRounds,
-		cniBin: *cniBin, podRounds: *podRounds}
+		cniBin: *cniBin, podRounds: *podRounds, density: *density, parallel: *parallel, parallelRounds: *parallelRounds}
 	if err := run(ctx, res, cfg, log); err != nil {
 		fatal(err)
 	}
@@ -83,6 +86,10 @@ type config struct {
 	pullRounds int
 	cniBin     string
 	podRounds  int
+	density    int
+	parallel   int
+	// parallelRounds of the concurrency benchmark.
+	parallelRounds int
 }
 
 func run(ctx context.Context, res *bench.Results, cfg config, log *slog.Logger) error {
@@ -189,6 +196,7 @@ func run(ctx context.Context, res *bench.Results, cfg config, log *slog.Logger) 
 		scratch := testutil.NewScratch(work)
 		defer scratch.Close()
 		pod := &bench.PodBench{Scratch: scratch, BinDir: binDir, CNIBin: cniBin, StateRoot: stateRoot, Rounds: cfg.podRounds,
+			Density: cfg.density, Parallel: cfg.parallel, ParallelRounds: cfg.parallelRounds,
 			Log: func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...)) }}
 		log.Info("pod benchmarks", "rounds", cfg.podRounds)
 		if err := pod.Run(ctx, res); err != nil {

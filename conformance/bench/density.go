@@ -1,0 +1,259 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// memory is what a set of processes holds, in bytes: resident (RSS) and
+// proportional (PSS: shared pages divided among their sharers).
+type memory struct{ rss, pss int64 }
+
+func (m *memory) add(o memory) { m.rss += o.rss; m.pss += o.pss }
+
+// processMemory reads a process's RSS and PSS from smaps_rollup.
+func processMemory(pid int) (memory, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+	if err != nil {
+		return memory{}, err
+	}
+	defer f.Close()
+	var m memory
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "Rss:":
+			m.rss = kb << 10
+		case "Pss:":
+			m.pss = kb << 10
+		}
+	}
+	return m, sc.Err()
+}
+
+// podOverhead sums the memory of what a runtime adds per pod: its shims
+// (berth-shim; containerd-shim-runc-v2) and the pause processes in its
+// pods' cgroups. The workload itself (the same sleep for both) is not
+// counted.
+func podOverhead(d *criDaemon) (mem memory, shims, pauses int, err error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return memory{}, 0, 0, err
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		switch {
+		case d.shim(exe, string(cmdline)):
+			shims++
+		case strings.TrimSpace(string(comm)) == "pause" && inCgroup(pid, d.cgroupParent):
+			pauses++
+		default:
+			continue
+		}
+		m, err := processMemory(pid)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		mem.add(m)
+	}
+	return mem, shims, pauses, nil
+}
+
+// inCgroup reports whether a process is in a cgroup below parent in the
+// memory hierarchy (v1) or the unified one.
+func inCgroup(pid int, parent string) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return false
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		f := strings.SplitN(l, ":", 3)
+		if len(f) == 3 && (f[1] == "memory" || f[1] == "") && strings.HasPrefix(f[2], parent+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// Density starts Pods pods with one sleeping container each through every
+// daemon in turn and measures the time it takes and the memory each pod
+// costs, at a few points on the way.
+func (b *PodBench) density(ctx context.Context, daemons []*criDaemon, image string, pods int) []*Case {
+	note := fmt.Sprintf("%d pods (the kubelet's default maximum per node), each with one `sleep` container, started one after another through each daemon in turn. ", pods)
+	create := &Case{Group: "Density", Name: fmt.Sprintf("start %d pods, one after another", pods), Unit: "s",
+		Note: note + "RunPodSandbox + CreateContainer + StartContainer for each, in a row."}
+	points := []int{min(10, pods), pods / 2, pods}
+	slices.Sort(points)
+	points = slices.Compact(points)
+	perPod := map[int]*Case{}
+	for _, n := range points {
+		perPod[n] = &Case{Group: "Density", Name: fmt.Sprintf("RSS per pod at %d pods", n), Unit: "MiB",
+			Note: "Resident memory of the processes the runtime adds per pod: its shim (berth-shim; containerd-shim-runc-v2) and the pause process, summed and divided by the pods; the workload is not counted. Shared pages count in every process (RSS)."}
+	}
+	perPod[pods].Target = "at most 5 MiB (CRI-O with two conmons and a pause)"
+	pss := &Case{Group: "Density", Name: fmt.Sprintf("PSS per pod at %d pods", pods), Unit: "MiB",
+		Note: "The same processes' proportional memory: pages shared between the shims (their binary's text) divided among them."}
+	daemonMem := &Case{Group: "Density", Name: fmt.Sprintf("daemon RSS with %d pods", pods), Unit: "MiB",
+		Note: "berthd; containerd (with its CRI plugin)."}
+	teardown := &Case{Group: "Density", Name: fmt.Sprintf("stop and remove %d pods, one after another", pods), Unit: "s"}
+	for _, d := range daemons {
+		var started []*benchPod
+		start := time.Now()
+		failed := false
+		for i := 0; i < pods && ctx.Err() == nil; i++ {
+			p, err := b.startPod(ctx, d, image, fmt.Sprintf("density-%d", i))
+			if err != nil {
+				b.Log("%s: density pod %d: %v", d.name, i, err)
+				create.SeriesFor(d.name).Errors++
+				failed = true
+				break
+			}
+			started = append(started, p)
+			if c, ok := perPod[len(started)]; ok {
+				m, shims, pauses, err := podOverhead(d)
+				if err != nil || shims == 0 || pauses != len(started) {
+					b.Log("%s: at %d pods found %d shims and %d pause processes: %v", d.name, len(started), shims, pauses, err)
+					c.SeriesFor(d.name).Errors++
+				} else {
+					c.SeriesFor(d.name).AddValue(mib(m.rss) / float64(len(started)))
+					if len(started) == pods {
+						pss.SeriesFor(d.name).AddValue(mib(m.pss) / float64(len(started)))
+					}
+				}
+			}
+		}
+		if !failed {
+			create.SeriesFor(d.name).AddValue(time.Since(start).Seconds())
+			if m, err := processMemory(d.pid); err == nil {
+				daemonMem.SeriesFor(d.name).AddValue(mib(m.rss))
+			}
+		}
+		start = time.Now()
+		for _, p := range started {
+			if _, err := b.removePod(context.Background(), d, p); err != nil {
+				b.Log("%s: remove density pod: %v", d.name, err)
+				failed = true
+			}
+		}
+		if !failed {
+			teardown.SeriesFor(d.name).AddValue(time.Since(start).Seconds())
+		}
+	}
+	cases := []*Case{create, teardown}
+	for _, n := range points {
+		cases = append(cases, perPod[n])
+	}
+	return append(cases, pss, daemonMem)
+}
+
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
+
+// concurrency starts n pods in parallel, then removes them in parallel,
+// while another client lists pods and containers in a loop; every call's
+// latency and every error are recorded.
+func (b *PodBench) concurrency(ctx context.Context, daemons []*criDaemon, image string, n, rounds int) []*Case {
+	calls := []string{"RunPodSandbox", "CreateContainer", "StartContainer", "StopPodSandbox", "RemovePodSandbox", "ListPodSandbox", "ListContainers"}
+	cases := map[string]*Case{}
+	var out []*Case
+	for _, c := range calls {
+		cases[c] = &Case{Group: "Concurrency", Name: c, Unit: "ms",
+			Note: fmt.Sprintf("Each call's latency while %d pods are started in parallel and then removed in parallel, %d times, with a client listing pods and containers in a loop meanwhile.", n, rounds)}
+		out = append(out, cases[c])
+	}
+	cases["RunPodSandbox"].Target = "no errors, p99 below containerd's"
+	var mu sync.Mutex
+	add := func(call, runtime string, d time.Duration, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		s := cases[call].SeriesFor(runtime)
+		if err != nil {
+			s.Errors++
+			b.Log("%s: %s: %v", runtime, call, err)
+			return
+		}
+		s.Add(d)
+	}
+	for round := 0; round < rounds && ctx.Err() == nil; round++ {
+		for _, d := range rotated(daemons, round) {
+			stopList := make(chan struct{})
+			var listers sync.WaitGroup
+			listers.Add(1)
+			go func() {
+				defer listers.Done()
+				for {
+					select {
+					case <-stopList:
+						return
+					default:
+					}
+					t := time.Now()
+					_, err := d.rt.ListPodSandbox(ctx, &runtimeapi.ListPodSandboxRequest{})
+					add("ListPodSandbox", d.name, time.Since(t), err)
+					t = time.Now()
+					_, err = d.rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{})
+					add("ListContainers", d.name, time.Since(t), err)
+				}
+			}()
+			pods := make([]*benchPod, n)
+			var wg sync.WaitGroup
+			for i := range pods {
+				wg.Add(1)
+				go func(i int) {
+					defer wg.Done()
+					p, err := b.startPod(ctx, d, image, fmt.Sprintf("parallel-%d-%d", round, i))
+					if err != nil {
+						call, _, _ := strings.Cut(err.Error(), ":")
+						add(call, d.name, 0, err)
+						return
+					}
+					add("RunPodSandbox", d.name, p.run, nil)
+					add("CreateContainer", d.name, p.create, nil)
+					add("StartContainer", d.name, p.st, nil)
+					pods[i] = p
+				}(i)
+			}
+			wg.Wait()
+			for _, p := range pods {
+				if p == nil {
+					continue
+				}
+				wg.Add(1)
+				go func(p *benchPod) {
+					defer wg.Done()
+					stop, remove, err := b.removePodTimed(context.Background(), d, p)
+					if err != nil {
+						call, _, _ := strings.Cut(err.Error(), ":")
+						add(call, d.name, 0, err)
+						return
+					}
+					add("StopPodSandbox", d.name, stop, nil)
+					add("RemovePodSandbox", d.name, remove, nil)
+				}(p)
+			}
+			wg.Wait()
+			close(stopList)
+			listers.Wait()
+		}
+	}
+	return out
+}
