@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"time"
@@ -154,8 +155,8 @@ func serve(ctx *cli.Context) error {
 	return srv.Serve(runCtx)
 }
 
-// serveAdmin serves GET /pulls (pulls in flight, per layer) and
-// GET /metrics on a root-only Unix socket.
+// serveAdmin serves GET /pulls (pulls in flight, per layer), GET /metrics
+// and Go's profiles (/debug/pprof/) on a root-only Unix socket.
 func serveAdmin(cfg cri.Config, srv *cri.Server, log *slog.Logger) (*http.Server, error) {
 	path := adminapi.SocketFor(cfg.Socket)
 	_ = os.Remove(path)
@@ -173,6 +174,10 @@ func serveAdmin(cfg cri.Config, srv *cri.Server, log *slog.Logger) (*http.Server
 		_ = json.NewEncoder(w).Encode(srv.Pulls())
 	})
 	mux.Handle("GET "+adminapi.MetricsPath, srv.MetricsHandler())
+	// Go's profiles, as containerd's debug socket has them: root only.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -14,6 +14,7 @@
 package shim
 
 import (
+	"bytes"
 	"bufio"
 	"encoding/json"
 	"errors"
@@ -115,15 +116,27 @@ type Event struct {
 // maxMessage bounds one JSON line.
 const maxMessage = 4 << 20
 
+// readJSON reads one JSON line of at most maxMessage bytes. Readers are
+// small (every pod's event stream keeps one open for its lifetime); a
+// long line is gathered piecewise.
 func readJSON(r *bufio.Reader, v any) error {
-	line, err := r.ReadSlice('\n')
-	if err != nil {
-		if errors.Is(err, bufio.ErrBufferFull) {
-			return fmt.Errorf("message longer than %d bytes", r.Size())
+	var long []byte
+	for {
+		chunk, err := r.ReadSlice('\n')
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			return err
 		}
-		return err
+		if len(long)+len(chunk) > maxMessage {
+			return fmt.Errorf("message longer than %d bytes", maxMessage)
+		}
+		switch {
+		case err == nil && long == nil:
+			return json.Unmarshal(chunk, v)
+		case err == nil:
+			return json.Unmarshal(append(long, chunk...), v)
+		}
+		long = append(long, chunk...)
 	}
-	return json.Unmarshal(line, v)
 }
 
 func writeJSON(c *net.UnixConn, v any, fds ...*os.File) error {
@@ -185,7 +198,9 @@ func readResponse(c *net.UnixConn, br **bufio.Reader) (*Response, []*os.File, er
 				}
 			}
 		}
-		*br = bufio.NewReaderSize(&prefixReader{prefix: buf[:n], r: c}, maxMessage)
+		// A copy: the 64 KiB read buffer is not kept for the connection's
+		// life (an event stream lives as long as its pod).
+		*br = bufio.NewReader(&prefixReader{prefix: bytes.Clone(buf[:n]), r: c})
 	}
 	var resp Response
 	if err := readJSON(*br, &resp); err != nil {

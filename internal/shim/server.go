@@ -133,7 +133,7 @@ func (s *Server) isStopping() bool {
 
 func (s *Server) handle(c *net.UnixConn) {
 	defer c.Close()
-	br := bufio.NewReaderSize(c, maxMessage)
+	br := bufio.NewReader(c)
 	var req Request
 	if err := readJSON(br, &req); err != nil {
 		_ = writeJSON(c, &Response{Error: "bad request: " + err.Error()})

@@ -122,6 +122,7 @@ func (d *Daemon) Start() {
 	}
 	exited := make(chan error, 1)
 	go func(c *exec.Cmd) { exited <- c.Wait() }(d.cmd)
+	d.exited = exited
 	conn, err := grpc.NewClient("unix://"+d.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -137,15 +138,25 @@ func (d *Daemon) Start() {
 		}
 		select {
 		case werr := <-exited:
+			d.conn.Close()
+			d.cmd = nil
 			t.Fatalf("berthd exited: %v\n%s", werr, d.LogTail(40))
 		default:
 		}
 		if time.Now().After(deadline) {
+			d.Stop(syscall.SIGKILL)
 			t.Fatalf("berthd does not answer: %v\n%s", err, d.LogTail(40))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	d.exited = exited
+}
+
+// Pid is the running berthd's process ID (0 when stopped).
+func (d *Daemon) Pid() int {
+	if d.cmd == nil {
+		return 0
+	}
+	return d.cmd.Process.Pid
 }
 
 // Running reports whether the test's berthd process runs.
