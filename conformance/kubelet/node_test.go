@@ -82,7 +82,7 @@ type node struct {
 	healthzPort  int
 	cmd          *exec.Cmd
 	exited       chan error
-	iptables     map[string][]string // table → chains and rules before the kubelet ran
+	iptables     berthd.Iptables // before the kubelet ran
 	sysctlsSaved map[string]string
 	// removeHostPaths removes the kubelet's fixed paths that were new.
 	removeHostPaths func() error
@@ -116,7 +116,9 @@ func startNode(t *testing.T) *node {
 		CNIConfDir: confDir, RegistriesConf: suite.regConf, CgroupParent: n.cgroupRoot,
 		Extra: fmt.Sprintf("cni_bin_dirs = [%q]", berthd.CNIBinDir(t)),
 	})
-	n.iptables = iptablesRules()
+	// The kubelet's chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY, ...) and
+	// the jumps into them go after the kubelet.
+	n.iptables = berthd.SnapshotIptables()
 	// Paths the kubelet uses whatever its root: device plugins' socket,
 	// the symlinks to container logs.
 	n.removeHostPaths = testutil.RemoveIfNew("/var/lib/kubelet", "/var/log/containers")
@@ -280,35 +282,7 @@ func (n *node) cleanup() {
 			t.Errorf("clean-up: kubelet cgroups: %v", err)
 		}
 	}
-	// The kubelet's chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY, ...) and
-	// the jumps into them, last made first gone.
-	for table, before := range n.iptables {
-		cmd, tbl, _ := strings.Cut(table, ":")
-		had := map[string]bool{}
-		for _, l := range before {
-			had[l] = true
-		}
-		var chains []string
-		for _, l := range iptablesTable(cmd, tbl) {
-			switch {
-			case had[l] || !strings.Contains(l, "KUBE-"):
-			case strings.HasPrefix(l, "-A "):
-				if out, err := exec.Command("sh", "-c", cmd+" -t "+tbl+" -D "+l[len("-A "):]).CombinedOutput(); err != nil {
-					t.Errorf("clean-up: remove the kubelet's rule %s %s: %v %s", table, l, err, out)
-				}
-			case strings.HasPrefix(l, ":"):
-				chains = append(chains, strings.TrimPrefix(l, ":"))
-			}
-		}
-		for _, c := range chains {
-			if out, err := exec.Command(cmd, "-t", tbl, "-X", c).CombinedOutput(); err != nil {
-				t.Errorf("clean-up: remove the kubelet's chain %s %s: %v %s", table, c, err, out)
-			}
-		}
-		if after := strings.Join(iptablesTable(cmd, tbl), "\n"); after != strings.Join(before, "\n") {
-			t.Errorf("clean-up: %s differs from before the kubelet:\nbefore:\n%s\nafter:\n%s", table, strings.Join(before, "\n"), after)
-		}
-	}
+	n.iptables.RemoveNew(t, "KUBE-")
 	// Symlinks into this test's log directory, in a directory the node
 	// may have had before.
 	if links, err := os.ReadDir("/var/log/containers"); err == nil {
@@ -327,37 +301,6 @@ func (n *node) cleanup() {
 			t.Errorf("clean-up: restore %s=%s: %v", s, v, err)
 		}
 	}
-}
-
-// iptablesRules lists the chains and rules of each IPv4 and IPv6 table.
-func iptablesRules() map[string][]string {
-	out := map[string][]string{}
-	for _, cmd := range []string{"iptables", "ip6tables"} {
-		for _, table := range []string{"filter", "nat", "mangle"} {
-			out[cmd+":"+table] = iptablesTable(cmd, table)
-		}
-	}
-	return out
-}
-
-// iptablesTable is one table's chain declarations (without counters)
-// and rules, in iptables-save's order and quoting.
-func iptablesTable(cmd, table string) []string {
-	data, err := exec.Command(cmd+"-save", "-t", table).Output()
-	if err != nil {
-		return nil
-	}
-	var lines []string
-	for _, l := range strings.Split(string(data), "\n") {
-		switch {
-		case strings.HasPrefix(l, ":"):
-			name, _, _ := strings.Cut(l, " ")
-			lines = append(lines, name)
-		case strings.HasPrefix(l, "-A "):
-			lines = append(lines, l)
-		}
-	}
-	return lines
 }
 
 // addPod writes a static pod manifest.

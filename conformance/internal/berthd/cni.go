@@ -49,7 +49,12 @@ func BridgeNetwork(t *testing.T, bridge string, subnets ...string) (confDir, ipa
 	if err := os.WriteFile(filepath.Join(confDir, "10-berth-test.conflist"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// portmap's node-wide chains, made by the first pod with a hostPort
+	// and kept by the plugin, go too if the test made them; so does
+	// whatever a bridge plugin left behind in CNI- chains.
+	iptables := SnapshotIptables()
 	t.Cleanup(func() {
+		iptables.RemoveNew(t, "CNI-")
 		if _, err := net.InterfaceByName(bridge); err == nil {
 			if out, err := exec.Command("ip", "link", "del", bridge).CombinedOutput(); err != nil {
 				t.Errorf("remove bridge %s: %v %s", bridge, err, out)
