@@ -42,16 +42,9 @@ func TestMain(m *testing.M) {
 		}
 		suite.reg = testutil.StartRegistry(s, testutil.RegistryOptions{})
 		suite.regConf = testutil.RegistriesConf(s, "", suite.reg.Addr)
-		rootfs := s.TempDir()
-		testutil.BusyboxRootfs(s, rootfs)
-		base := testutil.Layer{Dir: rootfs}
 		env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/bin", "FROM_IMAGE=yes"}
-		busybox := testutil.BuildOCI(s, s.TempDir(), "latest", testutil.ImageSpec{
-			Layers: []testutil.Layer{base},
-			Config: v1.ImageConfig{Cmd: []string{"sh"}, Env: env},
-		})
-		suite.reg.Push(s, busybox, "busybox:latest")
-		suite.busybox = suite.reg.Addr + "/busybox:latest"
+		var base testutil.Layer
+		suite.busybox, base = berthd.PushBusybox(s, suite.reg, env...)
 		euid, err := setuidProgram(s.TempDir())
 		if err != nil {
 			return err

@@ -19,7 +19,6 @@ import (
 	"testing"
 	"time"
 
-	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 	corev1 "k8s.io/api/core/v1"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -42,14 +41,7 @@ func TestMain(m *testing.M) {
 		}
 		suite.reg = testutil.StartRegistry(s, testutil.RegistryOptions{})
 		suite.regConf = testutil.RegistriesConf(s, "", suite.reg.Addr)
-		rootfs := s.TempDir()
-		testutil.BusyboxRootfs(s, rootfs)
-		img := testutil.BuildOCI(s, s.TempDir(), "latest", testutil.ImageSpec{
-			Layers: []testutil.Layer{{Dir: rootfs}},
-			Config: v1.ImageConfig{Cmd: []string{"sh"}, Env: []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}},
-		})
-		suite.reg.Push(s, img, "busybox:latest")
-		suite.busybox = suite.reg.Addr + "/busybox:latest"
+		suite.busybox, _ = berthd.PushBusybox(s, suite.reg, "PATH=/usr/sbin:/usr/bin:/sbin:/bin")
 		return nil
 	})
 }
