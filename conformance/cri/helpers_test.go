@@ -249,20 +249,7 @@ func wantCode(t testing.TB, err error, code codes.Code, what string) {
 }
 
 // eventually retries fn until it returns nil or the timeout passes.
-func eventually(t testing.TB, timeout time.Duration, what string, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
+var eventually = berthd.Eventually
 
 var errNotYet = errors.New("not yet")
 

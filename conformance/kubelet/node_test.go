@@ -366,20 +366,7 @@ func (n *node) pod(name string, timeout time.Duration, what string, ok func(p co
 	return last
 }
 
-func eventually(t *testing.T, timeout time.Duration, what string, fn func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := fn()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %v: %v", what, timeout, err)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-}
+var eventually = berthd.Eventually
 
 func podReady(p corev1.Pod) bool {
 	for _, c := range p.Status.Conditions {

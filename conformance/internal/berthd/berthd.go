@@ -267,6 +267,23 @@ func (d *Daemon) cleanup() {
 	}
 }
 
+// Eventually retries fn until it returns nil, and fails the test when
+// the timeout passes first.
+func Eventually(t testing.TB, timeout time.Duration, what string, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := fn()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after %v: %v", what, timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // ProcessesMentioning lists the pids whose command line contains s.
 func ProcessesMentioning(s string) []int {
 	var out []int
