@@ -157,21 +157,28 @@ func TestAttachStdinOnce(t *testing.T) {
 	wantCode(t, err, codes.FailedPrecondition, "Attach to an exited container")
 }
 
-func TestPortForward(t *testing.T) {
-	d := startDaemon(t)
-	podCfg := d.podConfig("portforward")
-	pod := d.runPod(t, podCfg)
+// runWeb runs a web server answering "pong" on port 8080 of the pod and
+// waits until it listens: client-go's forwarder gives up at the first
+// failed connection (as kubectl port-forward does).
+func (d *daemon) runWeb(t *testing.T, pod string, podCfg *runtimeapi.PodSandboxConfig) string {
+	t.Helper()
 	web := d.run(t, pod, podCfg, containerConfig("web", "", "sh", "-c",
 		"mkdir -p /www && echo pong > /www/index.html && exec httpd -f -p 8080 -h /www"))
-	ctx := ctxT(t)
-	// client-go's forwarder gives up at the first failed connection (as
-	// kubectl port-forward does): httpd must listen before it starts.
 	eventually(t, 20*time.Second, "httpd listening in the pod", func() error {
 		if out, _, code := d.execSync(t, web, "wget", "-q", "-O-", "http://127.0.0.1:8080/index.html"); code != 0 || out != "pong\n" {
 			return errNotYet
 		}
 		return nil
 	})
+	return web
+}
+
+func TestPortForward(t *testing.T) {
+	d := startDaemon(t)
+	podCfg := d.podConfig("portforward")
+	pod := d.runPod(t, podCfg)
+	d.runWeb(t, pod, podCfg)
+	ctx := ctxT(t)
 
 	resp, err := d.RT.PortForward(ctx, &runtimeapi.PortForwardRequest{PodSandboxId: pod, Port: []int32{8080}})
 	if err != nil {
@@ -237,8 +244,7 @@ func TestStreamingWebSocket(t *testing.T) {
 	podCfg := d.podConfig("websocket")
 	pod := d.runPod(t, podCfg)
 	ticker := d.run(t, pod, podCfg, containerConfig("ticker", "", "sh", "-c", "while true; do echo tick; sleep 0.2; done"))
-	web := d.run(t, pod, podCfg, containerConfig("web", "", "sh", "-c",
-		"mkdir -p /www && echo pong > /www/index.html && exec httpd -f -p 8080 -h /www"))
+	web := d.runWeb(t, pod, podCfg)
 	ctx := ctxT(t)
 	wsExec := func(rawURL string, opts remotecommand.StreamOptions, timeout time.Duration) error {
 		ex, err := remotecommand.NewWebSocketExecutorForProtocols(&restclient.Config{}, "GET", rawURL, "v4.channel.k8s.io")
@@ -281,12 +287,6 @@ func TestStreamingWebSocket(t *testing.T) {
 	})
 
 	t.Run("port-forward", func(t *testing.T) {
-		eventually(t, 20*time.Second, "httpd listening in the pod", func() error {
-			if out, _, code := d.execSync(t, web, "wget", "-q", "-O-", "http://127.0.0.1:8080/index.html"); code != 0 || out != "pong\n" {
-				return errNotYet
-			}
-			return nil
-		})
 		resp, err := d.RT.PortForward(ctx, &runtimeapi.PortForwardRequest{PodSandboxId: pod, Port: []int32{8080}})
 		if err != nil {
 			t.Fatal(err)
