@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
@@ -276,8 +275,9 @@ func removeBridge(name string) {
 	}
 }
 
-// dialCRI connects to a CRI socket and waits until it answers.
-func dialCRI(ctx context.Context, sock string, exited <-chan error) (*grpc.ClientConn, runtimeapi.RuntimeServiceClient, error) {
+// dialCRI connects to a daemon's CRI socket and waits until it answers, or
+// until the daemon exits.
+func dialCRI(ctx context.Context, sock string, proc *daemonProcess) (*grpc.ClientConn, runtimeapi.RuntimeServiceClient, error) {
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, nil, err
@@ -292,9 +292,9 @@ func dialCRI(ctx context.Context, sock string, exited <-chan error) (*grpc.Clien
 			return conn, rt, nil
 		}
 		select {
-		case werr := <-exited:
+		case <-proc.done:
 			conn.Close()
-			return nil, nil, fmt.Errorf("exited: %v", werr)
+			return nil, nil, fmt.Errorf("exited: %v", proc.err)
 		default:
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
@@ -332,43 +332,24 @@ stream_address = "127.0.0.1:0"
 	if err := os.WriteFile(cfgFile, []byte(config), 0o644); err != nil {
 		return nil, err
 	}
-	logf, err := os.Create(filepath.Join(dir, "berthd.log"))
+	proc, err := startProcess(filepath.Join(dir, "berthd.log"), filepath.Join(b.BinDir, "berthd"), "--config", cfgFile)
 	if err != nil {
 		return nil, err
 	}
-	defer logf.Close()
-	cmd := exec.Command(filepath.Join(b.BinDir, "berthd"), "--config", cfgFile)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stopDaemon := func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	}
-	conn, rt, err := dialCRI(ctx, sock, exited)
+	conn, rt, err := dialCRI(ctx, sock, proc)
 	if err != nil {
-		stopDaemon()
-		log, _ := os.ReadFile(logf.Name())
-		return nil, fmt.Errorf("%w\n%s", err, log)
+		proc.stop(30 * time.Second)
+		return nil, fmt.Errorf("%w\n%s", err, proc.logText())
 	}
 	d := &criDaemon{name: "berth", rt: rt, img: runtimeapi.NewImageServiceClient(conn), conn: conn,
-		cgroupParent: CgroupParent + "/pods-berth", bridge: bridge, pid: cmd.Process.Pid,
+		cgroupParent: CgroupParent + "/pods-berth", bridge: bridge, pid: proc.pid(),
 		shim: func(exe, cmdline string) bool {
 			return filepath.Base(exe) == "berth-shim" && strings.Contains(cmdline, dir)
 		}}
 	d.stop = func() {
 		removeAllPods(d)
 		conn.Close()
-		stopDaemon()
+		proc.stop(30 * time.Second)
 		removeBridge(bridge)
 	}
 	return d, nil
@@ -407,15 +388,14 @@ func (b *PodBench) startContainerdCRI(ctx context.Context, bin, registry, pause 
 	if err != nil {
 		return nil, err
 	}
-	exited := make(chan error) // startContainerd's process is waited on by stop
-	conn, rt, err := dialCRI(ctx, cd.sock, exited)
+	conn, rt, err := dialCRI(ctx, cd.sock, cd.proc)
 	if err != nil {
-		log, _ := os.ReadFile(filepath.Join(dir, "containerd.log"))
+		log := cd.proc.logText()
 		cd.stop()
 		return nil, fmt.Errorf("%w\n%s", err, lastLines(log, 20))
 	}
 	d := &criDaemon{name: "containerd", rt: rt, img: runtimeapi.NewImageServiceClient(conn), conn: conn,
-		cgroupParent: CgroupParent + "/pods-containerd", bridge: bridge, pid: cd.cmd.Process.Pid,
+		cgroupParent: CgroupParent + "/pods-containerd", bridge: bridge, pid: cd.proc.pid(),
 		shim: func(exe, cmdline string) bool {
 			return filepath.Base(exe) == "containerd-shim-runc-v2" && strings.Contains(cmdline, cd.sock)
 		}}
@@ -442,8 +422,8 @@ func removeAllPods(d *criDaemon) {
 	}
 }
 
-func lastLines(b []byte, n int) string {
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}

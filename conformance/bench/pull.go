@@ -7,7 +7,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/berth-runtime/berth/image"
@@ -283,7 +282,7 @@ func (p *containerdPuller) close() {
 
 // containerdDaemon is a containerd started by a benchmark.
 type containerdDaemon struct {
-	cmd  *exec.Cmd
+	proc *daemonProcess
 	dir  string
 	sock string
 }
@@ -311,25 +310,19 @@ state = %q
 	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
 		return nil, err
 	}
-	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
+	proc, err := startProcess(filepath.Join(dir, "containerd.log"), bin, "--config", cfg)
 	if err != nil {
 		return nil, err
 	}
-	defer logf.Close()
-	d.cmd = exec.Command(bin, "--config", cfg)
-	d.cmd.Stdout, d.cmd.Stderr = logf, logf
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := d.cmd.Start(); err != nil {
-		return nil, err
-	}
+	d.proc = proc
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		if _, err := os.Stat(d.sock); err == nil {
 			return d, nil
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
+			log := proc.logText()
 			d.stop()
-			log, _ := os.ReadFile(logf.Name())
 			return nil, fmt.Errorf("containerd did not start: %s", log)
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -339,17 +332,7 @@ state = %q
 // stop stops the daemon (the process this benchmark started) and
 // removes its directory; its snapshots hold no mounts when idle.
 func (d *containerdDaemon) stop() {
-	if d.cmd.Process != nil {
-		_ = d.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _, _ = d.cmd.Process.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = d.cmd.Process.Kill()
-			<-done
-		}
-	}
+	d.proc.stop(10 * time.Second)
 	os.RemoveAll(d.dir)
 }
 
