@@ -282,13 +282,7 @@ func TestPodNetworkPodCIDR(t *testing.T) {
 	if err := os.WriteFile(tmplFile, []byte(own), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if _, err := net.InterfaceByName(bridge); err == nil {
-			if out, err := exec.Command("ip", "link", "del", bridge).CombinedOutput(); err != nil {
-				t.Errorf("remove bridge %s: %v %s", bridge, err, out)
-			}
-		}
-	})
+	berthd.OwnBridge(t, bridge)
 	before := snapshotHost(t, bridge, ipamDir)
 	confDir := t.TempDir()
 	d := startDaemon(t, daemonOptions{cniConfDir: confDir, cniConfTemplate: tmplFile, extra: fmt.Sprintf("cni_bin_dirs = [%q]", bins)})

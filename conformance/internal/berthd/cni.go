@@ -49,9 +49,16 @@ func BridgeNetwork(t *testing.T, bridge string, subnets ...string) (confDir, ipa
 	if err := os.WriteFile(filepath.Join(confDir, "10-berth-test.conflist"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// portmap's node-wide chains, made by the first pod with a hostPort
-	// and kept by the plugin, go too if the test made them; so does
-	// whatever a bridge plugin left behind in CNI- chains.
+	OwnBridge(t, bridge)
+	return confDir, ipamDir
+}
+
+// OwnBridge removes, after the test, the bridge its pods' plugins make and
+// the CNI- iptables chains and rules they leave: portmap's node-wide
+// chains, made by the first pod with a hostPort and kept by the plugin,
+// go too if the test made them.
+func OwnBridge(t *testing.T, bridge string) {
+	t.Helper()
 	iptables := SnapshotIptables()
 	t.Cleanup(func() {
 		iptables.RemoveNew(t, "CNI-")
@@ -61,5 +68,4 @@ func BridgeNetwork(t *testing.T, bridge string, subnets ...string) (confDir, ipa
 			}
 		}
 	})
-	return confDir, ipamDir
 }
