@@ -130,6 +130,21 @@ func classifyPullError(err error) error {
 	return err
 }
 
+// malformed classifies an error of reading an image's manifest or config:
+// one the registry or the store explains keeps its kind; any other is the
+// image's own fault.
+func malformed(err error) error {
+	if err == nil {
+		return nil
+	}
+	c := classifyPullError(err)
+	var ke *kindError
+	if errors.As(c, &ke) {
+		return c
+	}
+	return withKind(ErrBadImage, err)
+}
+
 // diskFull wraps an I/O error from the store with a clear message.
 func storeIOError(what string, err error) error {
 	// A gateway or an overloaded registry answering for a backend it cannot

@@ -119,7 +119,7 @@ func (s *Store) fetchLayerOnce(ctx context.Context, job layerJob) (retErr error)
 	tarStream := io.TeeReader(plain, diff.Hash())
 	res, err := unpack(ctx, tmp, tarStream, unpackOptions{denyDevices: s.opts.DenyDevices})
 	if err != nil {
-		return classifyPullError(s.unpackError(ctx, job.info.Digest, err))
+		return malformed(s.unpackError(ctx, job.info.Digest, err))
 	}
 	// The tar ends before its padding does; the digests cover all bytes.
 	if _, err := io.Copy(io.Discard, tarStream); err != nil {

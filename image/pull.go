@@ -197,11 +197,11 @@ func (s *Store) pullCandidate(ctx context.Context, sys *types.SystemContext, c c
 	}
 	im, err := cimage.FromUnparsedImage(ctx, sys, unparsed)
 	if err != nil {
-		return nil, err
+		return nil, malformed(err)
 	}
 	manifestBlob, _, err := im.Manifest(ctx)
 	if err != nil {
-		return nil, err
+		return nil, malformed(err)
 	}
 	manifestDigest, err := manifest.Digest(manifestBlob)
 	if err != nil {
@@ -210,7 +210,7 @@ func (s *Store) pullCandidate(ctx context.Context, sys *types.SystemContext, c c
 	// ConfigBlob checks the config against its digest.
 	configBlob, err := im.ConfigBlob(ctx)
 	if err != nil {
-		return nil, err
+		return nil, malformed(err)
 	}
 	config, err := im.OCIConfig(ctx)
 	if err != nil {
@@ -224,6 +224,14 @@ func (s *Store) pullCandidate(ctx context.Context, sys *types.SystemContext, c c
 	diffIDs := config.RootFS.DiffIDs
 	if len(diffIDs) != len(layers) {
 		return nil, withKind(ErrBadImage, fmt.Errorf("config lists %d layers, manifest %d", len(diffIDs), len(layers)))
+	}
+	for i, l := range layers {
+		if err := l.Digest.Validate(); err != nil {
+			return nil, withKind(ErrBadImage, fmt.Errorf("manifest layer %d: digest %q: %w", i, l.Digest, err))
+		}
+		if err := diffIDs[i].Validate(); err != nil {
+			return nil, withKind(ErrBadImage, fmt.Errorf("config diff_ids[%d] %q: %w", i, diffIDs[i], err))
+		}
 	}
 	chain := chainIDs(diffIDs)
 
