@@ -1,0 +1,138 @@
+package cri_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/cgroups"
+	"github.com/berth-runtime/berth/conformance/internal/berthd"
+)
+
+// churnPods is how many short-lived pods TestChurn runs.
+const churnPods = 300
+
+// TestChurn runs hundreds of short-lived pods, each with one container
+// that exits at once, as fast as a few parallel clients can (a node full
+// of CronJobs): afterwards no shim, pause or container process, mount,
+// network namespace, IP or cgroup is left, and berthd's goroutines and
+// heap are back near where they were.
+func TestChurn(t *testing.T) {
+	bins := berthd.CNIBinDir(t)
+	bridge := fmt.Sprintf("bu%d", os.Getpid()%100000)
+	subnet := fmt.Sprintf("10.219.%d.0/24", os.Getpid()%250)
+	confDir, ipamDir := berthd.BridgeNetwork(t, bridge, subnet)
+	d := startDaemon(t, daemonOptions{cniConfDir: confDir, extra: fmt.Sprintf("cni_bin_dirs = [%q]", bins)})
+	d.pull(t, suite.busybox)
+	job := func(name string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		cfg := d.podConfig(name)
+		pod, err := d.RT.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: cfg})
+		if err != nil {
+			return fmt.Errorf("run pod %s: %w", name, err)
+		}
+		ctr, err := d.RT.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: pod.PodSandboxId,
+			Config: containerConfig("job", "", "sh", "-c", "echo done"), SandboxConfig: cfg})
+		if err != nil {
+			return fmt.Errorf("create container in %s: %w", name, err)
+		}
+		if _, err := d.RT.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: ctr.ContainerId}); err != nil {
+			return fmt.Errorf("start container in %s: %w", name, err)
+		}
+		for {
+			st, err := d.RT.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: ctr.ContainerId})
+			if err != nil {
+				return fmt.Errorf("status of the container in %s: %w", name, err)
+			}
+			if st.Status.State == runtimeapi.ContainerState_CONTAINER_EXITED {
+				if st.Status.ExitCode != 0 {
+					return fmt.Errorf("container in %s exited %d", name, st.Status.ExitCode)
+				}
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if _, err := d.RT.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod.PodSandboxId}); err != nil {
+			return fmt.Errorf("stop pod %s: %w", name, err)
+		}
+		if _, err := d.RT.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod.PodSandboxId}); err != nil {
+			return fmt.Errorf("remove pod %s: %w", name, err)
+		}
+		// The kubelet removes the pod's log directory with the pod.
+		return os.RemoveAll(cfg.LogDirectory)
+	}
+	// A first round warms berthd up (pools, caches, the bridge).
+	run := func(prefix string, count, workers int) {
+		var wg sync.WaitGroup
+		next := make(chan int)
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range next {
+					if err := job(fmt.Sprintf("%s-%d", prefix, i)); err != nil {
+						t.Error(err)
+					}
+				}
+			}()
+		}
+		for i := 0; i < count && !t.Failed(); i++ {
+			next <- i
+		}
+		close(next)
+		wg.Wait()
+	}
+	run("warm", 20, 3)
+	before := snapshotHost(t, bridge, ipamDir)
+	g0, heap0 := daemonFootprint(t, d)
+	start := time.Now()
+	run("cron", churnPods, 3)
+	t.Logf("%d pods in %v", churnPods, time.Since(start).Round(time.Millisecond))
+
+	// Nothing of them is left on the host.
+	if pods := listPods(t, d); len(pods) != 0 {
+		t.Errorf("pods left: %d", len(pods))
+	}
+	if procs := berthd.ProcessesMentioning(d.State); len(procs) > 0 {
+		t.Errorf("shims left: %v", procs)
+	}
+	if pids, _ := cgroups.Pids(d.CgroupParent); len(pids) > 0 {
+		t.Errorf("processes left in the pods' cgroups: %v", pids)
+	}
+	if left := berthd.CgroupChildren(d.CgroupParent); len(left) > 0 {
+		t.Errorf("cgroups left: %v", left)
+	}
+	for _, dir := range []string{d.State, d.Dir} {
+		if m := berthd.MountsUnder(dir); len(m) > 0 {
+			t.Errorf("mounts left under %s: %v", dir, m)
+		}
+	}
+	if ns, _ := os.ReadDir(filepath.Join(d.State, "netns")); len(ns) > 0 {
+		t.Errorf("network namespaces left: %d", len(ns))
+	}
+	before.assertSame(t, "after the churn", snapshotHost(t, bridge, ipamDir))
+
+	// berthd holds nothing per pod once the pod is gone. Goroutines of
+	// gRPC connections and timers come and go: a few either way is noise,
+	// one per pod is a leak.
+	var g1 int
+	var heap1 int64
+	berthd.Eventually(t, 30*time.Second, "berthd's goroutines and heap back near the start", func() error {
+		g1, heap1 = daemonFootprint(t, d)
+		if g1 > g0+10 {
+			return fmt.Errorf("%d goroutines, %d before %d pods", g1, g0, churnPods)
+		}
+		if heap1 > heap0+heap0/2+4<<20 {
+			return fmt.Errorf("heap in use %d KiB, %d KiB before %d pods", heap1>>10, heap0>>10, churnPods)
+		}
+		return nil
+	})
+	t.Logf("berthd: goroutines %d → %d, heap in use %d → %d KiB", g0, g1, heap0>>10, heap1>>10)
+}
