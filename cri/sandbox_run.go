@@ -140,6 +140,11 @@ func (s *Server) makePodDir(sb *sandbox, cfg *runtimeapi.PodSandboxConfig) error
 			return fmt.Errorf("pod directory: %w", err)
 		}
 	}
+	// Not listable by other users: containers reach its files through
+	// their bind mounts, never through this path.
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return fmt.Errorf("pod directory: %w", err)
+	}
 	hostname := cfg.Hostname
 	if hostname == "" || cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE {
 		hostname, _ = os.Hostname()

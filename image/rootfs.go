@@ -71,6 +71,11 @@ func (s *Store) CreateRootfs(id, imageRef string) (_ *Rootfs, retErr error) {
 			return nil, storeIOError("root filesystem "+id, err)
 		}
 	}
+	// upper is the container's / and keeps 0755; its parent is not
+	// listable by other users (the store's root is not either).
+	if err := os.Chmod(s.rootfsDir(id), 0o711); err != nil {
+		return nil, storeIOError("root filesystem "+id, err)
+	}
 	if err := s.mount(&rec); err != nil {
 		return nil, err
 	}

@@ -49,12 +49,17 @@ func TestMain(m *testing.M) {
 		if err != nil {
 			return err
 		}
+		syscalls, err := syscallsProgram(s.TempDir())
+		if err != nil {
+			return err
+		}
 		tools := testutil.BuildOCI(s, s.TempDir(), "latest", testutil.ImageSpec{
 			Layers: []testutil.Layer{base, {Files: []testutil.File{
 				{Path: "app", Type: tar.TypeDir, Mode: 0o755, UID: 1000, GID: 1000},
 				{Path: "app/hello.txt", Content: "hello from the image\n"},
 				// Set-user-ID root: no_new_privs must keep it from working.
 				{Path: "usr/local/bin/euid", Content: euid, Mode: 0o4755},
+				{Path: "usr/local/bin/syscalls", Content: syscalls, Mode: 0o755},
 			}}},
 			Config: v1.ImageConfig{
 				User: "user", Entrypoint: []string{"sh", "-c"}, Cmd: []string{"id; sleep 3600"},
@@ -69,17 +74,47 @@ func TestMain(m *testing.M) {
 
 // setuidProgram builds a static program that prints its effective uid.
 func setuidProgram(dir string) (string, error) {
-	src := filepath.Join(dir, "euid.c")
-	prog := `#include <stdio.h>
+	return cProgram(dir, "euid", `#include <stdio.h>
 #include <unistd.h>
 int main(void) { printf("%d\n", (int)geteuid()); return 0; }
-`
-	if err := os.WriteFile(src, []byte(prog), 0o644); err != nil {
+`)
+}
+
+// syscallsProgram builds a static program that tries the system calls
+// the default seccomp profile denies and prints how each ended. reboot
+// gets a wrong magic number: allowed, it would fail with EINVAL, so the
+// host is never at risk.
+func syscallsProgram(dir string) (string, error) {
+	return cProgram(dir, "syscalls", `#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static void try(const char *name, long rc) {
+	printf("%s=%s\n", name, rc != -1 ? "ok" : errno == EPERM ? "EPERM" : strerror(errno));
+}
+int main(void) {
+	try("keyctl", syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -4 /* user keyring */, 0));
+	try("mount", mount("none", "/tmp", "tmpfs", 0, NULL));
+	try("reboot", syscall(SYS_reboot, 0xfee1dead, 0, 0, NULL));
+	try("unshare", unshare(CLONE_NEWUSER));
+	return 0;
+}
+`)
+}
+
+// cProgram builds a static C program from src.
+func cProgram(dir, name, src string) (string, error) {
+	srcFile := filepath.Join(dir, name+".c")
+	if err := os.WriteFile(srcFile, []byte(src), 0o644); err != nil {
 		return "", err
 	}
-	bin := filepath.Join(dir, "euid")
-	if out, err := exec.Command("gcc", "-static", "-Os", "-o", bin, src).CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build the set-user-ID test program: %v: %s", err, out)
+	bin := filepath.Join(dir, name)
+	if out, err := exec.Command("gcc", "-static", "-Os", "-o", bin, srcFile).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build the test program %s: %v: %s", name, err, out)
 	}
 	data, err := os.ReadFile(bin)
 	return string(data), err

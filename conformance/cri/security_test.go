@@ -185,10 +185,13 @@ func TestPrivilegesAndConfinement(t *testing.T) {
 	})
 
 	t.Run("seccomp", func(t *testing.T) {
-		def := containerConfig("seccomp-default", "", "sleep", "3600")
+		// As root, with the default capabilities, in the tools image.
+		def := containerConfig("seccomp-default", suite.tools, "sleep 3600")
 		def.Linux.SecurityContext.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
-		unconfined := containerConfig("seccomp-unconfined", "", "sleep", "3600")
+		def.Linux.SecurityContext.RunAsUser = &runtimeapi.Int64Value{Value: 0}
+		unconfined := containerConfig("seccomp-unconfined", suite.tools, "sleep 3600")
 		unconfined.Linux.SecurityContext.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Unconfined}
+		unconfined.Linux.SecurityContext.RunAsUser = &runtimeapi.Int64Value{Value: 0}
 		profile := filepath.Join(d.Dir, "no-mkdir.json")
 		if err := os.WriteFile(profile, []byte(`{"defaultAction": "SCMP_ACT_ALLOW",
 			"syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}`), 0o644); err != nil {
@@ -214,6 +217,17 @@ func TestPrivilegesAndConfinement(t *testing.T) {
 		}
 		if out, errOut, code := d.execSync(t, unID, "unshare", "-U", "true"); code != 0 {
 			t.Errorf("Unconfined: unshare -U: %d %s%s", code, out, errOut)
+		}
+		// keyctl and unshare are the profile's alone to deny: unconfined,
+		// they work. mount and reboot need capabilities the default set
+		// lacks as well.
+		for id, want := range map[string]string{
+			defID: "keyctl=EPERM\nmount=EPERM\nreboot=EPERM\nunshare=EPERM\n",
+			unID:  "keyctl=ok\nmount=EPERM\nreboot=EPERM\nunshare=ok\n",
+		} {
+			if got := d.mustExec(t, id, "/usr/local/bin/syscalls"); got != want {
+				t.Errorf("system calls in %s:\n%s\nwant\n%s", id, got, want)
+			}
 		}
 		localID := d.run(t, pod, podCfg, local)
 		if _, errOut, code := d.execSync(t, localID, "mkdir", "/tmp/denied"); code == 0 || !strings.Contains(errOut, "Operation not permitted") {
