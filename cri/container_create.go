@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/berth-runtime/berth/image"
 	"github.com/berth-runtime/berth/internal/shim"
 	"github.com/berth-runtime/berth/runtime"
 )
@@ -123,7 +124,11 @@ func (s *Server) createContainer(ctx context.Context, req *runtimeapi.CreateCont
 		}
 	}
 
-	rootfs, err := s.images.CreateRootfs(c.ID, img.ID)
+	var idmap *image.IDMap
+	if uids, gids := podUserns(sb.config); uids != nil {
+		idmap = &image.IDMap{UsernsPath: s.usernsFile(sb.ID), HostUID: int(uids[0].HostID), HostGID: int(gids[0].HostID)}
+	}
+	rootfs, err := s.images.CreateRootfs(c.ID, img.ID, idmap)
 	if err != nil {
 		return "", err
 	}

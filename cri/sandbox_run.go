@@ -87,6 +87,15 @@ func (s *Server) runPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandbo
 	}
 	u.add(func() { _ = s.store.deleteSandbox(sb.ID) })
 
+	// The pod cgroup berth makes goes last: the pause process or a
+	// failed create of it may have made it.
+	if sb.CgroupParent == s.defaultPodCgroupParent(sb.ID) {
+		u.add(func() {
+			if err := removePodCgroup(s.cfg.CgroupDriver, sb.CgroupParent); err != nil {
+				log.Warn("undo pod cgroup", "error", err)
+			}
+		})
+	}
 	if err := s.makePodDir(sb, cfg); err != nil {
 		return "", err
 	}
@@ -135,10 +144,17 @@ func (s *Server) reserveSandboxName(sb *sandbox) error {
 // makePodDir writes the files the pod's containers share.
 func (s *Server) makePodDir(sb *sandbox, cfg *runtimeapi.PodSandboxConfig) error {
 	dir := s.cfg.podDir(sb.ID)
-	for _, d := range []string{dir, filepath.Join(dir, "pause", "rootfs"), filepath.Join(dir, "shm")} {
+	pauseRoot := filepath.Join(dir, "pause", "rootfs")
+	// The pause's mount points are made here, as root: in a user
+	// namespace, the pause's root could not make them in a root-owned dir.
+	for _, d := range []string{dir, filepath.Join(dir, "shm"), pauseRoot,
+		filepath.Join(pauseRoot, "proc"), filepath.Join(pauseRoot, "dev"), filepath.Join(pauseRoot, "sys")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("pod directory: %w", err)
 		}
+	}
+	if err := os.WriteFile(filepath.Join(pauseRoot, "pause"), nil, 0o755); err != nil {
+		return fmt.Errorf("pod directory: %w", err)
 	}
 	// Not listable by other users: containers reach its files through
 	// their bind mounts, never through this path.
@@ -180,6 +196,9 @@ func (s *Server) removePodDir(sb *sandbox) {
 	if err := unix.Unmount(shm, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		s.log.Warn("unmount pod shm", "pod", sb.ID, "error", err)
 	}
+	if err := s.unpinUserns(sb.ID); err != nil {
+		s.log.Warn("remove pod directory", "pod", sb.ID, "error", err)
+	}
 	if err := os.RemoveAll(dir); err != nil {
 		s.log.Warn("remove pod directory", "pod", sb.ID, "error", err)
 	}
@@ -214,7 +233,21 @@ func (s *Server) setupPodNetwork(ctx context.Context, sb *sandbox, cfg *runtimea
 	if cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE {
 		return nil
 	}
-	ns, err := s.net.NewNetNS(sb.ID)
+	var ns *network.NetNS
+	var err error
+	if uids, gids := podUserns(cfg); uids != nil {
+		u.add(func() {
+			if err := s.unpinUserns(sb.ID); err != nil {
+				s.log.Warn("undo user namespace", "pod", sb.ID, "error", err)
+			}
+		})
+		err = s.pinUserns(sb.ID, uids, gids, true, func(nsPath string) (err error) {
+			ns, err = s.net.AdoptNetNS(sb.ID, nsPath)
+			return err
+		})
+	} else {
+		ns, err = s.net.NewNetNS(sb.ID)
+	}
 	if err != nil {
 		return err
 	}
@@ -307,11 +340,12 @@ func (s *Server) startPause(ctx context.Context, sb *sandbox, cfg *runtimeapi.Po
 	if err := writeSpec(bundle, spec); err != nil {
 		return err
 	}
+	// Registered first: a create that fails half-way leaves runtime state.
+	u.add(func() { s.deleteRuntimeContainer(sb.ID) })
 	pid, err := client.Create(ctx, sb.ID, shimCreate(bundle, "", false, false, false))
 	if err != nil {
 		return fmt.Errorf("create pause: %w", err)
 	}
-	u.add(func() { s.deleteRuntimeContainer(sb.ID) })
 	c, err := s.rt.Load(sb.ID)
 	if err != nil {
 		return err

@@ -101,6 +101,10 @@ func (s *Server) containerSpec(in specInput) (*specs.Spec, *resolvedUser, error)
 	if err := containerNamespaces(spec, in, podNS); err != nil {
 		return nil, nil, err
 	}
+	if uids, gids := podUserns(in.sb.config); uids != nil {
+		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace, Path: s.usernsFile(in.sb.ID)})
+		spec.Linux.UIDMappings, spec.Linux.GIDMappings = uids, gids
+	}
 	caps, err := s.capabilities(sc)
 	if err != nil {
 		return nil, nil, err
@@ -372,6 +376,9 @@ func (s *Server) containerMounts(spec *specs.Spec, in specInput) error {
 			spec.Linux.RootfsPropagation = "rshared"
 		}
 		bm := bindMount(src, m.ContainerPath, m.Readonly, propagation, m.MountOptions...)
+		// Id-mapped as the kubelet asks for a pod in a user namespace:
+		// files owned by root on the host are root's in the container.
+		bm.UIDMappings, bm.GIDMappings = idMappings(m.UidMappings), idMappings(m.GidMappings)
 		if m.RecursiveReadOnly {
 			bm.Options = slices.DeleteFunc(bm.Options, func(o string) bool { return o == "ro" })
 			bm.Options = append(bm.Options, "rro")

@@ -83,6 +83,10 @@ func (s *Server) pauseSpec(sb *sandbox, cfg *runtimeapi.PodSandboxConfig) (*spec
 	if nsOpts.GetPid() != runtimeapi.NamespaceMode_NODE {
 		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.PIDNamespace})
 	}
+	if uids, gids := podUserns(cfg); uids != nil {
+		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace, Path: s.usernsFile(sb.ID)})
+		spec.Linux.UIDMappings, spec.Linux.GIDMappings = uids, gids
+	}
 	sc := cfg.GetLinux().GetSecurityContext()
 	profile, err := s.seccompProfile(spec, sc.GetSeccomp(), sc.GetSeccompProfilePath())
 	if err != nil {

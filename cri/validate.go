@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/moby/sys/capability"
+	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-runtime/berth/cgroups"
@@ -158,8 +159,47 @@ func validateNamespaceOptions(field string, ns *runtimeapi.NamespaceOption, cont
 	if ns.GetPid() == runtimeapi.NamespaceMode_TARGET && ns.GetTargetId() == "" {
 		return invalidf("%s.pid: mode TARGET needs target_id", field)
 	}
-	if u := ns.GetUsernsOptions(); u != nil && u.Mode != runtimeapi.NamespaceMode_NODE {
-		return invalidf("%s.userns_options: user namespaces are not supported by berth yet (Status reports user_namespaces=false); use mode NODE", field)
+	return validateUserns(field+".userns_options", ns)
+}
+
+// validateUserns checks a pod's user namespace: NODE, or POD with one uid
+// and one gid mapping (as the kubelet sends) of container ids 0..65535
+// at least, onto host ids other than root's, in namespaces of the pod's
+// own (a user namespace cannot own the host's network or pid namespace).
+func validateUserns(field string, ns *runtimeapi.NamespaceOption) error {
+	u := ns.GetUsernsOptions()
+	if u == nil {
+		// None given is the host's (POD is the enum's zero value).
+		return nil
+	}
+	switch u.GetMode() {
+	case runtimeapi.NamespaceMode_NODE:
+		if len(u.GetUids()) > 0 || len(u.GetGids()) > 0 {
+			return invalidf("%s: mode NODE takes no id mappings", field)
+		}
+		return nil
+	case runtimeapi.NamespaceMode_POD:
+	default:
+		return invalidf("%s: mode %s: a user namespace is per pod (POD) or the host's (NODE)", field, u.GetMode())
+	}
+	for name, ms := range map[string][]*runtimeapi.IDMapping{"uids": u.GetUids(), "gids": u.GetGids()} {
+		if len(ms) != 1 {
+			return invalidf("%s.%s: want one mapping, got %d", field, name, len(ms))
+		}
+		m := ms[0]
+		switch {
+		case m.ContainerId != 0 || m.Length < 65536:
+			return invalidf("%s.%s: the mapping must cover container ids 0-65535, got %d-%d", field, name, m.ContainerId, uint64(m.ContainerId)+uint64(m.Length)-1)
+		case m.HostId == 0:
+			return invalidf("%s.%s: mapping the container's root onto the host's defeats the user namespace", field, name)
+		case uint64(m.HostId)+uint64(m.Length) > 1<<32-1:
+			return invalidf("%s.%s: host ids %d+%d run past the last id", field, name, m.HostId, m.Length)
+		}
+	}
+	for name, m := range map[string]runtimeapi.NamespaceMode{"network": ns.GetNetwork(), "pid": ns.GetPid(), "ipc": ns.GetIpc()} {
+		if m == runtimeapi.NamespaceMode_NODE {
+			return invalidf("%s: a pod in a user namespace cannot use the host's %s namespace", field, name)
+		}
 	}
 	return nil
 }
@@ -313,8 +353,9 @@ func validateContainerConfig(cfg *runtimeapi.ContainerConfig, sandboxCfg *runtim
 	if wd := cfg.WorkingDir; wd != "" && !filepath.IsAbs(wd) {
 		return invalidf("working_dir %q must be an absolute path", wd)
 	}
+	podUserns := sandboxCfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetUsernsOptions()
 	for i, m := range cfg.Mounts {
-		if err := validateMount(fmt.Sprintf("mounts[%d]", i), m); err != nil {
+		if err := validateMount(fmt.Sprintf("mounts[%d]", i), m, podUserns != nil && podUserns.Mode == runtimeapi.NamespaceMode_POD); err != nil {
 			return err
 		}
 	}
@@ -375,15 +416,28 @@ func validateContainerConfig(cfg *runtimeapi.ContainerConfig, sandboxCfg *runtim
 	if err := validateProfile("linux.security_context.seccomp", sc.GetSeccomp(), sc.GetSeccompProfilePath()); err != nil {
 		return err
 	}
-	return validateNamespaceOptions("linux.security_context.namespace_options", sc.GetNamespaceOptions(), true)
+	if err := validateNamespaceOptions("linux.security_context.namespace_options", sc.GetNamespaceOptions(), true); err != nil {
+		return err
+	}
+	// A container is in its pod's user namespace: the kubelet repeats it.
+	hostUserns := func(u *runtimeapi.UserNamespace) bool { return u == nil || u.Mode == runtimeapi.NamespaceMode_NODE }
+	if u := sc.GetNamespaceOptions().GetUsernsOptions(); u != nil && !proto.Equal(u, podUserns) && !(hostUserns(u) && hostUserns(podUserns)) {
+		return invalidf("linux.security_context.namespace_options.userns_options: differ from the pod's; a container is in its pod's user namespace")
+	}
+	return nil
 }
 
-func validateMount(field string, m *runtimeapi.Mount) error {
+func validateMount(field string, m *runtimeapi.Mount, podUserns bool) error {
 	if m.GetImage().GetImage() != "" {
 		return invalidf("%s: image volumes are not supported by berth", field)
 	}
 	if len(m.UidMappings) > 0 || len(m.GidMappings) > 0 {
-		return invalidf("%s: id-mapped mounts need user namespaces, which berth does not support yet", field)
+		if !podUserns {
+			return invalidf("%s: id-mapped mounts are for pods in a user namespace", field)
+		}
+		if len(m.UidMappings) != 1 || len(m.GidMappings) != 1 {
+			return invalidf("%s: an id-mapped mount wants one uid and one gid mapping", field)
+		}
 	}
 	if !filepath.IsAbs(m.ContainerPath) {
 		return invalidf("%s: container_path %q must be absolute", field, m.ContainerPath)

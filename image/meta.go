@@ -48,6 +48,9 @@ type rootfsRecord struct {
 	ImageID string          `json:"imageID"`
 	Layers  []digest.Digest `json:"layers"`
 	Created time.Time       `json:"created"`
+	// IDMapped: mounted through a user namespace, which only the
+	// caller that created it can give again.
+	IDMapped bool `json:"idMapped,omitempty"`
 }
 
 // lease keeps the layers of a pull in progress from being collected.

@@ -111,7 +111,7 @@ func TestRootfsIsOverlayWithWhiteouts(t *testing.T) {
 		}
 	}
 
-	r, err := e.store.CreateRootfs("c1", ref)
+	r, err := e.store.CreateRootfs("c1", ref, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,7 +129,7 @@ func TestRootfsIsOverlayWithWhiteouts(t *testing.T) {
 	if b, in, err := e.store.RootfsUsage("c1"); err != nil || b == 0 || in == 0 {
 		t.Fatalf("rootfs usage %d bytes %d inodes, %v", b, in, err)
 	}
-	if _, err := e.store.CreateRootfs("c1", ref); !errors.Is(err, image.ErrRootfsExists) {
+	if _, err := e.store.CreateRootfs("c1", ref, nil); !errors.Is(err, image.ErrRootfsExists) {
 		t.Fatalf("second rootfs with the same id: %v", err)
 	}
 	// An unmounted rootfs (after a reboot) mounts again.
@@ -525,7 +525,7 @@ func TestRemoveAndSharedLayers(t *testing.T) {
 		t.Fatalf("after untag: %+v, %v", got, err)
 	}
 	// A container keeps a's layers after a is removed.
-	_, err := e.store.CreateRootfs("ctr", refA)
+	_, err := e.store.CreateRootfs("ctr", refA, nil)
 	must(t, err)
 	must(t, e.store.Remove(refA))
 	if _, err := e.store.Get(refA); !image.IsNotFound(err) {

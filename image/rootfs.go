@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,9 +35,22 @@ func (s *Store) rootfsDir(id string, elem ...string) string {
 	return filepath.Join(append([]string{s.root, "containers", id}, elem...)...)
 }
 
+// IDMap asks for a root filesystem seen through a user namespace: the
+// image's layers are mounted id-mapped through it, and the container's
+// own writes land on disk as the host ids its root maps to.
+type IDMap struct {
+	// UsernsPath is a file of the user namespace (/proc/<pid>/ns/user or
+	// a bind mount of one).
+	UsernsPath string
+	// HostUID and HostGID are what the namespace's uid and gid 0 are on
+	// the host.
+	HostUID, HostGID int
+}
+
 // CreateRootfs makes and mounts a root filesystem for the container id
-// from an image. Nothing is left behind if it fails.
-func (s *Store) CreateRootfs(id, imageRef string) (_ *Rootfs, retErr error) {
+// from an image, id-mapped if idmap is not nil. Nothing is left behind if
+// it fails.
+func (s *Store) CreateRootfs(id, imageRef string, idmap *IDMap) (_ *Rootfs, retErr error) {
 	if err := validRootfsID(id); err != nil {
 		return nil, err
 	}
@@ -53,7 +67,7 @@ func (s *Store) CreateRootfs(id, imageRef string) (_ *Rootfs, retErr error) {
 		if _, err := getJSON(tx.Bucket(bucketImages), imageID, &img); err != nil {
 			return err
 		}
-		rec = rootfsRecord{ID: id, ImageID: imageID, Layers: img.Layers, Created: time.Now().UTC()}
+		rec = rootfsRecord{ID: id, ImageID: imageID, Layers: img.Layers, Created: time.Now().UTC(), IDMapped: idmap != nil}
 		return putJSON(tx.Bucket(bucketRootfs), id, &rec)
 	})
 	if err != nil {
@@ -76,7 +90,15 @@ func (s *Store) CreateRootfs(id, imageRef string) (_ *Rootfs, retErr error) {
 	if err := os.Chmod(s.rootfsDir(id), 0o711); err != nil {
 		return nil, storeIOError("root filesystem "+id, err)
 	}
-	if err := s.mount(&rec); err != nil {
+	if idmap != nil {
+		// The container's root owns its upper layer, as it would its /.
+		for _, d := range []string{"upper", "work"} {
+			if err := os.Chown(s.rootfsDir(id, d), idmap.HostUID, idmap.HostGID); err != nil {
+				return nil, storeIOError("root filesystem "+id, err)
+			}
+		}
+	}
+	if err := s.mount(&rec, idmap); err != nil {
 		return nil, err
 	}
 	return &Rootfs{ID: id, ImageID: rec.ImageID, Path: s.rootfsDir(id, "merged")}, nil
@@ -90,7 +112,10 @@ func (s *Store) MountRootfs(id string) (*Rootfs, error) {
 		return nil, err
 	}
 	if ok, _ := mountinfo.Mounted(s.rootfsDir(id, "merged")); !ok {
-		if err := s.mount(rec); err != nil {
+		if rec.IDMapped {
+			return nil, fmt.Errorf("root filesystem %s is id-mapped through a user namespace that is gone; create it again", id)
+		}
+		if err := s.mount(rec, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -142,6 +167,14 @@ func (s *Store) RemoveRootfs(id string) error {
 	if err := unmountAll(merged); err != nil {
 		return fmt.Errorf("root filesystem %s: %w", id, err)
 	}
+	// Id-mapped layers a crash left mounted between their mount and the
+	// overlay's.
+	idmapped, _ := os.ReadDir(s.rootfsDir(id, "idmapped"))
+	for _, e := range idmapped {
+		if err := unmountAll(s.rootfsDir(id, "idmapped", e.Name())); err != nil {
+			return fmt.Errorf("root filesystem %s: %w", id, err)
+		}
+	}
 	if err := os.RemoveAll(s.rootfsDir(id)); err != nil {
 		return storeIOError("remove root filesystem "+id, err)
 	}
@@ -175,10 +208,20 @@ func (s *Store) RootfsUsage(id string) (bytes, inodes int64, err error) {
 }
 
 // mount mounts the overlay of a root filesystem.
-func (s *Store) mount(rec *rootfsRecord) error {
+func (s *Store) mount(rec *rootfsRecord, idmap *IDMap) error {
 	lowers := make([]string, 0, len(rec.Layers))
 	for i := len(rec.Layers) - 1; i >= 0; i-- {
 		lowers = append(lowers, s.layerPath(rec.Layers[i]))
+	}
+	if idmap != nil && len(lowers) > 0 {
+		mapped, unmount, err := s.idmapLayers(rec.ID, lowers, idmap.UsernsPath)
+		if err != nil {
+			return fmt.Errorf("mount root filesystem %s: %w", rec.ID, err)
+		}
+		// The overlay holds the id-mapped layers it was mounted on; their
+		// own mount points can go right after.
+		defer unmount()
+		lowers = mapped
 	}
 	if len(lowers) == 0 {
 		// An image without layers: overlay needs a lower directory.
@@ -193,6 +236,52 @@ func (s *Store) mount(rec *rootfsRecord) error {
 		return fmt.Errorf("mount root filesystem %s: %w", rec.ID, err)
 	}
 	return nil
+}
+
+// idmapLayers mounts each layer id-mapped through the user namespace at
+// usernsPath (Linux 5.19 for overlayfs on id-mapped layers) and returns
+// their mount points, and a function that unmounts and removes them.
+func (s *Store) idmapLayers(id string, layers []string, usernsPath string) (_ []string, unmount func(), retErr error) {
+	userns, err := os.Open(usernsPath)
+	if err != nil {
+		return nil, nil, fmt.Errorf("user namespace: %w", err)
+	}
+	defer userns.Close()
+	dir := s.rootfsDir(id, "idmapped")
+	var mounted []string
+	unmount = func() {
+		for _, m := range mounted {
+			_ = unix.Unmount(m, unix.MNT_DETACH)
+		}
+		_ = os.RemoveAll(dir)
+	}
+	defer func() {
+		if retErr != nil {
+			unmount()
+		}
+	}()
+	out := make([]string, 0, len(layers))
+	for i, l := range layers {
+		target := filepath.Join(dir, strconv.Itoa(i))
+		if err := os.MkdirAll(target, 0o700); err != nil {
+			return nil, nil, storeIOError("root filesystem "+id, err)
+		}
+		fd, err := unix.OpenTree(unix.AT_FDCWD, l, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+		if err != nil {
+			return nil, nil, fmt.Errorf("clone layer %s: %w", l, err)
+		}
+		err = unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP, Userns_fd: uint64(userns.Fd())})
+		if err == nil {
+			err = unix.MoveMount(fd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH)
+		}
+		unix.Close(fd)
+		if err != nil {
+			return nil, nil, fmt.Errorf("id-map layer %s (needs a kernel with id-mapped mounts): %w", l, err)
+		}
+		mounted = append(mounted, target)
+		out = append(out, target)
+	}
+	return out, unmount, nil
 }
 
 // maxMountData is what mount(2) accepts in its data argument (a page).

@@ -109,6 +109,11 @@ func Open(opts Options) (*Store, error) {
 			return nil, storeIOError("create store", err)
 		}
 	}
+	// The root of a container in a user namespace is an unprivileged uid
+	// that must pass through to its root filesystem; it cannot list.
+	if err := os.Chmod(s.path("containers"), 0o711); err != nil {
+		return nil, storeIOError("create store", err)
+	}
 	db, err := bolt.Open(s.path("meta.db"), 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {

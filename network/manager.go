@@ -102,6 +102,11 @@ func (m *Manager) NewNetNS(podID string) (*NetNS, error) {
 	return NewNetNS(m.opts.NetNSDir, podID)
 }
 
+// AdoptNetNS keeps the network namespace at nsPath as the pod's.
+func (m *Manager) AdoptNetNS(podID, nsPath string) (*NetNS, error) {
+	return AdoptNetNS(m.opts.NetNSDir, podID, nsPath)
+}
+
 // RemoveNetNS removes a pod's namespace bind mount; a missing one is fine.
 func (m *Manager) RemoveNetNS(path string) error {
 	if path == "" {

@@ -55,6 +55,33 @@ func NewNetNS(dir, name string) (*NetNS, error) {
 	return ns, nil
 }
 
+// AdoptNetNS binds the network namespace at nsPath (such as a process's
+// /proc/<pid>/ns/net) at dir/name, so that it outlives the process, and
+// brings its loopback up. Nothing is left behind if it fails.
+func AdoptNetNS(dir, name, nsPath string) (*NetNS, error) {
+	if name == "" || name == "." || name == ".." || filepath.Base(name) != name {
+		return nil, fmt.Errorf("invalid network namespace name %q", name)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("netns directory: %w", err)
+	}
+	ns := &NetNS{Path: filepath.Join(dir, name)}
+	f, err := os.OpenFile(ns.Path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
+	if err != nil {
+		return nil, fmt.Errorf("netns %s: %w", ns.Path, err)
+	}
+	f.Close()
+	if err := unix.Mount(nsPath, ns.Path, "", unix.MS_BIND, ""); err != nil {
+		_ = ns.Remove()
+		return nil, fmt.Errorf("bind network namespace %s to %s: %w", nsPath, ns.Path, err)
+	}
+	if err := ns.Do(loopbackUp); err != nil {
+		_ = ns.Remove()
+		return nil, err
+	}
+	return ns, nil
+}
+
 func loopbackUp() error {
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {

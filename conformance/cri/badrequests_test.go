@@ -58,6 +58,21 @@ func TestBadRequests(t *testing.T) {
 			_, err := d.RT.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: d.podConfig("h"), RuntimeHandler: "kata"})
 			return err
 		}},
+		{"RunPodSandbox with a user namespace mapping the host's root", codes.InvalidArgument, func() error {
+			return runPod(podWith(func(c *runtimeapi.PodSandboxConfig) { c.Linux.SecurityContext = usernsContext(0, 65536, false) }))
+		}},
+		{"RunPodSandbox with a user namespace too small for the pause's uid", codes.InvalidArgument, func() error {
+			return runPod(podWith(func(c *runtimeapi.PodSandboxConfig) { c.Linux.SecurityContext = usernsContext(1<<20, 1000, false) }))
+		}},
+		{"RunPodSandbox with a user namespace and the host's network", codes.InvalidArgument, func() error {
+			return runPod(podWith(func(c *runtimeapi.PodSandboxConfig) { c.Linux.SecurityContext = usernsContext(1<<20, 65536, true) }))
+		}},
+		{"RunPodSandbox with a per-container user namespace", codes.InvalidArgument, func() error {
+			return runPod(podWith(func(c *runtimeapi.PodSandboxConfig) {
+				c.Linux.SecurityContext = usernsContext(1<<20, 65536, false)
+				c.Linux.SecurityContext.NamespaceOptions.UsernsOptions.Mode = runtimeapi.NamespaceMode_CONTAINER
+			}))
+		}},
 		{"RunPodSandbox with a host sysctl", codes.InvalidArgument, func() error {
 			return runPod(podWith(func(c *runtimeapi.PodSandboxConfig) { c.Linux.Sysctls = map[string]string{"kernel.panic": "1"} }))
 		}},
@@ -109,7 +124,7 @@ func TestBadRequests(t *testing.T) {
 		{"CreateContainer with an escaping log path", codes.InvalidArgument, func() error {
 			return create(pod, ctrWith(func(c *runtimeapi.ContainerConfig) { c.LogPath = "../../../etc/evil.log" }))
 		}},
-		{"CreateContainer with a user namespace", codes.InvalidArgument, func() error {
+		{"CreateContainer with a user namespace its pod does not have", codes.InvalidArgument, func() error {
 			return create(pod, ctrWith(func(c *runtimeapi.ContainerConfig) {
 				c.Linux.SecurityContext.NamespaceOptions = &runtimeapi.NamespaceOption{UsernsOptions: &runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_POD}}
 			}))
@@ -198,4 +213,15 @@ func TestBadRequests(t *testing.T) {
 	if log := string(readFile(d.LogFile)); strings.Contains(log, "panic") {
 		t.Errorf("the daemon recovered from a panic:\n%s", grepLines(log, "panic"))
 	}
+}
+
+// usernsContext is a pod security context with a user namespace mapping
+// container ids 0..length-1 onto host ids from host.
+func usernsContext(host, length uint32, hostNetwork bool) *runtimeapi.LinuxSandboxSecurityContext {
+	m := []*runtimeapi.IDMapping{{HostId: host, ContainerId: 0, Length: length}}
+	ns := &runtimeapi.NamespaceOption{UsernsOptions: &runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_POD, Uids: m, Gids: m}}
+	if hostNetwork {
+		ns.Network = runtimeapi.NamespaceMode_NODE
+	}
+	return &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: ns}
 }

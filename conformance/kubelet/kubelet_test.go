@@ -86,6 +86,18 @@ func TestKubelet(t *testing.T) {
 		}},
 	}})
 
+	// hostUsers: false: the kubelet allocates the mappings and asks for an
+	// id-mapped emptyDir.
+	n.addPod(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "userns"}, Spec: corev1.PodSpec{
+		TerminationGracePeriodSeconds: ptr(int64(1)),
+		HostUsers:                     ptr(false),
+		Volumes:                       []corev1.Volume{{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
+		Containers: []corev1.Container{{
+			Name: "app", Image: img, ImagePullPolicy: corev1.PullIfNotPresent, VolumeMounts: data,
+			Command: sh("touch /data/written-as-root && exec sleep 3600"),
+		}},
+	}})
+
 	web := n.pod("web", 3*time.Minute, "Ready through its probes", func(p corev1.Pod) error {
 		cs := containerStatus(p, "web")
 		if !podReady(p) || cs == nil || !cs.Ready || cs.Started == nil || !*cs.Started {
@@ -172,6 +184,27 @@ func TestKubelet(t *testing.T) {
 			}
 			return nil
 		})
+	})
+
+	t.Run("user-namespace", func(t *testing.T) {
+		p := n.pod("userns", 2*time.Minute, "running", func(p corev1.Pod) error {
+			if cs := containerStatus(p, "app"); cs == nil || cs.State.Running == nil {
+				return fmt.Errorf("not running")
+			}
+			return nil
+		})
+		app := criID(containerStatus(p, "app"))
+		out, err := n.execIn(app, "cat", "/proc/self/uid_map")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var inside, host, length uint64
+		if _, err := fmt.Sscan(out, &inside, &host, &length); err != nil || inside != 0 || host == 0 || length < 65536 {
+			t.Errorf("uid_map in a hostUsers: false pod: %q (%v)", out, err)
+		}
+		if out, err := n.execIn(app, "stat", "-c", "%u", "/data/written-as-root", "/bin/busybox"); err != nil || out != "0\n0\n" {
+			t.Errorf("owners inside (the emptyDir and the image id-mapped): %q %v", out, err)
+		}
 	})
 
 	t.Run("log-rotation", func(t *testing.T) {

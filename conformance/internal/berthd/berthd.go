@@ -64,6 +64,13 @@ func Start(t testing.TB, o Options) *Daemon {
 	t.Helper()
 	testutil.RequireRoot(t)
 	d := &Daemon{T: t, Dir: t.TempDir()}
+	// As /var/lib is: the root of a container in a user namespace must
+	// find its way to its root filesystem under berthd's root.
+	for _, dir := range []string{filepath.Dir(d.Dir), d.Dir} {
+		if err := os.Chmod(dir, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
 	state, err := os.MkdirTemp("/run", "berth-test-")
 	if err != nil {
 		t.Fatal(err)
