@@ -119,6 +119,13 @@ func (s *Store) fetchLayerOnce(ctx context.Context, job layerJob) (retErr error)
 	tarStream := io.TeeReader(plain, diff.Hash())
 	res, err := unpack(ctx, tmp, tarStream, unpackOptions{denyDevices: s.opts.DenyDevices})
 	if err != nil {
+		// An archive that ends early in a blob that arrived whole and
+		// matches its digest is the image's fault, not the network's.
+		if errors.Is(err, io.ErrUnexpectedEOF) && ctx.Err() == nil {
+			if _, cerr := io.Copy(io.Discard, blob); cerr == nil && verifier.Verified() {
+				return withKind(ErrBadImage, fmt.Errorf("layer %s: the archive ends early: %w", job.info.Digest, err))
+			}
+		}
 		return malformed(s.unpackError(ctx, job.info.Digest, err))
 	}
 	// The tar ends before its padding does; the digests cover all bytes.
