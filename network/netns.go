@@ -20,18 +20,10 @@ type NetNS struct {
 // NewNetNS creates a network namespace bound at dir/name, with loopback
 // up. Nothing is left behind if it fails.
 func NewNetNS(dir, name string) (*NetNS, error) {
-	if name == "" || name == "." || name == ".." || filepath.Base(name) != name {
-		return nil, fmt.Errorf("invalid network namespace name %q", name)
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("netns directory: %w", err)
-	}
-	ns := &NetNS{Path: filepath.Join(dir, name)}
-	f, err := os.OpenFile(ns.Path, os.O_CREATE|os.O_EXCL|os.O_RDONLY, 0o444)
+	ns, err := newNSFile(dir, name)
 	if err != nil {
-		return nil, fmt.Errorf("netns %s: %w", ns.Path, err)
+		return nil, err
 	}
-	f.Close()
 	errc := make(chan error, 1)
 	// unshare(2) acts on the calling thread: a thread of its own, which
 	// exits with the goroutine (it stays locked) and so never runs Go code
@@ -59,6 +51,23 @@ func NewNetNS(dir, name string) (*NetNS, error) {
 // /proc/<pid>/ns/net) at dir/name, so that it outlives the process, and
 // brings its loopback up. Nothing is left behind if it fails.
 func AdoptNetNS(dir, name, nsPath string) (*NetNS, error) {
+	ns, err := newNSFile(dir, name)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Mount(nsPath, ns.Path, "", unix.MS_BIND, ""); err != nil {
+		_ = ns.Remove()
+		return nil, fmt.Errorf("bind network namespace %s to %s: %w", nsPath, ns.Path, err)
+	}
+	if err := ns.Do(loopbackUp); err != nil {
+		_ = ns.Remove()
+		return nil, err
+	}
+	return ns, nil
+}
+
+// newNSFile makes the empty file a namespace is bound on, at dir/name.
+func newNSFile(dir, name string) (*NetNS, error) {
 	if name == "" || name == "." || name == ".." || filepath.Base(name) != name {
 		return nil, fmt.Errorf("invalid network namespace name %q", name)
 	}
@@ -70,16 +79,7 @@ func AdoptNetNS(dir, name, nsPath string) (*NetNS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netns %s: %w", ns.Path, err)
 	}
-	f.Close()
-	if err := unix.Mount(nsPath, ns.Path, "", unix.MS_BIND, ""); err != nil {
-		_ = ns.Remove()
-		return nil, fmt.Errorf("bind network namespace %s to %s: %w", nsPath, ns.Path, err)
-	}
-	if err := ns.Do(loopbackUp); err != nil {
-		_ = ns.Remove()
-		return nil, err
-	}
-	return ns, nil
+	return ns, f.Close()
 }
 
 func loopbackUp() error {

@@ -32,11 +32,7 @@ const chaosKills = 32
 // started still runs and logs, and once everything is removed the host is
 // as it was before.
 func TestChaosKill(t *testing.T) {
-	bins := berthd.CNIBinDir(t)
-	bridge := fmt.Sprintf("bk%d", os.Getpid()%100000)
-	subnet := fmt.Sprintf("10.216.%d.0/24", os.Getpid()%250)
-	confDir, ipamDir := berthd.BridgeNetwork(t, bridge, subnet)
-	d := startDaemon(t, daemonOptions{cniConfDir: confDir, extra: fmt.Sprintf("cni_bin_dirs = [%q]", bins)})
+	d, bridge, ipamDir := bridgeDaemon(t, "bk", 216)
 	d.pull(t, suite.busybox)
 	// The first pod makes the bridge; it stays, so it is not compared.
 	warm := d.runPod(t, d.podConfig("chaos-warmup"))

@@ -24,11 +24,7 @@ const churnPods = 300
 // network namespace, IP or cgroup is left, and berthd's goroutines and
 // heap are back near where they were.
 func TestChurn(t *testing.T) {
-	bins := berthd.CNIBinDir(t)
-	bridge := fmt.Sprintf("bu%d", os.Getpid()%100000)
-	subnet := fmt.Sprintf("10.219.%d.0/24", os.Getpid()%250)
-	confDir, ipamDir := berthd.BridgeNetwork(t, bridge, subnet)
-	d := startDaemon(t, daemonOptions{cniConfDir: confDir, extra: fmt.Sprintf("cni_bin_dirs = [%q]", bins)})
+	d, bridge, ipamDir := bridgeDaemon(t, "bu", 219)
 	d.pull(t, suite.busybox)
 	job := func(name string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -65,6 +65,18 @@ func snapshotHost(t *testing.T, bridge, ipamDir string) hostState {
 	return s
 }
 
+// bridgeDaemon starts berthd on a bridge network of the test's own: bridge
+// <prefix><pid>, subnet 10.<subnetByte>.<pid>.0/24. It returns the
+// daemon, the bridge and host-local's store.
+func bridgeDaemon(t *testing.T, prefix string, subnetByte int) (d *daemon, bridge, ipamDir string) {
+	t.Helper()
+	bins := berthd.CNIBinDir(t)
+	bridge = fmt.Sprintf("%s%d", prefix, os.Getpid()%100000)
+	confDir, ipamDir := berthd.BridgeNetwork(t, bridge, fmt.Sprintf("10.%d.%d.0/24", subnetByte, os.Getpid()%250))
+	d = startDaemon(t, daemonOptions{cniConfDir: confDir, extra: fmt.Sprintf("cni_bin_dirs = [%q]", bins)})
+	return d, bridge, ipamDir
+}
+
 // assertSame fails the test where after differs from s: an interface, an
 // iptables rule changed, or any IP allocation left at all.
 func (s hostState) assertSame(t *testing.T, when string, after hostState) {
@@ -631,11 +643,7 @@ func TestPodNetworkCrash(t *testing.T) {
 // a time: no address is handed out twice while its pod exists, and the
 // host ends exactly as it began.
 func TestPodNetworkChurn(t *testing.T) {
-	bins := berthd.CNIBinDir(t)
-	bridge := fmt.Sprintf("bc%d", os.Getpid()%100000)
-	subnet := fmt.Sprintf("10.215.%d.0/24", os.Getpid()%250)
-	confDir, ipamDir := berthd.BridgeNetwork(t, bridge, subnet)
-	d := startDaemon(t, daemonOptions{cniConfDir: confDir, extra: fmt.Sprintf("cni_bin_dirs = [%q]", bins)})
+	d, bridge, ipamDir := bridgeDaemon(t, "bc", 215)
 	// The first pod makes the bridge and portmap's node-wide chains.
 	warm := d.runPod(t, d.podConfig("warmup"))
 	if _, err := d.RT.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: warm}); err != nil {

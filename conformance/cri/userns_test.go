@@ -10,8 +10,6 @@ import (
 	"testing"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
-
-	"github.com/berth-runtime/berth/conformance/internal/berthd"
 )
 
 // TestUserNamespaces: a pod with hostUsers: false runs in a user
@@ -21,10 +19,7 @@ import (
 // and through an id-mapped volume to the host's owner; host files root
 // alone may read stay unreadable.
 func TestUserNamespaces(t *testing.T) {
-	bins := berthd.CNIBinDir(t)
-	bridge := fmt.Sprintf("bs%d", os.Getpid()%100000)
-	confDir, _ := berthd.BridgeNetwork(t, bridge, fmt.Sprintf("10.220.%d.0/24", os.Getpid()%250))
-	d := startDaemon(t, daemonOptions{cniConfDir: confDir, extra: fmt.Sprintf("cni_bin_dirs = [%q]", bins)})
+	d, _, _ := bridgeDaemon(t, "bs", 220)
 	// What a kubelet allocates: a multiple of 65536, 65536 long.
 	host := uint32(65536 * (200 + os.Getpid()%100))
 	userns := &runtimeapi.UserNamespace{
