@@ -197,7 +197,7 @@ func (s *Server) removePodDir(sb *sandbox) {
 		s.log.Warn("unmount pod shm", "pod", sb.ID, "error", err)
 	}
 	if err := s.unpinUserns(sb.ID); err != nil {
-		s.log.Warn("remove pod directory", "pod", sb.ID, "error", err)
+		s.log.Warn("unpin the pod's user namespace", "pod", sb.ID, "error", err)
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		s.log.Warn("remove pod directory", "pod", sb.ID, "error", err)

@@ -53,7 +53,7 @@ func (s *Server) usernsFile(podID string) string {
 // withNet, a network namespace owned by it; the user namespace is bound
 // at usernsFile, and the network namespace's path in the helper process
 // is given to adoptNet before the helper goes.
-func (s *Server) pinUserns(podID string, uids, gids []specs.LinuxIDMapping, withNet bool, adoptNet func(nsPath string) error) (retErr error) {
+func (s *Server) pinUserns(podID string, uids, gids []specs.LinuxIDMapping, withNet bool, adoptNet func(nsPath string) error) error {
 	flags := uintptr(unix.CLONE_NEWUSER)
 	if withNet {
 		flags |= unix.CLONE_NEWNET
