@@ -99,7 +99,8 @@ func TestChaosKill(t *testing.T) {
 			continue
 		}
 		if st := d.status(t, ctr); st.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
-			t.Errorf("container %s was reported running and is %v (%s)", ctr, st.State, st.Reason)
+			t.Errorf("container %s was reported running and is %v (%s, exit code %d, %q); berthd's log of it and its pod:\n%s\n%s",
+				ctr, st.State, st.Reason, st.ExitCode, st.Message, d.LogLines(ctr), d.LogLines(pod))
 		} else {
 			d.mustExec(t, ctr, "true")
 		}
@@ -213,6 +214,16 @@ func (c *chaosClient) runOne(i int) string {
 func (c *chaosClient) remove(pod string) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	// From the moment it is asked, the stop may happen (berthd finishes
+	// one a kill interrupted): the pod's containers are no longer
+	// expected to run.
+	c.mu.Lock()
+	for ctr, p := range c.running {
+		if p == pod {
+			delete(c.running, ctr)
+		}
+	}
+	c.mu.Unlock()
 	if _, err := c.rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); !c.call("StopPodSandbox", err) {
 		return false
 	}
@@ -222,11 +233,6 @@ func (c *chaosClient) remove(pod string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.removed[pod] = true
-	for ctr, p := range c.running {
-		if p == pod {
-			delete(c.running, ctr)
-		}
-	}
 	return true
 }
 
@@ -334,8 +340,7 @@ func checkHostMatchesLists(t *testing.T, d *daemon, ipamDir string) {
 }
 
 // stateFiles lists the files under berthd's state and root directories,
-// leaving out those that are there whatever runs (the metadata and image
-// stores, the socket).
+// leaving out the image store's layers and blobs, which pulls add.
 func stateFiles(t *testing.T, d *daemon) []string {
 	t.Helper()
 	var out []string
@@ -349,7 +354,7 @@ func stateFiles(t *testing.T, d *daemon) []string {
 				rel = "state/" + strings.TrimPrefix(p, d.State)
 			}
 			switch {
-			case strings.HasPrefix(rel, "root/images"), strings.HasPrefix(rel, "root/layers"), strings.HasPrefix(rel, "root/blobs"):
+			case strings.HasPrefix(rel, "root/layers"), strings.HasPrefix(rel, "root/blobs"):
 				return filepath.SkipDir
 			}
 			out = append(out, rel)

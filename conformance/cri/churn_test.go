@@ -1,10 +1,15 @@
 package cri_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +18,7 @@ import (
 
 	"github.com/berth-runtime/berth/cgroups"
 	"github.com/berth-runtime/berth/conformance/internal/berthd"
+	"github.com/berth-runtime/berth/cri/adminapi"
 )
 
 // churnPods is how many short-lived pods TestChurn runs.
@@ -131,4 +137,43 @@ func TestChurn(t *testing.T) {
 		return nil
 	})
 	t.Logf("berthd: goroutines %d → %d, heap in use %d → %d KiB", g0, g1, heap0>>10, heap1>>10)
+}
+
+// adminGet fetches a path from berthd's admin socket.
+func adminGet(t *testing.T, d *daemon, path string) string {
+	t.Helper()
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", adminapi.SocketFor(d.Socket))
+	}}}
+	resp, err := client.Get("http://berthd" + path)
+	if err != nil {
+		t.Fatalf("admin socket %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	var b strings.Builder
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		b.WriteString(sc.Text() + "\n")
+	}
+	return b.String()
+}
+
+// daemonFootprint is berthd's goroutines and live heap after a GC.
+func daemonFootprint(t *testing.T, d *daemon) (goroutines int, heapInuse int64) {
+	t.Helper()
+	g := adminGet(t, d, "/debug/pprof/goroutine?debug=1")
+	if _, err := fmt.Sscanf(g, "goroutine profile: total %d", &goroutines); err != nil {
+		t.Fatalf("goroutine profile: %v: %.100s", err, g)
+	}
+	h := adminGet(t, d, "/debug/pprof/heap?debug=1&gc=1")
+	for _, l := range strings.Split(h, "\n") {
+		if v, ok := strings.CutPrefix(l, "# HeapInuse = "); ok {
+			heapInuse, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	if heapInuse == 0 {
+		t.Fatalf("no HeapInuse in the heap profile")
+	}
+	return goroutines, heapInuse
 }

@@ -211,6 +211,19 @@ func (d *Daemon) LogTail(n int, skip ...string) string {
 	return strings.Join(lines, "\n")
 }
 
+// LogLines is every line of berthd's log, debug included, that contains
+// s (an object's id, say).
+func (d *Daemon) LogLines(s string) string {
+	data, _ := os.ReadFile(d.LogFile)
+	var lines []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.Contains(l, s) {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
 // cleanup removes every pod and container, stops berthd, and checks that
 // nothing of the test is left on the host: mounts, shims, network
 // namespaces, cgroups. What is left is removed and reported.
