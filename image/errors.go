@@ -97,8 +97,7 @@ func classifyPullError(err error) error {
 			return withKind(ErrUnreachable, err)
 		}
 	}
-	var errno syscall.Errno
-	if errors.As(err, &errno) && (errno == syscall.ENOSPC || errno == syscall.EDQUOT) {
+	if isDiskFull(err) {
 		return withKind(ErrDiskFull, err)
 	}
 	var netErr net.Error
@@ -130,6 +129,12 @@ func classifyPullError(err error) error {
 	return err
 }
 
+// isDiskFull reports a write that failed for lack of space or quota.
+func isDiskFull(err error) bool {
+	var errno syscall.Errno
+	return errors.As(err, &errno) && (errno == syscall.ENOSPC || errno == syscall.EDQUOT)
+}
+
 // malformed classifies an error of reading an image's manifest or config:
 // one the registry or the store explains keeps its kind; any other is the
 // image's own fault.
@@ -156,8 +161,7 @@ func storeIOError(what string, err error) error {
 			return withKind(ErrUnreachable, err)
 		}
 	}
-	var errno syscall.Errno
-	if errors.As(err, &errno) && (errno == syscall.ENOSPC || errno == syscall.EDQUOT) {
+	if isDiskFull(err) {
 		return withKind(ErrDiskFull, fmt.Errorf("%s: the image store is full: %w", what, err))
 	}
 	return fmt.Errorf("%s: %w", what, err)

@@ -17,32 +17,18 @@ import (
 	"github.com/berth-runtime/berth/internal/testutil"
 )
 
-// randomish is incompressible-looking content, so that compressed sizes
-// stay near the raw ones.
-func randomish(n int) string {
-	b := make([]byte, n)
-	x := uint32(2463534242)
-	for i := range b {
-		x ^= x << 13
-		x ^= x >> 17
-		x ^= x << 5
-		b[i] = byte(x)
-	}
-	return string(b)
-}
-
 // TestRegistryStoppedHalfway stops the registry in the middle of a layer:
 // the pull fails as unreachable, leaves nothing, and the next pull works.
 func TestRegistryStoppedHalfway(t *testing.T) {
 	e := newEnv(t, testutil.RegistryOptions{})
 	e.push("big:v1", testutil.ImageSpec{Layers: []testutil.Layer{
 		{Files: []testutil.File{{Path: "small", Content: "s"}}},
-		{Files: []testutil.File{{Path: "big.bin", Content: randomish(16 << 20)}}},
+		{Files: []testutil.File{{Path: "big.bin", Content: testutil.Incompressible(16 << 20)}}},
 	}})
 	p := newProxy(t, e.reg.Addr)
 	var once sync.Once
 	p.onBlob = func(d string, body io.ReadCloser) io.ReadCloser {
-		return &cutAfter{r: body, n: 2 << 20, cut: func() { once.Do(e.reg.Stop) }}
+		return &testutil.CutAfter{R: body, N: 2 << 20, Cut: func() { once.Do(e.reg.Stop) }}
 	}
 	e.insecure("", p.addr())
 	name := p.addr() + "/big:v1"
@@ -61,65 +47,30 @@ func TestRegistryStoppedHalfway(t *testing.T) {
 	}
 }
 
-// cutAfter serves n bytes, then calls cut and fails like a dropped
-// connection.
-type cutAfter struct {
-	r   io.ReadCloser
-	n   int
-	cut func()
-}
-
-func (c *cutAfter) Read(p []byte) (int, error) {
-	if c.n <= 0 {
-		c.cut()
-		return 0, io.ErrUnexpectedEOF
-	}
-	if len(p) > c.n {
-		p = p[:c.n]
-	}
-	n, err := c.r.Read(p)
-	c.n -= n
-	return n, err
-}
-
-func (c *cutAfter) Close() error { return c.r.Close() }
-
-// TestCorruptedBlob flips one byte of a layer on the way: the digest
-// check catches it, nothing is kept, and a clean pull then works.
+// TestCorruptedBlob flips one byte of a layer on the way, uncompressed
+// and gzipped (where gzip's checksum notices before the digest does): a
+// digest mismatch either way, nothing is kept, and a clean pull then
+// works.
 func TestCorruptedBlob(t *testing.T) {
-	e := newEnv(t, testutil.RegistryOptions{})
-	ref := e.push("corrupt:v1", testutil.ImageSpec{Layers: []testutil.Layer{
-		{Compression: "none", Files: []testutil.File{{Path: "data", Content: strings.Repeat("a", 100000)}}},
-	}})
-	p := newProxy(t, e.reg.Addr)
-	p.onBlob = func(d string, body io.ReadCloser) io.ReadCloser { return &flipByte{r: body, at: 5000} }
-	e.insecure("", p.addr())
-	name := p.addr() + "/corrupt:v1"
-	if err := e.pullErr(name, image.PullOptions{}); !errors.Is(err, image.ErrDigestMismatch) {
-		t.Fatalf("corrupted layer: %v", err)
+	for _, compression := range []string{"none", "gzip"} {
+		t.Run(compression, func(t *testing.T) {
+			e := newEnv(t, testutil.RegistryOptions{})
+			e.push("corrupt:v1", testutil.ImageSpec{Layers: []testutil.Layer{
+				{Compression: compression, Files: []testutil.File{{Path: "data", Content: testutil.Incompressible(100000)}}},
+			}})
+			p := newProxy(t, e.reg.Addr)
+			p.onBlob = func(d string, body io.ReadCloser) io.ReadCloser { return &testutil.FlipByte{R: body, At: 5000} }
+			e.insecure("", p.addr())
+			name := p.addr() + "/corrupt:v1"
+			if err := e.pullErr(name, image.PullOptions{}); !errors.Is(err, image.ErrDigestMismatch) {
+				t.Fatalf("corrupted layer: %v", err)
+			}
+			e.assertEmpty()
+			p.onBlob = nil
+			e.pull(name)
+		})
 	}
-	e.assertEmpty()
-	_ = ref
-	p.onBlob = nil
-	e.pull(name)
 }
-
-type flipByte struct {
-	r   io.ReadCloser
-	at  int
-	pos int
-}
-
-func (f *flipByte) Read(p []byte) (int, error) {
-	n, err := f.r.Read(p)
-	if f.at >= f.pos && f.at < f.pos+n {
-		p[f.at-f.pos] ^= 0xff
-	}
-	f.pos += n
-	return n, err
-}
-
-func (f *flipByte) Close() error { return f.r.Close() }
 
 // TestDiskFull puts the store on a 4 MiB tmpfs and pulls more than fits.
 func TestDiskFull(t *testing.T) {
@@ -129,7 +80,7 @@ func TestDiskFull(t *testing.T) {
 	t.Cleanup(func() { _ = unix.Unmount(root, unix.MNT_DETACH) })
 	e := newEnv(t, testutil.RegistryOptions{}, func(o *image.Options) { o.Root = root })
 	ref := e.push("huge:v1", testutil.ImageSpec{Layers: []testutil.Layer{
-		{Files: []testutil.File{{Path: "huge.bin", Content: randomish(8 << 20)}}},
+		{Files: []testutil.File{{Path: "huge.bin", Content: testutil.Incompressible(8 << 20)}}},
 	}})
 	err := e.pullErr(ref, image.PullOptions{})
 	if !errors.Is(err, image.ErrDiskFull) {
@@ -180,7 +131,7 @@ func TestStoreIsLockedAgainstASecondProcess(t *testing.T) {
 func TestPullCancelled(t *testing.T) {
 	e := newEnv(t, testutil.RegistryOptions{})
 	ref := e.push("slow:v1", testutil.ImageSpec{Layers: []testutil.Layer{
-		{Files: []testutil.File{{Path: "f", Content: randomish(4 << 20)}}},
+		{Files: []testutil.File{{Path: "f", Content: testutil.Incompressible(4 << 20)}}},
 	}})
 	p := newProxy(t, e.reg.Addr)
 	p.onBlob = func(d string, body io.ReadCloser) io.ReadCloser { return slowReader(body, 16<<10, 5*time.Millisecond) }

@@ -117,20 +117,29 @@ func (s *Store) fetchLayerOnce(ctx context.Context, job layerJob) (retErr error)
 	}
 	diff := digest.Canonical.Digester()
 	tarStream := io.TeeReader(plain, diff.Hash())
-	res, err := unpack(ctx, tmp, tarStream, unpackOptions{denyDevices: s.opts.DenyDevices})
-	if err != nil {
-		// An archive that ends early in a blob that arrived whole and
-		// matches its digest is the image's fault, not the network's.
-		if errors.Is(err, io.ErrUnexpectedEOF) && ctx.Err() == nil {
-			if _, cerr := io.Copy(io.Discard, blob); cerr == nil && verifier.Verified() {
-				return withKind(ErrBadImage, fmt.Errorf("layer %s: the archive ends early: %w", job.info.Digest, err))
+	// Whether the rest of the blob arrives tells whose fault a failed
+	// decompress or unpack is: a blob that does not match its digest was
+	// corrupted (gzip's own checksum often notices first); one that does
+	// is a malformed image (an archive that ends early included); one that
+	// cannot be read to the end is a cut download.
+	failed := func(err error) error {
+		if ctx.Err() == nil && !isDiskFull(err) {
+			if _, cerr := io.Copy(io.Discard, blob); cerr == nil {
+				if !verifier.Verified() {
+					return withKind(ErrDigestMismatch, fmt.Errorf("layer %s: downloaded content does not match its digest (%v)", job.info.Digest, err))
+				}
+				return withKind(ErrBadImage, fmt.Errorf("unpack layer %s: %w", job.info.Digest, err))
 			}
 		}
 		return malformed(s.unpackError(ctx, job.info.Digest, err))
 	}
+	res, err := unpack(ctx, tmp, tarStream, unpackOptions{denyDevices: s.opts.DenyDevices})
+	if err != nil {
+		return failed(err)
+	}
 	// The tar ends before its padding does; the digests cover all bytes.
 	if _, err := io.Copy(io.Discard, tarStream); err != nil {
-		return classifyPullError(fmt.Errorf("layer %s: %w", job.info.Digest, err))
+		return failed(err)
 	}
 	if _, err := io.Copy(io.Discard, blob); err != nil {
 		return classifyPullError(fmt.Errorf("layer %s: %w", job.info.Digest, err))

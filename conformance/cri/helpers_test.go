@@ -136,6 +136,8 @@ type daemonOptions struct {
 	registriesConf string
 	// cniConfTemplate; default none, whatever the host has.
 	cniConfTemplate string
+	// rootSize puts berthd's root on a tmpfs of this size.
+	rootSize string
 }
 
 // startDaemon starts berthd; the test's clean-up removes every pod, stops
@@ -151,6 +153,7 @@ func startDaemon(t testing.TB, opts ...daemonOptions) *daemon {
 	}
 	return &daemon{t: t, Daemon: berthd.Start(t, berthd.Options{
 		Extra: o.extra, CNIConfDir: o.cniConfDir, CNIConfTemplate: o.cniConfTemplate, RegistriesConf: o.registriesConf,
+		RootSize: o.rootSize,
 	})}
 }
 

@@ -40,6 +40,8 @@ type Daemon struct {
 	cmd    *exec.Cmd
 	exited chan error
 	conn   *grpc.ClientConn
+	// rootMounted: the test's tmpfs is on the root, to unmount at the end.
+	rootMounted bool
 }
 
 var seq atomic.Int64
@@ -56,6 +58,9 @@ type Options struct {
 	RegistriesConf string
 	// CgroupParent; default one of its own under testutil.CgroupParent.
 	CgroupParent string
+	// RootSize, if set, puts berthd's root (its image store and metadata)
+	// on a tmpfs of that size ("16m"), to fill it.
+	RootSize string
 }
 
 // Start starts berthd; the test's clean-up removes every pod, stops the
@@ -108,6 +113,16 @@ pull_progress_interval = "1s"
 		t.Fatal(err)
 	}
 	d.LogFile = filepath.Join(d.Dir, "berthd.log")
+	if o.RootSize != "" {
+		root := filepath.Join(d.Dir, "root")
+		if err := os.MkdirAll(root, 0o711); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Mount("tmpfs", root, "tmpfs", 0, "size="+o.RootSize); err != nil {
+			t.Fatalf("a tmpfs for berthd's root: %v", err)
+		}
+		d.rootMounted = true
+	}
 	t.Cleanup(d.cleanup)
 	d.Start()
 	return d
@@ -242,6 +257,11 @@ func (d *Daemon) cleanup() {
 		}
 		cancel()
 		d.Stop(syscall.SIGTERM)
+	}
+	if d.rootMounted {
+		if err := syscall.Unmount(filepath.Join(d.Dir, "root"), 0); err != nil {
+			t.Errorf("clean-up: unmount the root's tmpfs: %v", err)
+		}
 	}
 	if t.Failed() {
 		t.Logf("berthd log (last lines above debug level):\n%s", d.LogTail(80, "level=debug"))
