@@ -241,7 +241,7 @@ func (s *Server) setupPodNetwork(ctx context.Context, sb *sandbox, cfg *runtimea
 				s.log.Warn("undo user namespace", "pod", sb.ID, "error", err)
 			}
 		})
-		err = s.pinUserns(sb.ID, uids, gids, true, func(nsPath string) (err error) {
+		err = s.pinUserns(sb.ID, uids, gids, func(nsPath string) (err error) {
 			ns, err = s.net.AdoptNetNS(sb.ID, nsPath)
 			return err
 		})

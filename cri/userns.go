@@ -49,15 +49,12 @@ func (s *Server) usernsFile(podID string) string {
 	return filepath.Join(s.cfg.podDir(podID), "userns")
 }
 
-// pinUserns creates the pod's user namespace with its mappings, and, when
-// withNet, a network namespace owned by it; the user namespace is bound
-// at usernsFile, and the network namespace's path in the helper process
-// is given to adoptNet before the helper goes.
-func (s *Server) pinUserns(podID string, uids, gids []specs.LinuxIDMapping, withNet bool, adoptNet func(nsPath string) error) error {
-	flags := uintptr(unix.CLONE_NEWUSER)
-	if withNet {
-		flags |= unix.CLONE_NEWNET
-	}
+// pinUserns creates the pod's user namespace with its mappings and a
+// network namespace owned by it (a pod in a user namespace never has the
+// host's network: validation refuses it); the user namespace is bound at
+// usernsFile, and the network namespace's path in the helper process is
+// given to adoptNet before the helper goes.
+func (s *Server) pinUserns(podID string, uids, gids []specs.LinuxIDMapping, adoptNet func(nsPath string) error) error {
 	conv := func(ms []specs.LinuxIDMapping) []syscall.SysProcIDMap {
 		var out []syscall.SysProcIDMap
 		for _, m := range ms {
@@ -69,7 +66,7 @@ func (s *Server) pinUserns(podID string, uids, gids []specs.LinuxIDMapping, with
 	// while they are bound. Containers call setgroups, so it stays allowed.
 	helper := exec.Command(s.cfg.PausePath)
 	helper.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags: flags, UidMappings: conv(uids), GidMappings: conv(gids),
+		Cloneflags: unix.CLONE_NEWUSER | unix.CLONE_NEWNET, UidMappings: conv(uids), GidMappings: conv(gids),
 		GidMappingsEnableSetgroups: true, Pdeathsig: syscall.SIGKILL,
 	}
 	if err := helper.Start(); err != nil {
@@ -88,10 +85,7 @@ func (s *Server) pinUserns(podID string, uids, gids []specs.LinuxIDMapping, with
 	if err := unix.Mount(fmt.Sprintf("/proc/%d/ns/user", helper.Process.Pid), file, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("pin the pod's user namespace at %s: %w", file, err)
 	}
-	if withNet {
-		return adoptNet(fmt.Sprintf("/proc/%d/ns/net", helper.Process.Pid))
-	}
-	return nil
+	return adoptNet(fmt.Sprintf("/proc/%d/ns/net", helper.Process.Pid))
 }
 
 // unpinUserns unbinds a pod's user namespace; one never pinned is fine.
