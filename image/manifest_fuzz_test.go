@@ -16,6 +16,8 @@ import (
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/berth-runtime/berth/internal/testutil"
 )
 
 // Manifest media types a fuzz input may claim for its top-level blob.
@@ -45,7 +47,9 @@ const (
 // FuzzManifest pulls an OCI layout whose manifest (or index), config and
 // layer come from the fuzzer, through the same code as a registry pull.
 // A pull may fail, but only with one of the store's error kinds, leaving
-// no image behind; one that succeeds can be removed again.
+// no image behind; one that succeeds gets a root filesystem (the overlay
+// mounted) and can be removed again. Throughout, a sentinel tree beside
+// the store ("../../../outside" from a layer) stays as it was.
 func FuzzManifest(f *testing.F) {
 	if os.Geteuid() != 0 {
 		f.Skip("unpacking layers keeps owners and device nodes: needs root")
@@ -59,6 +63,8 @@ func FuzzManifest(f *testing.F) {
 	f.Add(byte(0), []byte(`{"schemaVersion":1}`), []byte(`{}`), []byte{})
 
 	dir := f.TempDir()
+	sentinel := testutil.NewSentinelAt(f, filepath.Join(dir, "outside"))
+	f.Add(byte(0), []byte(seedManifest), []byte(seedConfig), hostileLayer(f))
 	s, err := Open(Options{
 		Root:              filepath.Join(dir, "store"),
 		RegistriesConfDir: filepath.Join(dir, "registries.d"),
@@ -86,8 +92,20 @@ func FuzzManifest(f *testing.F) {
 				!errors.Is(err, ErrUnknownTag) && !errors.Is(err, ErrNotFound) {
 				t.Fatalf("pull failed with an error of no kind (CRI would say Unknown): %v", err)
 			}
-		} else if err := s.Remove(img.ID); err != nil {
-			t.Fatalf("remove the image just pulled: %v", err)
+		} else {
+			id := fmt.Sprintf("fuzz-%d", seq)
+			if _, err := s.CreateRootfs(id, img.ID, nil); err != nil {
+				t.Errorf("root filesystem of the image just pulled: %v", err)
+			}
+			if err := s.RemoveRootfs(id); err != nil {
+				t.Fatalf("remove the root filesystem: %v", err)
+			}
+			if err := s.Remove(img.ID); err != nil {
+				t.Fatalf("remove the image just pulled: %v", err)
+			}
+		}
+		for _, d := range sentinel.Changes() {
+			t.Errorf("outside the store: %s", d)
 		}
 		if imgs, err := s.List(); err != nil || len(imgs) != 0 {
 			t.Fatalf("images left after the pull (error %v): %v, %v", err, imgs, err)
@@ -137,6 +155,29 @@ func writeFile(t testing.TB, dir, name, content string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// hostileLayer aims a symlink at the sentinel beside the store (from a
+// layer at store/layers/<id> or store/tmp/<id>) and writes through it.
+func hostileLayer(t testing.TB) []byte {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range []*tar.Header{
+		{Name: "a", Typeflag: tar.TypeSymlink, Linkname: "../../../outside"},
+		{Name: "a/victim/x", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1},
+		{Name: "b", Typeflag: tar.TypeLink, Linkname: "a/sentinel"},
+	} {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Size > 0 {
+			tw.Write([]byte("x"))
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
 
 // fuzzLayer is a small valid layer: a directory and a file.

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/moby/sys/mountinfo"
-	digest "github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sys/unix"
 )
@@ -184,17 +183,30 @@ func (s *Store) RemoveRootfs(id string) error {
 	return s.GC()
 }
 
-// RootfsUsage measures a container's writable layer.
+// RootfsUsage measures a container's writable layer. The container
+// writes it while it is walked: the walk stays inside it (os.Root), so
+// a directory swapped for a symlink to / is not followed out.
 func (s *Store) RootfsUsage(id string) (bytes, inodes int64, err error) {
 	if err := validRootfsID(id); err != nil {
 		return 0, 0, err
 	}
-	err = filepath.WalkDir(s.rootfsDir(id, "upper"), func(_ string, d fs.DirEntry, err error) error {
+	root, err := os.OpenRoot(s.rootfsDir(id, "upper"))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	defer root.Close()
+	err = fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			if errors.Is(err, os.ErrNotExist) {
-				return nil
+			// Below the top, the container changes what it walks: an entry
+			// removed, or swapped for a symlink out of the root (which
+			// os.Root refuses), is not counted.
+			if p == "." {
+				return err
 			}
-			return err
+			return nil
 		}
 		inodes++
 		if info, err := d.Info(); err == nil && d.Type().IsRegular() {
@@ -378,5 +390,3 @@ func validRootfsID(id string) error {
 	}
 	return nil
 }
-
-var _ = digest.Canonical

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path"
-	"path/filepath"
 	"sort"
 	"strings"
 
@@ -86,83 +85,186 @@ func unpack(ctx context.Context, dir string, r io.Reader, o unpackOptions) (*unp
 // directory's metadata wins, so a default root:0755 would silently
 // replace, say, a user's 0700 home directory. containerd does the same
 // when it unpacks onto its parent layers.
+//
+// Every path here comes from the image. Each is opened below its layer
+// directory without following any symlink (openat2, RESOLVE_BENEATH and
+// RESOLVE_NO_SYMLINKS), and every change goes through the descriptor: a
+// layer whose "a" is a symlink to /etc must not let "a/x" name the
+// host's /etc/x, for reading a lower layer's metadata or for writing it.
+// A path that is not a real directory inside its layer is skipped.
 func fixImpliedDirs(dir string, implied []string, lowers []string) error {
-	for _, p := range implied {
-		target := filepath.Join(dir, p)
-		if fi, err := os.Lstat(target); err != nil || !fi.IsDir() {
-			continue
+	if len(implied) == 0 || len(lowers) == 0 {
+		return nil
+	}
+	root, err := openDir(dir)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(root)
+	lowerFDs := make([]int, 0, len(lowers))
+	defer func() {
+		for _, fd := range lowerFDs {
+			unix.Close(fd)
 		}
-		for _, lower := range lowers {
-			src := filepath.Join(lower, p)
-			fi, err := os.Lstat(src)
-			if errors.Is(err, os.ErrNotExist) {
-				if whitedOut(lower, p) {
-					break
-				}
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			if fi.IsDir() {
-				if err := copyDirMetadata(src, target); err != nil {
-					return fmt.Errorf("directory %s: %w", p, err)
-				}
-			}
-			break
+	}()
+	for _, l := range lowers {
+		fd, err := openDir(l)
+		if err != nil {
+			return err
+		}
+		lowerFDs = append(lowerFDs, fd)
+	}
+	for _, p := range implied {
+		if err := fixImpliedDir(root, lowerFDs, p); err != nil {
+			return fmt.Errorf("directory %s: %w", p, err)
 		}
 	}
 	return nil
 }
 
-// whitedOut reports whether a lower layer hides p or one of its parents
-// (a 0:0 character device in its place, or an opaque directory above it).
-func whitedOut(layer, p string) bool {
-	for q := p; q != "/" && q != "."; q = path.Dir(q) {
-		var st unix.Stat_t
-		if unix.Lstat(filepath.Join(layer, q), &st) == nil {
-			if st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == 0 {
-				return true
+// fixImpliedDir copies the metadata of p from the nearest lower layer
+// that has it onto p in the layer root.
+func fixImpliedDir(root int, lowers []int, p string) error {
+	dst, err := openDirBeneath(root, p)
+	if notInLayer(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dst)
+	for _, lower := range lowers {
+		src, err := openDirBeneath(lower, p)
+		switch {
+		case errors.Is(err, unix.ENOENT):
+			if opaqueAbove(lower, p) {
+				return nil
 			}
-			if q != p && isOpaque(filepath.Join(layer, q)) {
-				return true
-			}
+			continue
+		case notInLayer(err):
+			// A file, whiteout or symlink in its place (or in a parent's)
+			// hides p in every layer below.
+			return nil
+		case err != nil:
+			return err
+		}
+		err = copyDirMetadata(src, dst)
+		unix.Close(src)
+		return err
+	}
+	return nil
+}
+
+// openDir opens a directory of berth's own (a layer directory).
+func openDir(path string) (int, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return fd, nil
+}
+
+// openDirBeneath opens p (slash-separated, relative to root) as a
+// directory only if every component is a real directory below root: no
+// "..", no symlink, no mount point on the way.
+func openDirBeneath(root int, p string) (int, error) {
+	rel := strings.TrimPrefix(path.Clean("/"+p), "/")
+	if rel == "" {
+		rel = "."
+	}
+	how := &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
+	}
+	for {
+		fd, err := unix.Openat2(root, rel, how)
+		// EAGAIN: a rename elsewhere on the file system raced the lookup.
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if errors.Is(err, unix.ENOSYS) {
+			return -1, fmt.Errorf("open %s inside its layer: needs openat2 (Linux 5.6 or later): %w", p, err)
+		}
+		return fd, err
+	}
+}
+
+// notInLayer: the path is not a real directory inside the layer (a
+// symlink, a file or device in the way, or it would leave the layer).
+func notInLayer(err error) bool {
+	return errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) ||
+		errors.Is(err, unix.EXDEV) || errors.Is(err, unix.ENOENT)
+}
+
+// opaqueAbove reports whether a directory above p in the layer is opaque,
+// which hides p in every layer below it. (A whiteout of p or of a parent
+// is a character device, which openDirBeneath already refuses.)
+func opaqueAbove(layer int, p string) bool {
+	p = path.Clean("/" + p)
+	var above []string
+	for q := path.Dir(p); q != "/" && q != "."; q = path.Dir(q) {
+		above = append(above, q)
+	}
+	for _, q := range above {
+		fd, err := openDirBeneath(layer, q)
+		if err != nil {
+			continue
+		}
+		opaque := isOpaque(fd)
+		unix.Close(fd)
+		if opaque {
+			return true
 		}
 	}
 	return false
 }
 
-func isOpaque(dir string) bool {
+func isOpaque(fd int) bool {
 	buf := make([]byte, 1)
-	n, err := unix.Lgetxattr(dir, "trusted.overlay.opaque", buf)
+	n, err := unix.Fgetxattr(fd, "trusted.overlay.opaque", buf)
 	return err == nil && n == 1 && buf[0] == 'y'
 }
 
-func copyDirMetadata(src, dst string) error {
+// copyDirMetadata copies owner, mode, extended attributes and times from
+// the directory src to dst, both open descriptors.
+func copyDirMetadata(src, dst int) error {
 	var st unix.Stat_t
-	if err := unix.Lstat(src, &st); err != nil {
+	if err := unix.Fstat(src, &st); err != nil {
 		return err
 	}
-	if err := unix.Lchown(dst, int(st.Uid), int(st.Gid)); err != nil {
-		return err
+	if err := unix.Fchown(dst, int(st.Uid), int(st.Gid)); err != nil {
+		return fmt.Errorf("chown: %w", err)
 	}
-	if err := unix.Chmod(dst, st.Mode&07777); err != nil {
-		return err
+	if err := unix.Fchmod(dst, st.Mode&07777); err != nil {
+		return fmt.Errorf("chmod: %w", err)
 	}
 	if err := copyXattrs(src, dst); err != nil {
 		return err
 	}
-	ts := []unix.Timespec{st.Atim, st.Mtim}
-	return unix.UtimesNanoAt(unix.AT_FDCWD, dst, ts, unix.AT_SYMLINK_NOFOLLOW)
+	return futimens(dst, []unix.Timespec{st.Atim, st.Mtim})
 }
 
-func copyXattrs(src, dst string) error {
-	size, err := unix.Llistxattr(src, nil)
+// futimens sets the times of an open file.
+func futimens(fd int, ts []unix.Timespec) error {
+	err := unix.UtimesNanoAt(fd, "", ts, unix.AT_EMPTY_PATH)
+	if errors.Is(err, unix.EINVAL) {
+		// Kernels before AT_EMPTY_PATH in utimensat: the descriptor's own
+		// /proc link names the same open directory.
+		err = unix.UtimesNanoAt(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", fd), ts, 0)
+	}
+	if err != nil {
+		return fmt.Errorf("set times: %w", err)
+	}
+	return nil
+}
+
+func copyXattrs(src, dst int) error {
+	size, err := unix.Flistxattr(src, nil)
 	if err != nil || size == 0 {
 		return nil
 	}
 	buf := make([]byte, size)
-	size, err = unix.Llistxattr(src, buf)
+	size, err = unix.Flistxattr(src, buf)
 	if err != nil {
 		return nil
 	}
@@ -171,16 +273,16 @@ func copyXattrs(src, dst string) error {
 		if name == "" || strings.HasPrefix(name, "trusted.overlay.") {
 			continue
 		}
-		n, err := unix.Lgetxattr(src, name, nil)
+		n, err := unix.Fgetxattr(src, name, nil)
 		if err != nil {
 			continue
 		}
 		val := make([]byte, n)
-		if n, err = unix.Lgetxattr(src, name, val); err != nil {
+		if n, err = unix.Fgetxattr(src, name, val); err != nil {
 			continue
 		}
-		if err := unix.Lsetxattr(dst, name, val[:n], 0); err != nil {
-			return err
+		if err := unix.Fsetxattr(dst, name, val[:n], 0); err != nil {
+			return fmt.Errorf("set xattr %s: %w", name, err)
 		}
 	}
 	return nil

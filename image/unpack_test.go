@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/berth-runtime/berth/internal/testutil"
 )
 
 // hostile is a tar entry of an attack.
@@ -49,48 +51,55 @@ func tarOf(t testing.TB, entries []hostile) []byte {
 	return buf.Bytes()
 }
 
-// sandbox is a directory with the layer directory and, beside it, a
-// sentinel directory that no unpack may touch.
+// sandbox is a directory with layer directories and, beside them, a
+// sentinel tree (testutil.Sentinel) that no unpack, metadata fix or
+// overlay mount may touch: "../outside" from a layer.
 type sandbox struct {
-	root, layer, outside string
+	root, lower, layer, outside string
+	sentinel                     *testutil.Sentinel
 }
+
+// The overlay's own directories; with lower and layer, all that may be
+// written.
+var overlayDirs = []string{"upper", "work", "merged"}
 
 func newSandbox(t testing.TB) sandbox {
 	root := t.TempDir()
-	s := sandbox{root: root, layer: filepath.Join(root, "layer"), outside: filepath.Join(root, "outside")}
-	for _, d := range []string{s.layer, s.outside} {
+	s := sandbox{root: root, lower: filepath.Join(root, "lower"), layer: filepath.Join(root, "layer"), outside: filepath.Join(root, "outside")}
+	for _, d := range append([]string{s.lower, s.layer, s.outside}, overlayDirs...) {
+		if !filepath.IsAbs(d) {
+			d = filepath.Join(root, d)
+		}
 		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(s.outside, "sentinel"), []byte("untouched"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	s.sentinel = testutil.NewSentinelAt(t, s.outside)
 	return s
 }
 
-// check fails if anything other than the layer directory's contents and
-// the untouched sentinel exists under the sandbox root.
+// check fails if the sentinel tree changed or anything exists under the
+// sandbox root but the layer and overlay directories and the sentinel.
 func (s sandbox) check(t testing.TB) {
 	t.Helper()
+	for _, d := range s.sentinel.Changes() {
+		t.Errorf("outside the layers: %s", d)
+	}
+	allowed := []string{s.lower, s.layer, s.outside}
+	for _, d := range overlayDirs {
+		allowed = append(allowed, filepath.Join(s.root, d))
+	}
 	err := filepath.WalkDir(s.root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		switch {
-		case p == s.root, p == s.outside, p == s.layer, strings.HasPrefix(p, s.layer+"/"):
+		if p == s.root {
 			return nil
-		case p == filepath.Join(s.outside, "sentinel"):
-			// Never open what might have become a FIFO.
-			if !d.Type().IsRegular() {
-				t.Errorf("sentinel replaced by a %v", d.Type())
+		}
+		for _, a := range allowed {
+			if p == a || strings.HasPrefix(p, a+"/") {
 				return nil
 			}
-			data, err := os.ReadFile(p)
-			if err != nil || string(data) != "untouched" {
-				t.Errorf("sentinel changed: %q %v", data, err)
-			}
-			return nil
 		}
 		t.Errorf("unpack wrote outside the layer: %s", p)
 		return nil
@@ -166,18 +175,40 @@ func TestUnpackReportsImpliedDirs(t *testing.T) {
 	}
 }
 
-// FuzzUnpack: whatever the tar, nothing is written outside the layer.
+// FuzzUnpack: whatever the tars, unpacking a lower and an upper layer,
+// giving the upper one's implied directories their lower metadata
+// (fixImpliedDirs) and mounting the two as an overlay write nothing
+// outside the layer and overlay directories, and change nothing in the
+// sentinel tree beside them: no owner, mode, time or xattr.
 func FuzzUnpack(f *testing.F) {
 	if os.Geteuid() != 0 {
 		f.Skip("needs root")
 	}
-	f.Add(tarOf(f, []hostile{{name: "link", typ: tar.TypeSymlink, linkname: "../outside"}, {name: "link/sentinel", content: "pwned"}}))
-	f.Add(tarOf(f, []hostile{{name: "../escape", content: "x"}, {name: "a/.wh.b"}, {name: "c/.wh..wh..opq"}}))
-	f.Add(tarOf(f, []hostile{{name: "hl", typ: tar.TypeLink, linkname: "../outside/sentinel"}, {name: "d", typ: tar.TypeDir}}))
-	f.Add(tarOf(f, []hostile{{name: "x/y", typ: tar.TypeSymlink, linkname: "/../.."}, {name: "x/y/z", content: "1"}}))
-	f.Fuzz(func(t *testing.T, data []byte) {
+	none := tarOf(f, nil)
+	f.Add(none, tarOf(f, []hostile{{name: "link", typ: tar.TypeSymlink, linkname: "../outside"}, {name: "link/sentinel", content: "pwned"}}))
+	f.Add(none, tarOf(f, []hostile{{name: "../escape", content: "x"}, {name: "a/.wh.b"}, {name: "c/.wh..wh..opq"}}))
+	f.Add(none, tarOf(f, []hostile{{name: "hl", typ: tar.TypeLink, linkname: "../outside/sentinel"}, {name: "d", typ: tar.TypeDir}}))
+	f.Add(none, tarOf(f, []hostile{{name: "x/y", typ: tar.TypeSymlink, linkname: "/../.."}, {name: "x/y/z", content: "1"}}))
+	// Issue 14: implied parents through a symlink of the layer's own, or
+	// of the lower layer, onto a real directory below.
+	lowerVictim := tarOf(f, []hostile{{name: "a", typ: tar.TypeDir}, {name: "a/victim", typ: tar.TypeDir}, {name: "a/victim/inner", typ: tar.TypeDir}})
+	f.Add(lowerVictim, tarOf(f, []hostile{{name: "a", typ: tar.TypeSymlink, linkname: "../outside"}, {name: "a/victim/x", content: "1"}}))
+	f.Add(lowerVictim, tarOf(f, []hostile{{name: "a", typ: tar.TypeSymlink, linkname: "b"}, {name: "b", typ: tar.TypeSymlink, linkname: "../outside"}, {name: "a/victim/inner/x", content: "1"}}))
+	f.Add(tarOf(f, []hostile{{name: "a", typ: tar.TypeSymlink, linkname: "../outside"}}), tarOf(f, []hostile{{name: "a/victim/x", content: "1"}}))
+	f.Add(tarOf(f, []hostile{{name: "a", typ: tar.TypeDir}, {name: "a/.wh..wh..opq"}}), tarOf(f, []hostile{{name: "a/victim/x", content: "1"}}))
+	f.Fuzz(func(t *testing.T, lowerTar, upperTar []byte) {
 		s := newSandbox(t)
-		_, _ = unpack(context.Background(), s.layer, bytes.NewReader(data), unpackOptions{})
+		_, _ = unpack(context.Background(), s.lower, bytes.NewReader(lowerTar), unpackOptions{})
+		res, err := unpack(context.Background(), s.layer, bytes.NewReader(upperTar), unpackOptions{})
+		if err == nil {
+			_ = fixImpliedDirs(s.layer, res.implied, []string{s.lower})
+			merged := filepath.Join(s.root, "merged")
+			if mountOverlay([]string{s.layer, s.lower}, filepath.Join(s.root, "upper"), filepath.Join(s.root, "work"), merged) == nil {
+				if err := unmountAll(merged); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
 		s.check(t)
 	})
 }

@@ -33,6 +33,8 @@ var suite struct {
 	// busybox has a shell as its command; tools has a user, an entrypoint
 	// and a stop signal of its own.
 	busybox, tools string
+	// base is the busybox layer, for images made on the way.
+	base testutil.Layer
 }
 
 func TestMain(m *testing.M) {
@@ -43,8 +45,8 @@ func TestMain(m *testing.M) {
 		suite.reg = testutil.StartRegistry(s, testutil.RegistryOptions{})
 		suite.regConf = testutil.RegistriesConf(s, "", suite.reg.Addr)
 		env := []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/bin", "FROM_IMAGE=yes"}
-		var base testutil.Layer
-		suite.busybox, base = berthd.PushBusybox(s, suite.reg, env...)
+		suite.busybox, suite.base = berthd.PushBusybox(s, suite.reg, env...)
+		base := suite.base
 		euid, err := setuidProgram(s.TempDir())
 		if err != nil {
 			return err
