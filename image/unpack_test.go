@@ -56,7 +56,7 @@ func tarOf(t testing.TB, entries []hostile) []byte {
 // overlay mount may touch: "../outside" from a layer.
 type sandbox struct {
 	root, lower, layer, outside string
-	sentinel                     *testutil.Sentinel
+	sentinel                    *testutil.Sentinel
 }
 
 // The overlay's own directories; with lower and layer, all that may be
