@@ -39,7 +39,7 @@ func (s *Server) StartContainer(ctx context.Context, req *runtimeapi.StartContai
 		return nil, toStatus(fmt.Errorf("start container %s: %w", c.ID, err))
 	}
 	if err := rc.Exec(); err != nil {
-		return nil, toStatus(fmt.Errorf("start container %s: %w", c.ID, err))
+		return nil, toStatus(runtimeFailure(fmt.Errorf("start container %s: %w", c.ID, err)))
 	}
 	c.State = containerRunning
 	c.StartedAt = time.Now()

@@ -163,7 +163,7 @@ func (s *Server) createContainer(ctx context.Context, req *runtimeapi.CreateCont
 		Bundle: bundle, LogPath: c.LogPath, Stdin: cfg.Stdin, StdinOnce: cfg.StdinOnce, TTY: cfg.Tty,
 	})
 	if err != nil {
-		return "", fmt.Errorf("create container: %w", err)
+		return "", runtimeFailure(fmt.Errorf("create container: %w", err))
 	}
 	u.add(func() {
 		s.deleteRuntimeContainer(c.ID)

@@ -6,11 +6,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/berth-runtime/berth/image"
+	"github.com/berth-runtime/berth/internal/shim"
 	"github.com/berth-runtime/berth/runtime"
 )
 
@@ -21,7 +23,58 @@ var (
 	errInvalid      = errors.New("invalid request")
 	errExists       = errors.New("already exists")
 	errPrecondition = errors.New("not allowed in this state")
+	errExhausted    = errors.New("out of a resource")
+	errDenied       = errors.New("denied")
 )
+
+// kindError gives an error that has no kind of its own (the text of the
+// runtime's init, say) one, without changing its message.
+type kindError struct{ kind, err error }
+
+func (e *kindError) Error() string   { return e.err.Error() }
+func (e *kindError) Unwrap() []error { return []error{e.kind, e.err} }
+
+// runtimeFailure classifies an error of the container runtime (the berth
+// CLI and libcontainer's init, run by the shim) by what the kernel said,
+// so that a CRI client never gets Unknown for a container that could not
+// be made or started on this node: a path or program the request names
+// that is missing or wrong is InvalidArgument, memory, pids, files or
+// disk running out ResourceExhausted, a refusal by the kernel
+// PermissionDenied, anything else FailedPrecondition. An error that has a
+// kind already keeps it.
+func runtimeFailure(err error) error {
+	if err == nil || hasKind(err) {
+		return err
+	}
+	msg := strings.ToLower(err.Error())
+	kind := errPrecondition
+	switch {
+	case containsAny(msg, "no such file or directory", "executable file not found", "not a directory",
+		"is a directory", "exec format error", "invalid argument", "no such device"):
+		kind = errInvalid
+	case containsAny(msg, "cannot allocate memory", "resource temporarily unavailable", "no space left",
+		"too many open files", "disk quota exceeded", "out of memory"):
+		kind = errExhausted
+	case containsAny(msg, "permission denied", "operation not permitted"):
+		kind = errDenied
+	}
+	return &kindError{kind: kind, err: err}
+}
+
+// hasKind: toStatus would give err a code other than Unknown.
+func hasKind(err error) bool {
+	_, ok := status.FromError(err)
+	return ok || codeOf(err) != codes.Unknown
+}
+
+func containsAny(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
+}
 
 func notFoundf(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{errNotFound}, args...)...)
@@ -44,6 +97,11 @@ func toStatus(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	return status.Error(codeOf(err), err.Error())
+}
+
+// codeOf is the gRPC code of an error by its kind; Unknown if it has none.
+func codeOf(err error) codes.Code {
 	code := codes.Unknown
 	switch {
 	case errors.Is(err, context.Canceled):
@@ -69,8 +127,14 @@ func toStatus(err error) error {
 		code = codes.ResourceExhausted
 	case errors.Is(err, image.ErrDigestMismatch), errors.Is(err, image.ErrBadImage):
 		code = codes.DataLoss
+	case errors.Is(err, errExhausted):
+		code = codes.ResourceExhausted
+	case errors.Is(err, errDenied):
+		code = codes.PermissionDenied
+	case errors.Is(err, shim.ErrUnavailable):
+		code = codes.Unavailable
 	}
-	return status.Error(code, err.Error())
+	return code
 }
 
 // newID returns a 64-hex-digit id, as other runtimes' ids look.

@@ -121,7 +121,7 @@ func (s *Server) execStreams(ctx context.Context, c *container, cmd []string, in
 	execID := newID()[:32]
 	pid, stdio, err := client.Exec(ctx, c.ID, execID, shim.ExecRequest{Process: proc, TTY: tty, Stdin: in != nil})
 	if err != nil {
-		return 0, fmt.Errorf("exec in %s: %w", c.ID, err)
+		return 0, runtimeFailure(fmt.Errorf("exec in %s: %w", c.ID, err))
 	}
 	defer stdio.Close()
 	defer func() { _ = client.Forget(context.Background(), c.ID, execID) }()

@@ -344,14 +344,14 @@ func (s *Server) startPause(ctx context.Context, sb *sandbox, cfg *runtimeapi.Po
 	u.add(func() { s.deleteRuntimeContainer(sb.ID) })
 	pid, err := client.Create(ctx, sb.ID, shimCreate(bundle, "", false, false, false))
 	if err != nil {
-		return fmt.Errorf("create pause: %w", err)
+		return runtimeFailure(fmt.Errorf("create pause: %w", err))
 	}
 	c, err := s.rt.Load(sb.ID)
 	if err != nil {
 		return err
 	}
 	if err := c.Exec(); err != nil {
-		return fmt.Errorf("start pause: %w", err)
+		return runtimeFailure(fmt.Errorf("start pause: %w", err))
 	}
 	sb.PausePid = pid
 	return nil

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/moby/profiles/seccomp"
 	"github.com/moby/sys/capability"
@@ -110,10 +111,7 @@ func (s *Server) containerSpec(in specInput) (*specs.Spec, *resolvedUser, error)
 		return nil, nil, err
 	}
 	spec.Process.Capabilities = caps
-	// Masked and read-only paths are what the kubelet sends: its default
-	// set, or none for an Unmasked procMount (as containerd does).
-	spec.Linux.MaskedPaths = slices.Clone(sc.GetMaskedPaths())
-	spec.Linux.ReadonlyPaths = slices.Clone(sc.GetReadonlyPaths())
+	spec.Linux.MaskedPaths, spec.Linux.ReadonlyPaths = maskedPaths(sc, podUsesUserns(in.sb.config))
 	if err := addDevices(spec, cfg.Devices); err != nil {
 		return nil, nil, err
 	}
@@ -462,11 +460,42 @@ func containerNamespaces(spec *specs.Spec, in specInput, podNS *runtimeapi.Names
 	return nil
 }
 
-// capabilities applies add/drop (with ALL) to the default set.
+// maskedPaths are the paths a container's /proc and /sys hide or make
+// read-only. The kubelet always sends its default lists, or empty ones
+// for procMount: Unmasked, which Kubernetes allows only in a pod with a
+// user namespace (hostUsers: false). Protobuf cannot tell an empty list
+// from none, and other clients (crictl, berthctl) send none: outside a
+// user namespace an empty list gets the runtime's defaults, so that root
+// in a container never writes /proc/sys or reads /proc/kcore by
+// omission. (containerd takes an empty list as empty, CRI-O as the
+// defaults; this keeps the kubelet's Unmasked where it can be asked.)
+func maskedPaths(sc *runtimeapi.LinuxContainerSecurityContext, userns bool) (masked, readonly []string) {
+	masked, readonly = slices.Clone(sc.GetMaskedPaths()), slices.Clone(sc.GetReadonlyPaths())
+	if userns {
+		return masked, readonly
+	}
+	if len(masked) == 0 {
+		masked = slices.Clone(runtime.DefaultMaskedPaths)
+	}
+	if len(readonly) == 0 {
+		readonly = slices.Clone(runtime.DefaultReadonlyPaths)
+	}
+	return masked, readonly
+}
+
+// capabilities applies add/drop (with ALL) to the default set. ALL is
+// every capability berthd can grant: its own bounding set, which on a
+// nested or restricted node (no CAP_SYS_RESOURCE, say) lacks some; a
+// child cannot be given more, and asking would fail the container's init.
+// Naming one berthd lacks is a clear InvalidArgument instead.
 func (s *Server) capabilities(sc *runtimeapi.LinuxContainerSecurityContext) (*specs.LinuxCapabilities, error) {
 	base := s.cfg.DefaultCapabilities
 	if len(base) == 0 {
 		base = runtime.DefaultCapabilities
+	}
+	grantable, err := grantableCapabilities()
+	if err != nil {
+		return nil, err
 	}
 	set := map[string]bool{}
 	for _, c := range base {
@@ -474,15 +503,11 @@ func (s *Server) capabilities(sc *runtimeapi.LinuxContainerSecurityContext) (*sp
 		if err != nil {
 			return nil, fmt.Errorf("default_capabilities: %w", err)
 		}
-		set[n] = true
-	}
-	all := func() []string {
-		var out []string
-		caps, _ := capability.ListSupported()
-		for _, c := range caps {
-			out = append(out, "CAP_"+strings.ToUpper(c.String()))
+		// A default berthd cannot grant is the node's limit, not the
+		// request's: left out, as the runtime-spec lets a runtime do.
+		if grantable[n] {
+			set[n] = true
 		}
-		return out
 	}
 	add, drop := sc.GetCapabilities().GetAddCapabilities(), sc.GetCapabilities().GetDropCapabilities()
 	for _, c := range drop {
@@ -496,10 +521,11 @@ func (s *Server) capabilities(sc *runtimeapi.LinuxContainerSecurityContext) (*sp
 	for _, c := range add {
 		n, _ := capabilityName(c)
 		if n == "ALL" {
-			for _, a := range all() {
-				set[a] = true
-			}
+			maps.Copy(set, grantable)
 			continue
+		}
+		if !grantable[n] {
+			return nil, invalidf("capability %s cannot be granted on this node: berthd does not hold it in its bounding set (a nested or restricted node); drop it from add_capabilities", n)
 		}
 		set[n] = true
 	}
@@ -515,6 +541,30 @@ func (s *Server) capabilities(sc *runtimeapi.LinuxContainerSecurityContext) (*sp
 	}
 	return caps, nil
 }
+
+// grantableCapabilities are the capabilities this kernel knows that are
+// in berthd's own bounding set: all a container can be given. They do not
+// change while berthd runs.
+var grantableCapabilities = sync.OnceValues(func() (map[string]bool, error) {
+	known, err := capability.ListSupported()
+	if err != nil {
+		return nil, fmt.Errorf("capabilities of this kernel: %w", err)
+	}
+	self, err := capability.NewPid2(0)
+	if err == nil {
+		err = self.Load()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("capabilities of berthd: %w", err)
+	}
+	out := map[string]bool{}
+	for _, c := range known {
+		if self.Get(capability.BOUNDING, c) {
+			out["CAP_"+strings.ToUpper(c.String())] = true
+		}
+	}
+	return out, nil
+})
 
 // seccompProfile turns a CRI seccomp choice into a filter. An unset
 // profile is Unconfined, as the CRI defines; the kubelet sends
@@ -610,23 +660,11 @@ func makePrivileged(spec *specs.Spec) error {
 	// Every capability berthd itself holds, not every one the kernel
 	// knows: in a nested or restricted node (no CAP_SYS_RESOURCE, say) a
 	// child cannot be given more, and asking would fail the start.
-	caps, err := capability.ListSupported()
+	grantable, err := grantableCapabilities()
 	if err != nil {
 		return err
 	}
-	self, err := capability.NewPid2(0)
-	if err == nil {
-		err = self.Load()
-	}
-	if err != nil {
-		return fmt.Errorf("capabilities of berthd: %w", err)
-	}
-	var all []string
-	for _, c := range caps {
-		if self.Get(capability.BOUNDING, c) {
-			all = append(all, "CAP_"+strings.ToUpper(c.String()))
-		}
-	}
+	all := sortedKeys(grantable)
 	spec.Process.Capabilities = &specs.LinuxCapabilities{Bounding: all, Permitted: slices.Clone(all), Effective: slices.Clone(all)}
 	spec.Linux.Seccomp = nil
 	spec.Linux.MaskedPaths, spec.Linux.ReadonlyPaths = nil, nil

@@ -32,6 +32,12 @@ func podUserns(cfg *runtimeapi.PodSandboxConfig) (uids, gids []specs.LinuxIDMapp
 	return idMappings(u.Uids), idMappings(u.Gids)
 }
 
+// podUsesUserns: the pod has a user namespace of its own.
+func podUsesUserns(cfg *runtimeapi.PodSandboxConfig) bool {
+	uids, _ := podUserns(cfg)
+	return uids != nil
+}
+
 // idMappings converts CRI id mappings; none is nil.
 func idMappings(ms []*runtimeapi.IDMapping) []specs.LinuxIDMapping {
 	if len(ms) == 0 {

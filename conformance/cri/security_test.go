@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -152,6 +153,58 @@ func TestPrivilegesAndConfinement(t *testing.T) {
 		}
 	})
 
+	t.Run("add-all-capabilities", func(t *testing.T) {
+		// ALL is what berthd can grant: its bounding set, which here (no
+		// CAP_SYS_RESOURCE) is not every capability the kernel knows.
+		cfg := containerConfig("allcaps", "", "sleep", "3600")
+		cfg.Linux.SecurityContext.Capabilities = &runtimeapi.Capability{AddCapabilities: []string{"ALL"}}
+		id := d.run(t, pod, podCfg, cfg)
+		if st, want := d.procStatus(t, id), hostStatus(t, "CapBnd"); st["CapEff"] != want || st["CapBnd"] != want {
+			t.Errorf("add ALL: CapEff %s CapBnd %s, want berthd's bounding set %s", st["CapEff"], st["CapBnd"], want)
+		}
+		// One berthd lacks, named: InvalidArgument saying which.
+		bnd, err := strconv.ParseUint(hostStatus(t, "CapBnd"), 16, 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		missing := ""
+		for bit, name := range map[uint]string{24: "CAP_SYS_RESOURCE", 21: "CAP_SYS_ADMIN", 16: "CAP_SYS_MODULE", 17: "CAP_SYS_RAWIO"} {
+			if bnd&(1<<bit) == 0 {
+				missing = name
+				break
+			}
+		}
+		if missing == "" {
+			t.Skip("this node's bounding set has every capability tried: the refusal of a missing one cannot be shown here")
+		}
+		cfg = containerConfig("missingcap", "", "true")
+		cfg.Linux.SecurityContext.Capabilities = &runtimeapi.Capability{AddCapabilities: []string{missing}}
+		_, err = d.RT.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: cfg, SandboxConfig: podCfg})
+		wantCode(t, err, codes.InvalidArgument, "a capability berthd lacks")
+		if err != nil && !strings.Contains(err.Error(), missing) {
+			t.Errorf("the error does not name %s: %v", missing, err)
+		}
+	})
+
+	t.Run("runtime-errors-have-codes", func(t *testing.T) {
+		// Requests that fail in the runtime's init (at CreateContainer or
+		// StartContainer): a code the client can act on, never Unknown.
+		createStart := func(cfg *runtimeapi.ContainerConfig) error {
+			resp, err := d.RT.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: pod, Config: cfg, SandboxConfig: podCfg})
+			if err != nil {
+				return err
+			}
+			_, err = d.RT.StartContainer(ctxT(t), &runtimeapi.StartContainerRequest{ContainerId: resp.ContainerId})
+			return err
+		}
+		wantCode(t, createStart(containerConfig("nosuchprog", "", "/no/such/program")), codes.InvalidArgument, "a missing program")
+		cfg := containerConfig("badcwd", "", "true")
+		cfg.WorkingDir = "/etc/passwd"
+		if err := createStart(cfg); err == nil || status.Code(err) == codes.Unknown {
+			t.Errorf("a working directory that is a file: %v", err)
+		}
+	})
+
 	t.Run("default-capabilities", func(t *testing.T) {
 		id := d.run(t, pod, podCfg, containerConfig("defcaps", "", "sleep", "3600"))
 		// Docker's and containerd's default set.
@@ -274,9 +327,31 @@ func TestPrivilegesAndConfinement(t *testing.T) {
 				t.Errorf("masked %s lists %q", dir, out)
 			}
 		}
-		if _, errOut, code := d.execSync(t, id, "sh", "-c", "echo 1 > /proc/sys/vm/overcommit_memory"); code == 0 || !strings.Contains(errOut, "Read-only") {
-			t.Errorf("write to read-only /proc/sys: %d %q", code, errOut)
+		d.checkProcSysReadOnly(t, id)
+	})
+
+	t.Run("default-masked-and-readonly-paths", func(t *testing.T) {
+		// What crictl and berthctl send: no lists. The runtime's defaults
+		// apply, as containerd's and CRI-O's do.
+		cfg := containerConfig("default-masked", "", "sleep", "3600")
+		id := d.run(t, pod, podCfg, cfg)
+		m := d.procMounts(t, id)
+		for _, p := range []string{"/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"} {
+			// Masking skips what this kernel lacks (/proc/kcore, here).
+			if _, err := os.Stat(p); err == nil && !m.has(p) {
+				t.Errorf("%s is not masked in a container that asked for no masked paths", p)
+			}
 		}
+		if !m.readOnly("/proc/sys") {
+			t.Errorf("/proc/sys is not read-only in a container that asked for no read-only paths")
+		}
+		if out := d.mustExec(t, id, "sh", "-c", "wc -c < /proc/timer_list"); strings.TrimSpace(out) != "0" {
+			t.Errorf("/proc/timer_list reads %s bytes", out)
+		}
+		if out := d.mustExec(t, id, "ls", "-A", "/sys/firmware"); out != "" {
+			t.Errorf("/sys/firmware lists %q", out)
+		}
+		d.checkProcSysReadOnly(t, id)
 	})
 
 	t.Run("privileged", func(t *testing.T) {
@@ -313,4 +388,36 @@ func TestPrivilegesAndConfinement(t *testing.T) {
 		_, err := d.RT.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: plain, Config: cfg, SandboxConfig: plainCfg})
 		wantCode(t, err, codes.InvalidArgument, "privileged container in an unprivileged pod")
 	})
+}
+
+// checkProcSysReadOnly writes /proc/sys/vm/overcommit_memory's own value
+// back (harmless to the host if it ever got through) and wants EROFS.
+func (d *daemon) checkProcSysReadOnly(t *testing.T, id string) {
+	t.Helper()
+	f := "/proc/sys/vm/overcommit_memory"
+	if _, errOut, code := d.execSync(t, id, "sh", "-c", "v=$(cat "+f+") && echo $v > "+f); code == 0 || !strings.Contains(errOut, "Read-only") {
+		t.Errorf("write to read-only /proc/sys: %d %q", code, errOut)
+	}
+}
+
+// mountTable is a container's own mount table: mount point → options.
+type mountTable map[string]string
+
+func (m mountTable) has(p string) bool { _, ok := m[p]; return ok }
+
+func (m mountTable) readOnly(p string) bool {
+	return m.has(p) && slices.Contains(strings.Split(m[p], ","), "ro")
+}
+
+// procMounts reads /proc/self/mountinfo inside a container (the host's
+// table cannot see the container's mount namespace).
+func (d *daemon) procMounts(t *testing.T, id string) mountTable {
+	t.Helper()
+	m := mountTable{}
+	for _, l := range strings.Split(d.mustExec(t, id, "cat", "/proc/self/mountinfo"), "\n") {
+		if f := strings.Fields(l); len(f) > 5 {
+			m[f[4]] = f[5]
+		}
+	}
+	return m
 }

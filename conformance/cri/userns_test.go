@@ -98,6 +98,19 @@ func TestUserNamespaces(t *testing.T) {
 	if ip := st.Status.GetNetwork().GetIp(); ip == "" || !strings.Contains(d.mustExec(t, ctr, "ip", "-4", "addr", "show", "eth0"), ip+"/") {
 		t.Errorf("the pod's IP %q is not on eth0", ip)
 	}
+	// procMount: Unmasked, which Kubernetes allows only with a user
+	// namespace, arrives as empty lists: nothing is masked. The kubelet's
+	// default lists are applied as sent.
+	if m := d.procMounts(t, ctr); m.has("/proc/keys") || m.has("/proc/sys") {
+		t.Errorf("an Unmasked container in a user namespace has masked or read-only /proc paths")
+	}
+	masked := containerConfig("userns-masked", "", "sleep", "3600")
+	masked.Linux.SecurityContext.NamespaceOptions = &runtimeapi.NamespaceOption{UsernsOptions: userns}
+	masked.Linux.SecurityContext.MaskedPaths = []string{"/proc/keys"}
+	masked.Linux.SecurityContext.ReadonlyPaths = []string{"/proc/sys"}
+	if m := d.procMounts(t, d.run(t, pod, podCfg, masked)); !m.has("/proc/keys") || !m.readOnly("/proc/sys") {
+		t.Errorf("the kubelet's masked and read-only paths were not applied in a user namespace")
+	}
 	// A container in another user namespace than its pod's is refused.
 	other := containerConfig("other", "", "true")
 	other.Linux.SecurityContext.NamespaceOptions = &runtimeapi.NamespaceOption{UsernsOptions: &runtimeapi.UserNamespace{Mode: runtimeapi.NamespaceMode_NODE}}
