@@ -164,7 +164,13 @@ func (s *Server) execStreams(ctx context.Context, c *container, cmd []string, in
 	exit, err := client.Wait(wctx, c.ID, execID)
 	if err != nil {
 		// Timed out or abandoned: the process must not outlive the call.
-		_ = unix.Kill(pid, unix.SIGKILL)
+		// The shim kills it through its pidfd: the pid may have been
+		// reaped and reused meanwhile.
+		kctx, cancel := context.WithTimeout(context.Background(), shim.DefaultTimeout)
+		if err := client.Kill(kctx, c.ID, execID, unix.SIGKILL); err != nil {
+			s.log.Warn("kill exec", "container", c.ID, "exec", execID, "pid", pid, "error", err)
+		}
+		cancel()
 		// The shim socket's deadline can fire a moment before the
 		// context's own timer: either means the timeout passed.
 		timedOut := errors.Is(wctx.Err(), context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)

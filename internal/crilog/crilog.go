@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -150,40 +151,79 @@ func (l *File) flush(stream string, line *[]byte, partial bool) {
 	*line = (*line)[:0]
 }
 
-// Tee hands a stream's bytes to any number of attached writers.
+// Tee hands a stream's bytes to any number of attached writers (attach
+// clients' pipes). Each writer has a queue of its own and a goroutine
+// that empties it, so that a slow or stuck client never holds up the
+// stream, its log or the container writing it: a client whose queue is
+// full (teeQueue chunks behind) is dropped, its pipe closed after what
+// it was sent.
 type Tee struct {
 	mu sync.Mutex
-	ws []io.WriteCloser
+	ws []*teeWriter
+}
+
+// teeQueue is how many chunks (up to 32 KiB each) a writer may fall
+// behind before it is dropped.
+const teeQueue = 64
+
+type teeWriter struct {
+	ch     chan []byte
+	failed atomic.Bool
 }
 
 // Add attaches a writer.
 func (t *Tee) Add(w io.WriteCloser) {
+	tw := &teeWriter{ch: make(chan []byte, teeQueue)}
+	go func() {
+		defer w.Close()
+		for p := range tw.ch {
+			if tw.failed.Load() {
+				continue
+			}
+			if _, err := w.Write(p); err != nil {
+				tw.failed.Store(true)
+			}
+		}
+	}()
 	t.mu.Lock()
-	t.ws = append(t.ws, w)
+	t.ws = append(t.ws, tw)
 	t.mu.Unlock()
 }
 
-// Write copies p to every writer, dropping those that fail.
+// Write queues a copy of p for every writer, dropping those that failed
+// or fell too far behind. It never blocks on a writer.
 func (t *Tee) Write(p []byte) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if len(t.ws) == 0 {
+		return
+	}
+	cp := bytes.Clone(p)
 	kept := t.ws[:0]
 	for _, w := range t.ws {
-		if _, err := w.Write(p); err != nil {
-			w.Close()
+		if w.failed.Load() {
+			close(w.ch)
 			continue
 		}
-		kept = append(kept, w)
+		select {
+		case w.ch <- cp:
+			kept = append(kept, w)
+		default:
+			w.failed.Store(true)
+			close(w.ch)
+		}
 	}
+	clear(t.ws[len(kept):])
 	t.ws = kept
 }
 
-// CloseAll closes every writer: the stream has ended.
+// CloseAll closes every writer once it has what it was sent: the stream
+// has ended.
 func (t *Tee) CloseAll() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, w := range t.ws {
-		w.Close()
+		close(w.ch)
 	}
 	t.ws = nil
 }

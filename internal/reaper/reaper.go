@@ -8,6 +8,7 @@
 package reaper
 
 import (
+	"errors"
 	"os"
 	"os/signal"
 	"sync"
@@ -125,17 +126,31 @@ func (r *Reaper) expire() {
 
 // Subscribe returns a channel that receives the exit of pid, also if it
 // has happened already (within unclaimedTTL).
+//
+// An exit kept for pid is handed out only if no process with that pid
+// exists now: one that does is alive (or a zombie not yet reaped), so the
+// kept exit was an earlier process's whose pid has been reused. The check
+// runs under the lock deliver takes, so an exit reaped meanwhile is
+// either kept already or delivered to the waiter registered here.
 func (r *Reaper) Subscribe(pid int) <-chan Exit {
 	ch := make(chan Exit, 1)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e, ok := r.unclaimed[pid]; ok {
 		delete(r.unclaimed, pid)
-		ch <- e
-		return ch
+		if !exists(pid) {
+			ch <- e
+			return ch
+		}
 	}
 	r.waiters[pid] = append(r.waiters[pid], ch)
 	return ch
+}
+
+// exists reports whether a process with this pid exists (zombies too).
+func exists(pid int) bool {
+	err := unix.Kill(pid, 0)
+	return err == nil || errors.Is(err, unix.EPERM)
 }
 
 // Observe calls fn with every exit, after the subscribers of its pid.

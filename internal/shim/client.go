@@ -7,12 +7,40 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"syscall"
 	"time"
 )
 
 // Client talks to one shim.
 type Client struct {
 	Socket string
+	// Timeout bounds each call but Wait and Events, whose callers decide
+	// how long they wait: a shim that does not answer never holds a
+	// caller (and the container lock it holds) forever. Zero is
+	// DefaultTimeout; create and exec get CreateTimeout, since the shim
+	// runs the runtime for them.
+	Timeout time.Duration
+}
+
+// Default call deadlines. The shim gives the runtime two minutes to
+// create a container or start an exec.
+const (
+	DefaultTimeout = 30 * time.Second
+	CreateTimeout  = 2*time.Minute + 30*time.Second
+)
+
+// deadline is the call's own bound, for ops that have one.
+func (c *Client) deadline(op string) time.Duration {
+	switch op {
+	case OpWait, OpEvents:
+		return 0
+	case OpCreate, OpExec:
+		return max(c.Timeout, CreateTimeout)
+	}
+	if c.Timeout > 0 {
+		return c.Timeout
+	}
+	return DefaultTimeout
 }
 
 // Stdio are the descriptors the shim handed over for a process.
@@ -49,6 +77,11 @@ func (c *Client) dial(ctx context.Context) (*net.UnixConn, error) {
 
 // call sends one request and reads one response.
 func (c *Client) call(ctx context.Context, req *Request) (*Response, []*os.File, error) {
+	if d := c.deadline(req.Op); d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
 	conn, err := c.dial(ctx)
 	if err != nil {
 		return nil, nil, err
@@ -114,6 +147,13 @@ func toStdio(names []string, files []*os.File) *Stdio {
 	return s
 }
 
+// Kill sends a signal to the container's init or an exec'd process; one
+// that has exited already is not an error.
+func (c *Client) Kill(ctx context.Context, id, execID string, sig syscall.Signal) error {
+	_, _, err := c.call(ctx, &Request{Op: OpKill, ID: id, ExecID: execID, Signal: int(sig)})
+	return err
+}
+
 // Wait blocks until the container's init or the exec'd process exits.
 func (c *Client) Wait(ctx context.Context, id, execID string) (*Exit, error) {
 	resp, _, err := c.call(ctx, &Request{Op: OpWait, ID: id, ExecID: execID})
@@ -170,13 +210,16 @@ func (c *Client) Events(ctx context.Context, ready func(), fn func(Event)) error
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
+	// The stream waits as long as it must; its opening does not.
+	_ = conn.SetDeadline(time.Now().Add(c.deadline(OpState)))
 	if err := writeJSON(conn, &Request{Op: OpEvents}); err != nil {
-		return err
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	var br *bufio.Reader
 	if _, _, err := readResponse(conn, &br); err != nil {
-		return err
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
+	_ = conn.SetDeadline(time.Time{})
 	if ready != nil {
 		ready()
 	}

@@ -40,6 +40,7 @@ const (
 	OpCloseStdin = "close-stdin"
 	OpForget     = "forget"
 	OpShutdown   = "shutdown"
+	OpKill       = "kill"
 )
 
 // Request is what the client sends.
@@ -50,6 +51,8 @@ type Request struct {
 	ExecID string         `json:"execID,omitempty"`
 	Create *CreateRequest `json:"create,omitempty"`
 	Exec   *ExecRequest   `json:"exec,omitempty"`
+	// Signal is what OpKill sends.
+	Signal int `json:"signal,omitempty"`
 }
 
 // CreateRequest creates a container (`berth create`); its process waits

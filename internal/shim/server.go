@@ -59,6 +59,9 @@ type Server struct {
 type proc struct {
 	status ProcessStatus
 	done   chan struct{} // closed once exited and output drained
+	// pidfd is the process's descriptor until it exits (-1 before it
+	// runs, after, or where the kernel has none): kill signals through it.
+	pidfd int
 
 	// Container stdio, kept for logs and attach.
 	stdin     *os.File
@@ -169,6 +172,9 @@ func (s *Server) handle(c *net.UnixConn) {
 		resp = &Response{}
 	case OpShutdown:
 		s.shutdown()
+		resp = &Response{}
+	case OpKill:
+		err = s.kill(req.ID, req.ExecID, unix.Signal(req.Signal))
 		resp = &Response{}
 	default:
 		err = fmt.Errorf("unknown operation %q", req.Op)
@@ -341,7 +347,7 @@ func (s *Server) create(req Request) (*Response, error) {
 		s.mu.Unlock()
 		return nil, fmt.Errorf("container %s exists in this shim", req.ID)
 	}
-	p := &proc{status: ProcessStatus{ID: req.ID}, done: make(chan struct{}), stdinOnce: c.StdinOnce}
+	p := &proc{status: ProcessStatus{ID: req.ID}, done: make(chan struct{}), stdinOnce: c.StdinOnce, pidfd: -1}
 	s.containers[req.ID] = p
 	s.mu.Unlock()
 	fail := func(err error) (*Response, error) {
@@ -369,10 +375,11 @@ func (s *Server) create(req Request) (*Response, error) {
 	defer cancel()
 	err = s.runRuntime(ctx, io, req.ID, append(args, req.ID)...)
 	io.closeChild()
+	var console *os.File
 	if err == nil && c.TTY {
 		select {
 		case r := <-io.console:
-			p.console, err = r.f, r.err
+			console, err = r.f, r.err
 		case <-time.After(10 * time.Second):
 			err = errors.New("no console received from the runtime")
 		}
@@ -384,28 +391,50 @@ func (s *Server) create(req Request) (*Response, error) {
 	os.Remove(pidFile)
 	if err != nil {
 		io.closeAll()
+		if console != nil {
+			console.Close()
+		}
 		if p.log != nil {
 			p.log.Close()
 		}
 		return fail(fmt.Errorf("create container %s: %w", req.ID, err))
 	}
-	p.status.Pid, p.status.Since, p.stdin = pid, time.Now(), io.stdin
+	// p is visible to state() and attach() since it was reserved: what
+	// they read is written under the lock.
+	pidfd := openPidfd(pid)
+	s.mu.Lock()
+	p.status.Pid, p.status.Since, p.stdin, p.console, p.pidfd = pid, time.Now(), io.stdin, console, pidfd
+	s.mu.Unlock()
 	exitCh := s.reaper.Subscribe(pid)
-	s.copyOutput(p, io)
+	s.copyOutput(p, io, console)
 	go s.monitor(p, exitCh)
 	return &Response{Pid: pid}, nil
 }
 
+// openPidfd opens a descriptor of the process, so that a signal sent
+// later reaches it or nothing, never a process that reused its pid; -1
+// where the kernel has no pidfds (before Linux 5.3).
+func openPidfd(pid int) int {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return -1
+	}
+	unix.CloseOnExec(fd)
+	return fd
+}
+
 // copyOutput logs the container's output, and tees it to attach clients.
-func (s *Server) copyOutput(p *proc, io *stdio) {
+// console is the container's terminal, or nil: passed in, since monitor
+// clears p.console when the container exits.
+func (s *Server) copyOutput(p *proc, io *stdio, console *os.File) {
 	type stream struct {
 		name string
 		r    *os.File
 		tee  *crilog.Tee
 	}
 	var streams []stream
-	if p.console != nil {
-		streams = append(streams, stream{"stdout", p.console, &p.outTee})
+	if console != nil {
+		streams = append(streams, stream{"stdout", console, &p.outTee})
 	} else {
 		streams = append(streams, stream{"stdout", io.stdout, &p.outTee}, stream{"stderr", io.stderr, &p.errTee})
 	}
@@ -421,7 +450,8 @@ func (s *Server) copyOutput(p *proc, io *stdio) {
 			} else {
 				discard(st.r, st.tee)
 			}
-			if st.r != p.console {
+			// The console is monitor's to close.
+			if st.r != console {
 				st.r.Close()
 			}
 		}()
@@ -463,6 +493,10 @@ func (s *Server) monitor(p *proc, exitCh <-chan reaper.Exit) {
 		p.console.Close()
 		p.console = nil
 	}
+	if p.pidfd >= 0 {
+		unix.Close(p.pidfd)
+		p.pidfd = -1
+	}
 	st := p.status
 	s.mu.Unlock()
 	close(p.done)
@@ -481,7 +515,7 @@ func (s *Server) exec(req Request) (*Response, []*os.File, error) {
 		s.mu.Unlock()
 		return nil, nil, fmt.Errorf("exec %s exists", req.ExecID)
 	}
-	p := &proc{status: ProcessStatus{ID: req.ID, ExecID: req.ExecID}, done: make(chan struct{})}
+	p := &proc{status: ProcessStatus{ID: req.ID, ExecID: req.ExecID}, done: make(chan struct{}), pidfd: -1}
 	s.execs[req.ExecID] = p
 	s.mu.Unlock()
 	fail := func(err error) (*Response, []*os.File, error) {
@@ -532,7 +566,10 @@ func (s *Server) exec(req Request) (*Response, []*os.File, error) {
 		io.closeAll()
 		return fail(fmt.Errorf("exec in container %s: %w", req.ID, err))
 	}
-	p.status.Pid, p.status.Since = pid, time.Now()
+	pidfd := openPidfd(pid)
+	s.mu.Lock()
+	p.status.Pid, p.status.Since, p.pidfd = pid, time.Now(), pidfd
+	s.mu.Unlock()
 	go s.monitor(p, s.reaper.Subscribe(pid))
 	resp := &Response{Pid: pid}
 	var files []*os.File
@@ -726,6 +763,31 @@ func (s *Server) closeStdin(id string) error {
 		p.stdin = nil
 	}
 	return nil
+}
+
+// kill signals a container's init or an exec'd process through its
+// pidfd, under the lock monitor closes it with: the signal reaches that
+// process, or none if it has exited, never one that reused its pid.
+func (s *Server) kill(id, execID string, sig unix.Signal) error {
+	p, err := s.lookup(id, execID)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case p.status.Exit != nil || p.status.Pid == 0:
+		return nil
+	case p.pidfd >= 0:
+		err = unix.PidfdSendSignal(p.pidfd, sig, nil, 0)
+	default:
+		// No pidfds (before Linux 5.3): the pid, as runc does.
+		err = unix.Kill(p.status.Pid, sig)
+	}
+	if errors.Is(err, unix.ESRCH) {
+		return nil
+	}
+	return err
 }
 
 // forget drops a deleted container or a finished exec.
