@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -51,12 +52,14 @@ func (s *Store) Pull(ctx context.Context, name string, o PullOptions) (*Image, e
 	sp := s.shared[key]
 	if sp == nil {
 		pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		sp = &sharedPull{done: make(chan struct{}), cancel: cancel}
+		sp = &sharedPull{done: make(chan struct{}), cancel: cancel, progress: map[*PullOptions]func(PullStatus){}}
 		s.shared[key] = sp
 		go func() {
 			img, err := s.pull(pctx, name, o, sp)
 			s.mu.Lock()
-			delete(s.shared, key)
+			if s.shared[key] == sp {
+				delete(s.shared, key)
+			}
 			sp.img, sp.err = img, err
 			s.mu.Unlock()
 			close(sp.done)
@@ -65,7 +68,7 @@ func (s *Store) Pull(ctx context.Context, name string, o PullOptions) (*Image, e
 	}
 	sp.waiters++
 	if o.Progress != nil {
-		sp.progress = append(sp.progress, o.Progress)
+		sp.progress[&o] = o.Progress
 	}
 	s.mu.Unlock()
 	select {
@@ -73,8 +76,15 @@ func (s *Store) Pull(ctx context.Context, name string, o PullOptions) (*Image, e
 		return sp.img, sp.err
 	case <-ctx.Done():
 		s.mu.Lock()
+		// A caller that left hears no more of the pull.
+		delete(sp.progress, &o)
 		if sp.waiters--; sp.waiters == 0 {
 			sp.cancel()
+			// A cancelled pull takes a while to unwind: the next caller
+			// starts a pull of its own instead of joining this one.
+			if s.shared[key] == sp {
+				delete(s.shared, key)
+			}
 		}
 		s.mu.Unlock()
 		return nil, ctx.Err()
@@ -83,18 +93,20 @@ func (s *Store) Pull(ctx context.Context, name string, o PullOptions) (*Image, e
 
 // sharedPull is one pull and everyone waiting for it.
 type sharedPull struct {
-	done     chan struct{}
-	img      *Image
-	err      error
-	waiters  int
-	cancel   context.CancelFunc
-	progress []func(PullStatus)
+	done    chan struct{}
+	img     *Image
+	err     error
+	waiters int
+	cancel  context.CancelFunc
+	// progress has the callback of each caller still waiting, keyed by
+	// its options.
+	progress map[*PullOptions]func(PullStatus)
 }
 
 // report calls every waiter's progress callback.
 func (s *Store) report(sp *sharedPull, st PullStatus) {
 	s.mu.Lock()
-	fns := slices.Clone(sp.progress)
+	fns := slices.Collect(maps.Values(sp.progress))
 	s.mu.Unlock()
 	for _, fn := range fns {
 		fn(st)

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -550,5 +551,72 @@ func TestRemoveAndSharedLayers(t *testing.T) {
 	}
 	if err := e.store.Remove(refB); !image.IsNotFound(err) {
 		t.Fatalf("removing a removed image: %v", err)
+	}
+}
+
+// TestCancelledSharedPull: when every caller of a pull has given up, the
+// next caller of the same image starts a pull of its own (it does not
+// join the cancelled one and get Canceled), and a caller that left hears
+// no more progress.
+func TestCancelledSharedPull(t *testing.T) {
+	e := newEnv(t, testutil.RegistryOptions{})
+	big := make([]byte, 8<<20)
+	for i := range big {
+		big[i] = byte(i * 13)
+	}
+	e.push("slow:v1", testutil.ImageSpec{Layers: []testutil.Layer{{Compression: "none", Files: []testutil.File{{Path: "big", Content: string(big)}}}}})
+	p := newProxy(t, e.reg.Addr)
+	p.onBlob = func(d string, body ioReadCloser) ioReadCloser { return slowReader(body, 32<<10, 5*time.Millisecond) }
+	e.insecure("", p.addr())
+	ref := p.addr() + "/slow:v1"
+
+	// The first caller's progress callback blocks once the caller has
+	// left: a pull that still calls it cannot finish.
+	gate := make(chan struct{})
+	defer close(gate)
+	ctxA, cancelA := context.WithCancel(context.Background())
+	started := make(chan struct{})
+	var startOnce sync.Once
+	var afterReturn atomic.Int32
+	var returned atomic.Bool
+	progressA := func(image.PullStatus) {
+		startOnce.Do(func() { close(started) })
+		if returned.Load() {
+			afterReturn.Add(1)
+		}
+		if ctxA.Err() != nil {
+			<-gate
+		}
+	}
+	errA := make(chan error, 1)
+	go func() {
+		_, err := e.store.Pull(ctxA, ref, image.PullOptions{Progress: progressA, ProgressInterval: 5 * time.Millisecond})
+		returned.Store(true)
+		errA <- err
+	}()
+	select {
+	case <-started:
+	case <-time.After(time.Minute):
+		t.Fatal("the first pull never reported progress")
+	}
+	cancelA()
+	if err := <-errA; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled pull: %v", err)
+	}
+	resB := make(chan error, 1)
+	go func() {
+		_, err := e.store.Pull(context.Background(), ref, image.PullOptions{})
+		resB <- err
+	}()
+	select {
+	case err := <-resB:
+		if err != nil {
+			t.Fatalf("a pull after the only caller of the same pull gave up: %v", err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("a pull after a cancelled one of the same image never finished")
+	}
+	if n := afterReturn.Load(); n > 1 {
+		t.Errorf("the caller that left got %d progress calls after it returned", n)
 	}
 }
