@@ -266,6 +266,7 @@ func (s *Server) finishRemoveContainer(c *container) error {
 	if err := s.store.deleteContainer(c.ID); err != nil {
 		return err
 	}
+	s.stats.forget(c.ID)
 	s.log.Info("container removed", "container", c.ID, "name", c.Name)
 	s.emit(c.ID, c.PodID, runtimeapi.ContainerEventType_CONTAINER_DELETED_EVENT)
 	return nil

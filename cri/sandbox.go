@@ -174,6 +174,7 @@ func (s *Server) removeSandboxLocked(ctx context.Context, sb *sandbox) error {
 	if err := s.store.deleteSandbox(sb.ID); err != nil {
 		return err
 	}
+	s.stats.forget(sb.ID)
 	s.log.Info("pod sandbox removed", "pod", sb.ID, "name", sb.Name)
 	if last != nil {
 		s.publish(&runtimeapi.ContainerEventResponse{ContainerId: sb.ID, PodSandboxStatus: last,

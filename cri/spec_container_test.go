@@ -4,6 +4,7 @@ import (
 	"errors"
 	"slices"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -108,5 +109,26 @@ func TestRuntimeFailureCodes(t *testing.T) {
 	}
 	if runtimeFailure(nil) != nil {
 		t.Error("runtimeFailure(nil) is not nil")
+	}
+}
+
+// TestStatsCacheForgets: the samples of a removed container or pod go,
+// by forget at removal and by prune for one a racing call put back.
+func TestStatsCacheForgets(t *testing.T) {
+	c := newStatsCache()
+	now := time.Now()
+	for _, k := range []string{"c1", "metrics:c1", "pod:p1", "c2"} {
+		c.nanoCores(k, 1, now)
+	}
+	c.disk["c1"] = diskSample{}
+	c.forget("c1")
+	c.forget("p1")
+	if n := c.size(); n != 1 {
+		t.Fatalf("%d samples after forgetting c1 and p1, want 1 (c2)", n)
+	}
+	// c2 removed while a stats call was under way: prune drops it.
+	c.prune(func(id string) bool { return id == "c3" })
+	if n := c.size(); n != 0 {
+		t.Fatalf("%d samples after pruning unknown ids", n)
 	}
 }

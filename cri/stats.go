@@ -52,11 +52,54 @@ func (c *statsCache) nanoCores(id string, total uint64, at time.Time) *runtimeap
 	return &runtimeapi.UInt64Value{Value: uint64(rate)}
 }
 
+// Key prefixes of the CPU samples that are not a container's own: a pod's
+// sum, and the metrics endpoint's (sampled at its own pace).
+var statsKeyPrefixes = []string{"pod:", "metrics:"}
+
+// statsID is the container or pod id a cache key is about.
+func statsID(key string) string {
+	for _, p := range statsKeyPrefixes {
+		if rest, ok := strings.CutPrefix(key, p); ok {
+			return rest
+		}
+	}
+	return key
+}
+
+// forget drops every sample of a removed container or pod.
 func (c *statsCache) forget(id string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.cpu, id)
 	delete(c.disk, id)
+	for _, p := range statsKeyPrefixes {
+		delete(c.cpu, p+id)
+	}
+}
+
+// prune drops the samples of ids that are neither a container nor a pod
+// any more: a stats call that was under way while one was removed may
+// have put its sample back after forget.
+func (c *statsCache) prune(known func(id string) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k := range c.cpu {
+		if !known(statsID(k)) {
+			delete(c.cpu, k)
+		}
+	}
+	for k := range c.disk {
+		if !known(k) {
+			delete(c.disk, k)
+		}
+	}
+}
+
+// size is how many samples the cache holds.
+func (c *statsCache) size() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.cpu) + len(c.disk)
 }
 
 // writableUsage is the size of a container's writable layer, measured at
@@ -195,7 +238,11 @@ func (s *Server) listContainerStats(f *runtimeapi.ContainerStatsFilter) []*runti
 
 // ListContainerStats reports the running containers that match.
 func (s *Server) ListContainerStats(ctx context.Context, req *runtimeapi.ListContainerStatsRequest) (*runtimeapi.ListContainerStatsResponse, error) {
-	return &runtimeapi.ListContainerStatsResponse{Stats: s.listContainerStats(req.GetFilter())}, nil
+	out := s.listContainerStats(req.GetFilter())
+	// The kubelet lists regularly: a good moment to drop samples that a
+	// call racing a removal left.
+	s.stats.prune(s.store.known)
+	return &runtimeapi.ListContainerStatsResponse{Stats: out}, nil
 }
 
 // StreamContainerStats sends the stats in chunks.

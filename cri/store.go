@@ -217,6 +217,15 @@ func (s *store) getSandbox(id string) (*sandbox, bool) {
 	return &cp, true
 }
 
+// known reports whether id is a recorded pod or container.
+func (s *store) known(id string) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	_, pod := s.sandboxes[id]
+	_, ctr := s.containers[id]
+	return pod || ctr
+}
+
 func (s *store) listSandboxes() []*sandbox {
 	s.mu.RLock()
 	defer s.mu.RUnlock()

@@ -64,9 +64,8 @@ func loadCNI(o Options, prev *cniNetwork) (*cniNetwork, error) {
 			reasons = append(reasons, fmt.Sprintf("%s: plugins %s not found in %s", filepath.Base(f), strings.Join(missing, ", "), strings.Join(o.BinDirs, ":")))
 			continue
 		}
-		cacheDir := filepath.Join(filepath.Dir(o.NetNSDir), "cni-cache")
 		return &cniNetwork{
-			cni:   libcni.NewCNIConfigWithCacheDir(o.BinDirs, cacheDir, &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}}),
+			cni:   libcni.NewCNIConfigWithCacheDir(o.BinDirs, o.cniCacheDir(), &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}}),
 			list:  list,
 			file:  f,
 			stamp: stamp,

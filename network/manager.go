@@ -9,6 +9,9 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 )
 
 // Options configure a Manager.
@@ -137,8 +140,18 @@ func (m *Manager) Setup(ctx context.Context, pod Pod) ([]string, error) {
 }
 
 // Teardown runs CNI DEL for a pod; it succeeds when the pod's network is
-// already gone, the namespace included.
+// already gone, the namespace included. DEL uses the configuration the
+// pod's ADD used, from libcni's cache, as the CNI spec asks: the files in
+// ConfDir may have changed or gone since, and a DEL with another
+// configuration (another IPAM range or data directory) would release
+// nothing and leak the pod's IP and interfaces. Only a pod that has no
+// cached ADD (made before the cache, say) is torn down with the current
+// configuration.
 func (m *Manager) Teardown(ctx context.Context, pod Pod) error {
+	done, err := m.teardownCached(ctx, pod)
+	if done || err != nil {
+		return err
+	}
 	n, err := m.network()
 	if err != nil {
 		if errors.Is(err, ErrNotReady) {
@@ -147,6 +160,47 @@ func (m *Manager) Teardown(ctx context.Context, pod Pod) error {
 		return err
 	}
 	return n.del(ctx, pod)
+}
+
+// cniCacheDir is where libcni keeps each ADD's configuration and result.
+func (o Options) cniCacheDir() string {
+	return filepath.Join(filepath.Dir(o.NetNSDir), "cni-cache")
+}
+
+// teardownCached runs DEL for every network the pod was added to, each
+// with the configuration and arguments cached at its ADD. done is false
+// when the cache has none of the pod's.
+func (m *Manager) teardownCached(ctx context.Context, pod Pod) (done bool, err error) {
+	cni := libcni.NewCNIConfigWithCacheDir(m.opts.BinDirs, m.opts.cniCacheDir(), &invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}})
+	atts, err := cni.GetCachedAttachments(pod.ID)
+	if err != nil || len(atts) == 0 {
+		return false, nil
+	}
+	for _, a := range atts {
+		list, err := libcni.ConfListFromBytes(a.Config)
+		if err != nil {
+			// A cached entry that is no list: libcni caches single
+			// configurations as themselves.
+			c, cerr := libcni.ConfFromBytes(a.Config)
+			if cerr != nil {
+				return true, fmt.Errorf("CNI DEL of pod %s: cached configuration of network %s: %w", pod.ID, a.Network, err)
+			}
+			if list, err = libcni.ConfListFromConf(c); err != nil {
+				return true, fmt.Errorf("CNI DEL of pod %s: cached configuration of network %s: %w", pod.ID, a.Network, err)
+			}
+		}
+		rt := &libcni.RuntimeConf{
+			ContainerID: a.ContainerID, NetNS: pod.NetNS, IfName: a.IfName,
+			Args: a.CniArgs, CapabilityArgs: a.CapabilityArgs,
+		}
+		dctx, cancel := context.WithTimeout(ctx, m.opts.Timeout)
+		err = cni.DelNetworkList(dctx, list, rt)
+		cancel()
+		if err != nil {
+			return true, fmt.Errorf("CNI DEL (cached configuration of network %s): %w", a.Network, timeoutErr(dctx, err))
+		}
+	}
+	return true, nil
 }
 
 // network returns the CNI network to use: the lexically first usable

@@ -404,7 +404,15 @@ ADD)
 	hang) exec sleep 60;;
 	garbage) echo 'this is not JSON'; exit 0;;
 	block-add) block; exit 1;;
-	esac;;
+	esac
+	# No fault: pass the previous plugin's result on (the object after
+	# "prevResult", braces counted; results hold no braces in strings).
+	awk 'BEGIN { RS = "\001" } {
+		s = substr($0, index($0, "\"prevResult\":") + 13); d = 0
+		for (j = 1; j <= length(s); j++) { c = substr(s, j, 1); printf "%%s", c
+			if (c == "{") d++; else if (c == "}") { d--; if (d == 0) break } }
+	}'
+	exit 0;;
 DEL)
 	[ "$mode" = block-del ] && block;;
 esac
@@ -605,11 +613,11 @@ func TestPodNetworkCrash(t *testing.T) {
 	})
 
 	t.Run("DEL", func(t *testing.T) {
-		// A pod set up in full, hostPort rules included; then DEL blocks
-		// after portmap's and before the bridge's.
-		n.withFault(t, false)
+		// A pod set up in full, hostPort rules included, with the fault
+		// plugin passing ADD through (DEL runs the chain ADD ran, from
+		// libcni's cache); then DEL blocks after portmap's and before the
+		// bridge's.
 		pod := d.runPod(t, withHostPort("crash-del"))
-		n.withFault(t, true)
 		n.setMode(t, "block-del")
 		done := make(chan error, 1)
 		go func() {
@@ -676,4 +684,55 @@ func TestPodNetworkChurn(t *testing.T) {
 		}
 	}
 	before.assertSame(t, "after the pods", snapshotHost(t, bridge, ipamDir))
+}
+
+// TestPodNetworkDelAfterConfigChange: CNI DEL uses the configuration the
+// pod's ADD used (libcni's cache), so a pod whose configuration file was
+// changed (another IPAM store) or removed since it started still gives
+// back its IP and interfaces when it stops.
+func TestPodNetworkDelAfterConfigChange(t *testing.T) {
+	bridge := fmt.Sprintf("bd%d", os.Getpid()%100000)
+	confDir, ipamDir := berthd.BridgeNetwork(t, bridge, fmt.Sprintf("10.221.%d.0/24", os.Getpid()%250))
+	d := startDaemon(t, daemonOptions{cniConfDir: confDir, extra: fmt.Sprintf("cni_bin_dirs = [%q]", berthd.CNIBinDir(t))})
+	before := snapshotHost(t, bridge, ipamDir)
+	confs, err := filepath.Glob(filepath.Join(confDir, "*.conflist"))
+	if err != nil || len(confs) != 1 {
+		t.Fatalf("CNI configuration of the test: %v %v", confs, err)
+	}
+	original := readFile(confs[0])
+	for _, change := range []string{"changed", "removed"} {
+		t.Run(change, func(t *testing.T) {
+			podCfg := d.podConfig("del-" + change)
+			pod := d.runPod(t, podCfg)
+			if after := snapshotHost(t, bridge, ipamDir); len(after.ipam) != 1 {
+				t.Fatalf("IP allocations after ADD: %v", after.ipam)
+			}
+			switch change {
+			case "changed":
+				// Another host-local store: a DEL with this configuration
+				// would release nothing from the real one.
+				other := t.TempDir()
+				conf := strings.Replace(string(original), ipamDir, other, 1)
+				if err := os.WriteFile(confs[0], []byte(conf), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			case "removed":
+				if err := os.Remove(confs[0]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			defer func() {
+				if err := os.WriteFile(confs[0], original, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}()
+			if _, err := d.RT.StopPodSandbox(ctxT(t), &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := d.RT.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+				t.Fatal(err)
+			}
+			before.assertSame(t, "configuration "+change+" before the pod stopped", snapshotHost(t, bridge, ipamDir))
+		})
+	}
 }
