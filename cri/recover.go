@@ -62,7 +62,9 @@ func (s *Server) recoverPod(sb *sandbox) {
 		return
 	}
 	if err := s.reconcilePod(sb.ID); err != nil {
-		if errors.Is(err, shim.ErrUnavailable) {
+		// Gone only if its process is: a shim that runs but does not
+		// answer yet is watched until it does.
+		if alive, _ := s.shims.alive(sb.ID); errors.Is(err, shim.ErrUnavailable) && !alive {
 			s.handleShimGone(sb.ID)
 			return
 		}

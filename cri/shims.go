@@ -1,6 +1,7 @@
 package cri
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -43,6 +46,60 @@ func (m *shimManager) socket(podID string) string {
 
 func (m *shimManager) stateDir(podID string) string {
 	return filepath.Join(m.cfg.State, "shim", podID[:16])
+}
+
+// pidFile records the shim's pid and start time (/proc/<pid>/stat's
+// field 22), so that berthd, restarted or not, can tell a shim that does
+// not answer from one that is gone.
+func (m *shimManager) pidFile(podID string) string {
+	return filepath.Join(m.cfg.State, "shim", podID[:16]+".pid")
+}
+
+func (m *shimManager) recordPid(podID string, pid int) error {
+	start, err := procStartTime(pid)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(m.pidFile(podID), []byte(fmt.Sprintf("%d %d\n", pid, start)), 0o600)
+}
+
+// alive reports whether the pod's shim process is running; known is false
+// when berthd has no record of it (a shim started before the record).
+func (m *shimManager) alive(podID string) (alive, known bool) {
+	data, err := os.ReadFile(m.pidFile(podID))
+	if err != nil {
+		return false, false
+	}
+	var pid int
+	var start uint64
+	if _, err := fmt.Sscanf(string(data), "%d %d", &pid, &start); err != nil || pid <= 0 {
+		return false, false
+	}
+	now, err := procStartTime(pid)
+	return err == nil && now == start, true
+}
+
+// procStartTime is a live (not zombie) process's start time in clock
+// ticks since boot: with the pid, it names one process for good.
+func procStartTime(pid int) (uint64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name may hold spaces and parentheses: fields count from
+	// the last ')'.
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 20 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	if f[0] == "Z" || f[0] == "X" {
+		return 0, fmt.Errorf("process %d has exited", pid)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
 }
 
 func (m *shimManager) client(podID string) *shim.Client {
@@ -98,6 +155,9 @@ func (m *shimManager) start(ctx context.Context, podID string) (*shim.Client, er
 		_ = cmd.Process.Kill()
 		return nil, ctx.Err()
 	}
+	if err := m.recordPid(podID, cmd.Process.Pid); err != nil {
+		m.log.Warn("record shim pid", "pod", podID, "error", err)
+	}
 	m.watch(podID)
 	return m.client(podID), nil
 }
@@ -125,7 +185,22 @@ func (m *shimManager) watch(podID string) {
 				return
 			}
 			if errors.Is(err, shim.ErrUnavailable) {
-				failures++
+				// A shim that does not answer but runs is busy (or
+				// stopped), not gone: its pod is not killed for it.
+				alive, known := m.alive(podID)
+				switch {
+				case alive:
+					if failures == 0 || failures%50 == 0 {
+						m.log.Warn("shim does not answer, but runs; waiting for it", "pod", podID, "error", err)
+					}
+					failures++
+					time.Sleep(min(time.Duration(failures)*200*time.Millisecond, 2*time.Second))
+					continue
+				case known:
+					failures = 3 // its process is gone: no point in asking again
+				default:
+					failures++
+				}
 				if failures >= 3 {
 					m.log.Warn("shim gone", "pod", podID, "error", err)
 					m.mu.Lock()
@@ -165,5 +240,6 @@ func (m *shimManager) stop(ctx context.Context, podID string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	_ = os.Remove(m.socket(podID))
+	_ = os.Remove(m.pidFile(podID))
 	_ = os.RemoveAll(m.stateDir(podID))
 }

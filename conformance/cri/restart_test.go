@@ -113,6 +113,45 @@ func TestShimKilled(t *testing.T) {
 	}
 }
 
+// TestShimUnreachableIsNotGone: a shim that runs but cannot be reached
+// for a while (its socket away, as a shim too busy to accept looks) when
+// berthd restarts is waited for, not declared dead: its pod and
+// containers keep running, and berthd uses it again once it answers.
+func TestShimUnreachableIsNotGone(t *testing.T) {
+	d := startDaemon(t)
+	podCfg := d.podConfig("unreachable")
+	pod := d.runPod(t, podCfg)
+	c := d.run(t, pod, podCfg, containerConfig("c", "", "sleep", "3600"))
+	sock := filepath.Join(d.State, "shim", pod[:16]+".sock")
+	d.Stop(syscall.SIGKILL)
+	if err := os.Rename(sock, sock+".away"); err != nil {
+		t.Fatal(err)
+	}
+	d.Start()
+	// Longer than berthd's retries of a shim it cannot dial.
+	time.Sleep(3 * time.Second)
+	if st := d.status(t, c); st.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		t.Errorf("container of an unreachable but running shim: %v %q", st.State, st.Message)
+	}
+	ps, err := d.RT.PodSandboxStatus(ctxT(t), &runtimeapi.PodSandboxStatusRequest{PodSandboxId: pod})
+	if err != nil || ps.Status.State != runtimeapi.PodSandboxState_SANDBOX_READY {
+		t.Errorf("pod of an unreachable but running shim: %v %v", err, ps.GetStatus().GetState())
+	}
+	if err := os.Rename(sock+".away", sock); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "exec once the shim answers again", func() error {
+		_, _, code := d.execSync(t, c, "true")
+		if code != 0 {
+			return errNotYet
+		}
+		return nil
+	})
+	if st := d.status(t, c); st.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		t.Errorf("container after the shim answered again: %v", st.State)
+	}
+}
+
 func fileSize(p string) int64 {
 	fi, err := os.Stat(p)
 	if err != nil {
