@@ -113,12 +113,39 @@ func TestResources(t *testing.T) {
 		len(ps.Stats.GetLinux().GetContainers()) != 1 {
 		t.Errorf("PodSandboxStats: %+v", ps.Stats)
 	}
-	if _, err := d.RT.ListMetricDescriptors(ctxT(t), &runtimeapi.ListMetricDescriptorsRequest{}); err != nil {
-		t.Errorf("ListMetricDescriptors: %v", err)
+	descs, err := d.RT.ListMetricDescriptors(ctxT(t), &runtimeapi.ListMetricDescriptorsRequest{})
+	if err != nil || len(descs.GetDescriptors()) == 0 {
+		t.Fatalf("ListMetricDescriptors: %v %+v", err, descs)
+	}
+	described := map[string]*runtimeapi.MetricDescriptor{}
+	for _, md := range descs.Descriptors {
+		if md.Name == "" || md.Help == "" {
+			t.Errorf("descriptor without a name or help: %+v", md)
+		}
+		described[md.Name] = md
 	}
 	pm, err := d.RT.ListPodSandboxMetrics(ctxT(t), &runtimeapi.ListPodSandboxMetricsRequest{})
 	if err != nil || len(pm.PodMetrics) != 1 || pm.PodMetrics[0].PodSandboxId != pod || len(pm.PodMetrics[0].ContainerMetrics) != 1 {
-		t.Errorf("ListPodSandboxMetrics: %v %+v", err, pm)
+		t.Fatalf("ListPodSandboxMetrics: %v %+v", err, pm)
+	}
+	// Every metric reported is described, with the labels it carries.
+	var reported []*runtimeapi.Metric
+	reported = append(reported, pm.PodMetrics[0].Metrics...)
+	for _, cm := range pm.PodMetrics[0].ContainerMetrics {
+		reported = append(reported, cm.Metrics...)
+	}
+	if len(reported) == 0 {
+		t.Fatal("ListPodSandboxMetrics reported no metric")
+	}
+	for _, m := range reported {
+		md, ok := described[m.Name]
+		if !ok {
+			t.Errorf("metric %s is reported but not described by ListMetricDescriptors", m.Name)
+			continue
+		}
+		if len(m.LabelValues) != len(md.LabelKeys) {
+			t.Errorf("metric %s has %d label values, its descriptor %d keys (%v)", m.Name, len(m.LabelValues), len(md.LabelKeys), md.LabelKeys)
+		}
 	}
 
 	// The kubelet owns the pod cgroups it names: after the pod is gone it

@@ -58,6 +58,40 @@ var rtvLibcontainerDiffs = map[string]string{
 	"process_rlimits": "error adding seccomp filter rule",
 }
 
+// rtvExpected are the assertions berth may fail, per validation, on the
+// nodes CI runs on (cgroup v1 hybrid, no CAP_SYS_RESOURCE, neither
+// SELinux nor AppArmor), and why ("probably" where the cause was not
+// traced). runc fails every one of them there too.
+// Any other assertion berth fails fails the test; one listed here that
+// passes (another node) is only logged.
+var rtvExpected = map[string]struct {
+	asserts []string
+	why     string
+}{
+	"delete": {[]string{"attempting to `delete` a container that is not `stopped` MUST generate an error",
+		"attempting to `delete` a container that is not `stopped` MUST have no effect on the container"},
+		"runc's semantics, which engines rely on: delete of a created (never started) container removes it"},
+	"hooks_stdin": {[]string{`the state of the container MUST be passed to "prestart" hook over stdin`,
+		`the state of the container MUST be passed to "poststart" hook over stdin`},
+		"libcontainer passes the state; the validation's own check of it fails with runc alike (not investigated further)"},
+	"linux_cgroups_relative_blkio":   {[]string{"exit status 1"}, "probably: blkio weights: no BFQ/CFQ weight files on this kernel"},
+	"linux_cgroups_relative_devices": {[]string{"devices c 10:229 rwm is set correctly"}, "probably: the validation reads back a device rule libcontainer writes as part of its default allow list"},
+	"linux_cgroups_relative_hugetlb": {[]string{"exit status 1", "exit status 1"}, "probably: hugetlb limits: no huge page sizes usable in this VM"},
+	"linux_cgroups_relative_memory":  {[]string{"memory kernel is set correctly", "memory kernelTCP is set correctly"}, "kernel memory limits: gone from Linux 6.x and ignored by libcontainer"},
+	"linux_cgroups_relative_network": {[]string{"exit status 1"}, "probably: net_cls/net_prio: libcontainer no longer applies them"},
+	"linux_cgroups_relative_pids":    {[]string{"pids limit is set correctly"}, "probably: the validation reads pids.max back in a form that differs from what is written here (with runc alike)"},
+	"linux_mount_label":              {[]string{"the validation printed no TAP plan"}, "SELinux mount labels: SELinux is not enabled on this node"},
+	"linux_process_apparmor_profile": {[]string{"the validation printed no TAP plan"}, "AppArmor is not enabled on this node"},
+	"linux_rootfs_propagation":       {[]string{"check root propagation: shared", "exit status 1"}, "probably: shared root propagation needs a shared parent mount, which this VM's / is not"},
+	"linux_seccomp":                  {[]string{"seccomp action is added correctly", "exit status 1"}, "the validation's profile check fails with runc alike (not investigated further)"},
+	"misc_props": {[]string{"implementations that are reading/processing this configuration file MUST NOT generate an error if they encounter an unknown annotation key"},
+		"the validation's bundle fails for a reason other than the annotation, with runc alike (not investigated further)"},
+	"pidfile":              {[]string{"create with '--pid-file' option works"}, "probably: the validation compares the pid file with a process it reads too early, with runc alike"},
+	"process_capabilities": {[]string{"the validation printed no TAP plan"}, "probably: it asks for every capability, and CAP_SYS_RESOURCE cannot be granted on this node"},
+	"process_rlimits_fail": {[]string{"the validation printed no TAP plan"}, "probably: rlimits cannot be raised above the hard limits without CAP_SYS_RESOURCE"},
+	"start":                {[]string{"exit status 1"}, "a step of the validation fails with runc alike (not investigated further)"},
+}
+
 func init() {
 	// Re-executed as the suite's RUNTIME: put the container's cgroup
 	// under the tests' parent and its state under the test's root, then
@@ -153,11 +187,18 @@ func TestRuntimeToolsValidation(t *testing.T) {
 
 	entries, err := os.ReadDir(dir)
 	must(t, err)
+	ran := 0
+	defer func() {
+		if ran == 0 {
+			t.Errorf("no validation ran from %s: the build produced none", dir)
+		}
+	}()
 	for _, e := range entries {
 		name := e.Name()
 		if e.IsDir() || strings.Contains(name, ".") || name == "runtimetest" || slices.Contains(rtvOutsideParent, name) {
 			continue
 		}
+		ran++
 		t.Run(name, func(t *testing.T) {
 			run := func(runtime, root string) (failed []string, out string) {
 				cmd := testutil.Cmd{
@@ -183,16 +224,24 @@ func TestRuntimeToolsValidation(t *testing.T) {
 				t.Logf("known difference from runc 1.1.5 (runc >= 1.2 behaves as berth): %s", msg)
 				return
 			}
+			expected := rtvExpected[name]
 			for _, f := range got {
-				if !slices.Contains(want, f) {
-					t.Errorf("berth fails %q, which runc passes", f)
+				switch {
+				case !slices.Contains(expected.asserts, f):
+					t.Errorf("berth fails %q, which is not an expected failure (runc fails it: %v)", f, slices.Contains(want, f))
+				case !slices.Contains(want, f):
+					t.Errorf("berth fails %q, an expected failure that runc passes here", f)
+				default:
+					t.Logf("expected failure %q: %s", f, expected.why)
+				}
+			}
+			for _, f := range expected.asserts {
+				if !slices.Contains(got, f) {
+					t.Logf("expected failure %q passes on this node", f)
 				}
 			}
 			if t.Failed() {
 				t.Logf("berth's output:\n%s", out)
-			}
-			if len(want) > 0 {
-				t.Logf("runc fails too, so not held against berth: %q", want)
 			}
 		})
 	}

@@ -63,7 +63,11 @@ func TestDefaultSpecProtectsFromInside(t *testing.T) {
 	b := newBerth(t)
 	script := `
 grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status | tr -d '\t'
-for f in keys timer_list interrupts; do echo $f=$(cat /proc/$f 2>/dev/null | wc -c); done
+for f in keys timer_list interrupts; do
+	m=unmounted; grep -q " /proc/$f " /proc/self/mountinfo && m=mounted
+	e=missing; [ -e /proc/$f ] && e=present
+	echo $f=$e,$m,$(cat /proc/$f 2>/dev/null | wc -c)
+done
 echo 1 > /proc/sys/kernel/domainname 2>/dev/null && echo sysctl=writable || echo sysctl=readonly
 unshare -n true 2>/dev/null && echo unshare=allowed || echo unshare=denied
 mkdir -p /mnt && mount -t tmpfs none /mnt 2>/dev/null && echo mount=allowed || echo mount=denied
@@ -71,6 +75,11 @@ echo interfaces=$(ls /sys/class/net)
 echo pid=$$
 echo ok
 `
+	for _, f := range []string{"keys", "timer_list", "interrupts"} {
+		if data, err := os.ReadFile("/proc/" + f); err != nil || len(data) == 0 {
+			t.Fatalf("the host's /proc/%s is empty or missing (%v): masking it cannot be shown", f, err)
+		}
+	}
 	bundle := testutil.NewBundle(t, "hardened", "sh", "-c", script)
 	r := b.run("run", "-b", bundle.Dir, "hardened")
 	if r.ExitCode != 0 {
@@ -82,11 +91,12 @@ echo ok
 		"CapBnd:00000000a80425fb",
 		"NoNewPrivs:1",
 		"Seccomp:2",
-		// Masked: empty inside, though the host's have content (this
-		// kernel has no /proc/kcore).
-		"keys=0",
-		"timer_list=0",
-		"interrupts=0",
+		// Masked: there, a mount (/dev/null over them) and empty inside,
+		// though the host's have content (checked below; this kernel has
+		// no /proc/kcore).
+		"keys=present,mounted,0",
+		"timer_list=present,mounted,0",
+		"interrupts=present,mounted,0",
 		"sysctl=readonly",
 		"unshare=denied",
 		"mount=denied",

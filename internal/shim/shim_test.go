@@ -3,6 +3,7 @@ package shim_test
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -257,4 +258,70 @@ func ioReadAll(f *os.File) (string, error) {
 	defer f.Close()
 	data, err := io.ReadAll(f)
 	return string(data), err
+}
+
+// TestConcurrentStateDuringCreate: state, attach and kill calls racing
+// the creation of containers (with and without a terminal) and execs.
+// Run against a shim built with -race (make test's race pass), it shows
+// that everything those calls read is written under the shim's lock.
+func TestConcurrentStateDuringCreate(t *testing.T) {
+	h := startShim(t)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < 3; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				st, err := h.client.State(c)
+				if err == nil {
+					for _, p := range st.Containers {
+						if io, err := h.client.Attach(c, p.ID); err == nil {
+							io.Close()
+						}
+					}
+				}
+				cancel()
+			}
+		}()
+	}
+	for i := 0; i < 4; i++ {
+		id := fmt.Sprintf("race-%d", i)
+		b := testutil.NewBundle(t, id, "sleep", "60")
+		if i%2 == 1 {
+			b.Spec.Process.Terminal = true
+			b.Save(t)
+		}
+		if _, err := h.client.Create(ctx(t), id, shim.CreateRequest{Bundle: b.Dir, TTY: i%2 == 1}); err != nil {
+			t.Fatalf("create %s: %v", id, err)
+		}
+		h.berthDo("start", id)
+		if _, _, err := h.client.Exec(ctx(t), id, id+"-x", shim.ExecRequest{Process: &specs.Process{Args: []string{"sleep", "60"}, Cwd: "/", Env: []string{"PATH=/bin"}}}); err != nil {
+			t.Fatalf("exec in %s: %v", id, err)
+		}
+		if err := h.client.Kill(ctx(t), id, id+"-x", syscall.SIGKILL); err != nil {
+			t.Fatalf("kill the exec in %s: %v", id, err)
+		}
+		if exit, err := h.client.Wait(ctx(t), id, id+"-x"); err != nil || exit.Signal != int(syscall.SIGKILL) {
+			t.Fatalf("exec in %s after kill: %+v %v", id, exit, err)
+		}
+		if err := h.client.Kill(ctx(t), id, "", syscall.SIGKILL); err != nil {
+			t.Fatalf("kill %s: %v", id, err)
+		}
+		if _, err := h.client.Wait(ctx(t), id, ""); err != nil {
+			t.Fatalf("wait %s: %v", id, err)
+		}
+		// Killing what has exited is no error, and reaches nothing.
+		if err := h.client.Kill(ctx(t), id, "", syscall.SIGKILL); err != nil {
+			t.Fatalf("kill %s after its exit: %v", id, err)
+		}
+	}
+	close(stop)
+	wg.Wait()
 }
