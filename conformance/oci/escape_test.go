@@ -7,10 +7,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -37,6 +39,10 @@ func sha256File(t *testing.T, path string) string {
 	return fmt.Sprintf("%x", h.Sum(nil))
 }
 
+// attackOnInit matches the attack log's lines about a process of berth's
+// init ("<berth> init"), with its pid.
+var attackOnInit = regexp.MustCompile(`(?m)^(?:open failed (\d+)|caught \S+) \[\S*berth init \]$`)
+
 // TestEscapeOverwriteRuntimeBinary (CVE-2019-5736): a process in the
 // container opens /proc/<pid>/exe of every process it sees, which
 // includes berth's init while it joins the container for `berth exec`,
@@ -54,25 +60,39 @@ func TestEscapeOverwriteRuntimeBinary(t *testing.T) {
 while true; do
   for p in /proc/[0-9]*; do
     [ "${p#/proc/}" = "$$" ] && continue
+    cmd=$(tr '\0' ' ' < $p/cmdline 2>/dev/null)
     {
       target=$(readlink /proc/self/fd/3)
       case "$target" in /bin/busybox|"") continue;; esac
-      echo "caught $target"
+      echo "caught $target [$cmd]"
       sleep 0.1
       if echo '#!/bin/sh' >> /proc/self/fd/3; then echo "WROTE $target"; else echo "denied $target"; fi
-    } 3< "$p/exe" 2>/dev/null || echo "open failed ${p#/proc/}"
+    } 3< "$p/exe" 2>/dev/null || echo "open failed ${p#/proc/} [$cmd]"
   done
 done`
 	bundle := testutil.NewBundle(t, "exe-attack", "sh", "-c", attack+" > /attack.log 2>&1")
 	b.deleteOnCleanup("exe-attack")
 	b.ok("run", "-d", "-b", bundle.Dir, "exe-attack")
-	// Each exec puts an init of berth into the container's namespaces.
-	for i := 0; i < 40; i++ {
+	// Each exec puts an init of berth ("berth init") into the
+	// container's namespaces; the attack must have gone for one of them,
+	// else it proves nothing. Execs go on until it has, a few times.
+	attempts := func() int {
+		log, _ := os.ReadFile(filepath.Join(bundle.Rootfs(), "attack.log"))
+		pids := map[string]bool{}
+		for _, m := range attackOnInit.FindAllSubmatch(log, -1) {
+			pids[string(m[1])] = true
+		}
+		return len(pids)
+	}
+	execs := 0
+	for ; execs < 300 && (execs < 40 || attempts() < 3); execs++ {
 		if r := b.run("exec", "exe-attack", "true"); r.ExitCode != 0 {
 			log, _ := os.ReadFile(filepath.Join(bundle.Rootfs(), "attack.log"))
-			t.Fatalf("exec %d: %s; attack log:\n%s", i, r, log)
+			t.Fatalf("exec %d: %s; attack log:\n%s", execs, r, log)
 		}
 	}
+	// The attacker's loop may still be writing about the last one.
+	time.Sleep(300 * time.Millisecond)
 	b.ok("kill", "exe-attack", "KILL")
 	log, _ := os.ReadFile(filepath.Join(bundle.Rootfs(), "attack.log"))
 	if after := sha256File(t, b.bin); after != before {
@@ -81,8 +101,12 @@ done`
 	if bytes.Contains(log, []byte("WROTE")) {
 		t.Errorf("a write through the runtime's /proc/<pid>/exe succeeded:\n%s", log)
 	}
-	t.Logf("opening a process's exe failed %d times (gone already, or not dumpable as berth's init is); the runtime's exe was held %d times, every write denied",
-		bytes.Count(log, []byte("open failed")), bytes.Count(log, []byte("caught ")))
+	n := attempts()
+	t.Logf("%d execs; the attacker went for %d of berth's init processes; opening a process's exe failed %d times (gone already, or not dumpable as berth's init is); an exe other than the container's was held %d times, every write denied",
+		execs, n, bytes.Count(log, []byte("open failed")), bytes.Count(log, []byte("caught ")))
+	if n == 0 {
+		t.Fatalf("in %d execs the attacker never went for berth's init: the test proves nothing; attack log:\n%s", execs, log)
+	}
 
 	// The second defence, seen from the host: a created container's init
 	// (waiting in the container's namespaces for start) runs a copy of
@@ -177,23 +201,40 @@ func TestEscapeSymlinkRaceOnMount(t *testing.T) {
 			}
 		}
 	}()
-	var refused, inside int
-	for i := 0; i < 30; i++ {
-		id := fmt.Sprintf("race-%d", i)
-		bundle := testutil.NewBundle(t, id, "sh", "-c", "grep ' /v/target ' /proc/self/mountinfo | cut -d' ' -f5,9")
+	// Each run reports its own mount table (the host's cannot see the
+	// container's mount namespace). The tmpfs lands on the directory
+	// libcontainer opened: at /v/target, or at /v/link when a swap came
+	// between its resolution of the path and the mount, which is the race
+	// an attacker must win. Runs go on until the race was won a few times
+	// (or refused, which libcontainer does when it sees the swap).
+	var refused, atTarget, raced, followed int
+	runs := 0
+	for ; runs < 400 && (runs < 30 || raced+refused < 3); runs++ {
+		id := fmt.Sprintf("race-%d", runs)
+		bundle := testutil.NewBundle(t, id, "sh", "-c", "cut -d' ' -f5,9 /proc/self/mountinfo")
 		bundle.Spec.Mounts = append(bundle.Spec.Mounts,
 			specs.Mount{Destination: "/v", Type: "bind", Source: volume, Options: []string{"rbind", "rw"}},
 			specs.Mount{Destination: "/v/target", Type: "tmpfs", Source: "tmpfs", Options: []string{"size=1m"}})
 		bundle.Save(t)
 		r := b.run("run", "-b", bundle.Dir, id)
-		if r.ExitCode == 0 {
-			inside++
-		} else {
+		switch {
+		case r.ExitCode != 0:
 			refused++
+		case strings.Contains(r.Stdout, "/v/target tmpfs\n"):
+			atTarget++
+		case strings.Contains(r.Stdout, "/v/link tmpfs\n"):
+			raced++
+		case strings.Contains(r.Stdout, hostDir+" tmpfs\n"):
+			// The path was the symlink when resolved: followed inside the
+			// container's root, to the container's own hostDir.
+			followed++
+		default:
+			stop.Store(true)
+			t.Fatalf("run %d succeeded, but its tmpfs is not inside the container's /v: mounted elsewhere (%q)", runs, r.Stdout)
 		}
 		if m := berthd.MountsUnder(hostDir); len(m) > 0 {
 			stop.Store(true)
-			t.Fatalf("run %d mounted over the host's directory: %v (%s)", i, m, r)
+			t.Fatalf("run %d mounted over the host's directory: %v (%s)", runs, m, r)
 		}
 	}
 	stop.Store(true)
@@ -204,7 +245,11 @@ func TestEscapeSymlinkRaceOnMount(t *testing.T) {
 	if swaps.Load() == 0 {
 		t.Fatal("the attacker never swapped: the race was not run")
 	}
-	t.Logf("%d swaps; %d runs mounted inside the container, %d were refused", swaps.Load(), inside, refused)
+	t.Logf("%d runs, %d swaps: %d mounted at /v/target, %d through the symlink inside the container's root, %d won the race and still mounted inside the container (/v/link), %d refused",
+		runs, swaps.Load(), atTarget, followed, raced, refused)
+	if raced+refused == 0 {
+		t.Fatalf("in %d runs the swap never came between resolution and mount: the test proves nothing", runs)
+	}
 }
 
 // TestEscapeMountPaths: a destination with .. or through a symlink in the
