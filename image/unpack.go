@@ -176,10 +176,10 @@ func openDirBeneath(root int, p string) (int, error) {
 		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC,
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS | unix.RESOLVE_NO_XDEV,
 	}
-	for {
+	for try := 0; ; try++ {
 		fd, err := unix.Openat2(root, rel, how)
-		// EAGAIN: a rename elsewhere on the file system raced the lookup.
-		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+		// EAGAIN: a rename elsewhere on the system raced the lookup.
+		if (errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR)) && try < 1000 {
 			continue
 		}
 		if errors.Is(err, unix.ENOSYS) {

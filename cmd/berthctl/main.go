@@ -30,6 +30,8 @@ func main() {
 	app.Name = "berthctl"
 	app.Usage = "talk to berthd (or any CRI runtime) over its socket"
 	app.Version = version
+	// Combined short flags (-it, -si), as crictl and docker take them.
+	app.UseShortOptionHandling = true
 	app.Flags = []cli.Flag{
 		cli.StringFlag{Name: "runtime-endpoint, r", Value: defaultEndpoint, EnvVar: "BERTH_ENDPOINT,CONTAINER_RUNTIME_ENDPOINT", Usage: "CRI endpoint"},
 		cli.DurationFlag{Name: "timeout, t", Value: 2 * time.Minute, Usage: "timeout of each call (pulls: no timeout)"},

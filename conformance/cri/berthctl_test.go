@@ -109,6 +109,11 @@ func TestBerthctl(t *testing.T) {
 	if out := d.berthctl(t, "exec", ctr, "cat", "/big"); len(out) != len(big) {
 		t.Errorf("exec cat /big: %d bytes", len(out))
 	}
+	// Combined short flags, as crictl takes them (make run prints
+	// "berthctl exec -it").
+	if out := d.berthctl(t, "exec", "-si", ctr, "echo", "combined"); out != "combined\n" {
+		t.Errorf("exec -si: %q", out)
+	}
 	if _, _, err := d.berthctlErr(t, "exec", ctr, "sh", "-c", "exit 5"); err == nil {
 		t.Errorf("exec of a failing command: berthctl exited 0")
 	} else if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 5 {
