@@ -11,13 +11,16 @@ GO        ?= go
 CC        ?= gcc
 PREFIX    ?= /usr/local
 BINDIR    := bin
-VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+# One version for every binary: the release in VERSION, the commit as
+# semantic-version build metadata (0.1.0+3cf05eb), which the kubelet parses.
+RELEASE   := $(shell cat VERSION)
+VERSION   ?= $(RELEASE)+$(shell git describe --always --dirty 2>/dev/null || echo dev)
 # seccomp: link libseccomp for seccomp profiles (as runc's release builds do).
 # The others keep berth lean, since every container start runs the binary
 # twice (the CLI and the container's init): no man-page generator in the
 # CLI library, no CRIU client, pure-Go user and host lookups.
 TAGS      := seccomp urfave_cli_no_docs runc_nocriu netgo osusergo containers_image_openpgp
-LDFLAGS   := -X main.version=$(VERSION)
+LDFLAGS   := -X github.com/berth-runtime/berth/internal/version.Version=$(VERSION)
 GO_FLAGS  := -trimpath -tags '$(TAGS)'
 # berth is linked statically: no dynamic loader at each of its two execs.
 STATIC    := -extldflags -static

@@ -16,11 +16,9 @@ import (
 
 	"github.com/berth-runtime/berth/cgroups"
 	"github.com/berth-runtime/berth/internal/logging"
+	"github.com/berth-runtime/berth/internal/version"
 	"github.com/berth-runtime/berth/runtime"
 )
-
-// version is set by the Makefile (-X main.version=...).
-var version = "dev"
 
 // DefaultRoot is where container state lives unless --root says otherwise;
 // berthd's shims use the same root, so `berth list` shows CRI containers.
@@ -43,7 +41,7 @@ func main() {
 	app := cli.NewApp()
 	app.Name = "berth"
 	app.Usage = usage
-	app.Version = version
+	app.Version = version.Version
 	cli.VersionPrinter = printVersion
 	app.Flags = []cli.Flag{
 		cli.BoolFlag{Name: "debug", Usage: "enable debug logging"},

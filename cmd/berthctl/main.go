@@ -19,9 +19,9 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
-)
 
-var version = "dev"
+	"github.com/berth-runtime/berth/internal/version"
+)
 
 const defaultEndpoint = "unix:///run/berth/berth.sock"
 
@@ -29,7 +29,7 @@ func main() {
 	app := cli.NewApp()
 	app.Name = "berthctl"
 	app.Usage = "talk to berthd (or any CRI runtime) over its socket"
-	app.Version = version
+	app.Version = version.Version
 	// Combined short flags (-it, -si), as crictl and docker take them.
 	app.UseShortOptionHandling = true
 	app.Flags = []cli.Flag{
@@ -216,7 +216,7 @@ var versionCommand = cli.Command{
 			return err
 		}
 		fmt.Printf("Version:  %s\nRuntimeName:  %s\nRuntimeVersion:  %s\nRuntimeApiVersion:  %s\nberthctl:  %s\n",
-			v.Version, v.RuntimeName, v.RuntimeVersion, v.RuntimeApiVersion, version)
+			v.Version, v.RuntimeName, v.RuntimeVersion, v.RuntimeApiVersion, version.Version)
 		return nil
 	}),
 }

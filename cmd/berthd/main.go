@@ -25,15 +25,14 @@ import (
 	"github.com/berth-runtime/berth/cri"
 	"github.com/berth-runtime/berth/cri/adminapi"
 	"github.com/berth-runtime/berth/internal/logging"
+	"github.com/berth-runtime/berth/internal/version"
 )
-
-var version = "dev"
 
 func main() {
 	app := cli.NewApp()
 	app.Name = "berthd"
 	app.Usage = "the berth CRI daemon"
-	app.Version = version
+	app.Version = version.Version
 	app.Flags = flags()
 	app.Action = serve
 	app.Commands = []cli.Command{{
@@ -126,7 +125,7 @@ func serve(ctx *cli.Context) error {
 	// and a closed terminal is no reason to stop.
 	signal.Ignore(unix.SIGHUP, unix.SIGPIPE)
 
-	srv, err := cri.New(cfg, log, version)
+	srv, err := cri.New(cfg, log, version.Version)
 	if err != nil {
 		return err
 	}

@@ -5,15 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	utilversion "k8s.io/apimachinery/pkg/util/version"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-runtime/berth/conformance/internal/berthd"
+	"github.com/berth-runtime/berth/internal/testutil"
 )
 
 func TestVersionStatusAndRuntimeConfig(t *testing.T) {
@@ -27,6 +30,17 @@ func TestVersionStatusAndRuntimeConfig(t *testing.T) {
 	}
 	if v.RuntimeName != "berth" || v.RuntimeApiVersion != "v1" || v.RuntimeVersion == "" {
 		t.Errorf("version: %+v", v)
+	}
+	// The kubelet parses the runtime version as semver (else the node
+	// shows "berth://Unknown"); it is the version every binary prints.
+	if _, err := utilversion.ParseSemantic(v.RuntimeVersion); err != nil {
+		t.Errorf("runtime version %q is not a semantic version: %v", v.RuntimeVersion, err)
+	}
+	for _, bin := range []string{"berthd", "berth", "berthctl"} {
+		out, err := exec.Command(testutil.Bin(t, bin), "--version").Output()
+		if err != nil || !strings.Contains(string(out), v.RuntimeVersion) {
+			t.Errorf("%s --version: %q %v, want %s", bin, out, err, v.RuntimeVersion)
+		}
 	}
 
 	st, err := d.RT.Status(ctx, &runtimeapi.StatusRequest{Verbose: true})
