@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -35,7 +36,7 @@ var createCommand = cli.Command{
 				return err
 			}
 			if st.Image == nil {
-				if _, err := pullWithProgress(c, &runtimeapi.PullImageRequest{Image: cfg.Image, SandboxConfig: &podCfg}, isTerminal(osStderr)); err != nil {
+				if _, err := pullWithProgress(c, &runtimeapi.PullImageRequest{Image: cfg.Image, SandboxConfig: &podCfg}, isTerminal(osStderr), 5*time.Second); err != nil {
 					return fmt.Errorf("pull %s: %w", cfg.Image.Image, err)
 				}
 			}

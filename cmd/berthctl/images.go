@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -29,6 +30,7 @@ var pullCommand = cli.Command{
 		cli.StringFlag{Name: "creds", Usage: "USER[:PASSWORD] for the registry"},
 		cli.StringFlag{Name: "auth", Usage: "base64 USER:PASSWORD, as in Docker's config"},
 		cli.BoolFlag{Name: "quiet, q", Usage: "print only the image id"},
+		cli.DurationFlag{Name: "progress-interval", Value: 5 * time.Second, Usage: "off a terminal: how often to print the total and its rate"},
 	},
 	Action: withClients(func(ctx *cli.Context, c *clients) error {
 		if ctx.NArg() != 1 {
@@ -42,7 +44,7 @@ var pullCommand = cli.Command{
 		} else if a := ctx.String("auth"); a != "" {
 			req.Auth = &runtimeapi.AuthConfig{Auth: a}
 		}
-		id, err := pullWithProgress(c, req, !ctx.Bool("quiet"))
+		id, err := pullWithProgress(c, req, !ctx.Bool("quiet"), ctx.Duration("progress-interval"))
 		if err != nil {
 			return err
 		}
@@ -58,7 +60,7 @@ var pullCommand = cli.Command{
 // pullWithProgress pulls while drawing, from berthd's side channel, a bar
 // per layer. Without the side channel (another runtime, no permission) it
 // just waits.
-func pullWithProgress(c *clients, req *runtimeapi.PullImageRequest, show bool) (string, error) {
+func pullWithProgress(c *clients, req *runtimeapi.PullImageRequest, show bool, interval time.Duration) (string, error) {
 	type result struct {
 		id  string
 		err error
@@ -77,67 +79,158 @@ func pullWithProgress(c *clients, req *runtimeapi.PullImageRequest, show bool) (
 		return r.id, r.err
 	}
 	admin := adminClient(c.socket)
-	// Auto refresh also when stderr is not a terminal, so that a log or
-	// a pipe shows the progress too.
-	p := mpb.New(mpb.WithOutput(os.Stderr), mpb.WithAutoRefresh(), mpb.WithWidth(40), mpb.WithRefreshRate(150*time.Millisecond))
-	bars := map[string]*mpb.Bar{}
-	states := map[string]*atomic.Value{}
+	var view progressView
+	if isTerminal(os.Stderr) {
+		view = newBarsView()
+	} else {
+		view = newLinesView(os.Stderr, req.Image.Image, interval)
+	}
 	ref := req.Image.Image
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
-	finish := func(ok bool) {
-		for d, b := range bars {
-			if ok {
-				states[d].Store("done")
-				b.SetTotal(-1, true)
-			} else {
-				b.Abort(false)
-			}
-		}
-		p.Wait()
-	}
 	for {
 		select {
 		case r := <-done:
-			finish(r.err == nil)
+			view.finish(r.err == nil)
 			return r.id, r.err
 		case <-tick.C:
-			pull, err := admin.pull(ref)
-			if err != nil || pull == nil {
-				continue
-			}
-			for _, l := range pull.Layers {
-				b, ok := bars[l.Digest]
-				if !ok {
-					st := &atomic.Value{}
-					states[l.Digest] = st
-					name := strings.TrimPrefix(l.Digest, "sha256:")
-					if len(name) > 12 {
-						name = name[:12]
-					}
-					// Total 0: the bar completes only when told (SetTotal with
-					// complete), not by itself when Done reaches a total
-					// (mpb then ignores the completing SetTotal).
-					b = p.AddBar(0,
-						mpb.PrependDecorators(decor.Name(name, decor.WC{W: 13, C: decor.DindentRight}),
-							decor.Any(func(decor.Statistics) string { s, _ := st.Load().(string); return s }, decor.WC{W: 12, C: decor.DindentRight})),
-						mpb.AppendDecorators(decor.CountersKibiByte("% .1f / % .1f"), decor.Name(" "), decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", 30)),
-					)
-					bars[l.Digest] = b
-				}
-				states[l.Digest].Store(l.State)
-				switch l.State {
-				case "exists", "done":
-					b.SetTotal(-1, true)
-				default:
-					if l.Size > 0 {
-						b.SetTotal(l.Size, false)
-					}
-					b.EwmaSetCurrent(l.Done, 200*time.Millisecond)
-				}
+			if pull, err := admin.pull(ref); err == nil && pull != nil {
+				view.update(pull)
 			}
 		}
 	}
+}
+
+// progressView shows a pull's progress from berthd's side channel.
+type progressView interface {
+	update(p *adminapi.Pull)
+	finish(ok bool)
+}
+
+// barsView draws a bar per layer, as wide as the terminal allows.
+type barsView struct {
+	p      *mpb.Progress
+	bars   map[string]*mpb.Bar
+	states map[string]*atomic.Value
+}
+
+func newBarsView() *barsView {
+	// What the decorators around a bar take: name, state, counters, rate.
+	width := 40
+	if w, _, err := term.GetSize(int(os.Stderr.Fd())); err == nil && w-75 > width {
+		width = w - 75
+	}
+	return &barsView{
+		p:    mpb.New(mpb.WithOutput(os.Stderr), mpb.WithWidth(width), mpb.WithRefreshRate(150*time.Millisecond)),
+		bars: map[string]*mpb.Bar{}, states: map[string]*atomic.Value{},
+	}
+}
+
+func (v *barsView) update(pull *adminapi.Pull) {
+	for _, l := range pull.Layers {
+		b, ok := v.bars[l.Digest]
+		if !ok {
+			st := &atomic.Value{}
+			v.states[l.Digest] = st
+			// Total 0: the bar completes only when told (SetTotal with
+			// complete), not by itself when Done reaches a total
+			// (mpb then ignores the completing SetTotal).
+			b = v.p.AddBar(0,
+				mpb.PrependDecorators(decor.Name(shortDigest(l.Digest), decor.WC{W: 13, C: decor.DindentRight}),
+					decor.Any(func(decor.Statistics) string { s, _ := st.Load().(string); return s }, decor.WC{W: 12, C: decor.DindentRight})),
+				mpb.AppendDecorators(decor.CountersKibiByte("% .1f / % .1f"), decor.Name(" "), decor.EwmaSpeed(decor.SizeB1024(0), "% .1f", 30)),
+			)
+			v.bars[l.Digest] = b
+		}
+		v.states[l.Digest].Store(l.State)
+		switch l.State {
+		case "exists", "done":
+			b.SetTotal(-1, true)
+		default:
+			if l.Size > 0 {
+				b.SetTotal(l.Size, false)
+			}
+			b.EwmaSetCurrent(l.Done, 200*time.Millisecond)
+		}
+	}
+}
+
+func (v *barsView) finish(ok bool) {
+	for d, b := range v.bars {
+		if ok {
+			v.states[d].Store("done")
+			b.SetTotal(-1, true)
+		} else {
+			b.Abort(false)
+		}
+	}
+	v.p.Wait()
+}
+
+// linesView writes plain lines where there is no terminal (a CI log, a
+// pipe, a file): one per layer state change, and the total with its
+// rate every interval. No cursor movement, nothing redrawn.
+type linesView struct {
+	w        io.Writer
+	ref      string
+	interval time.Duration
+	states   map[string]string
+	last     time.Time
+	lastDone int64
+	start    time.Time
+}
+
+func newLinesView(w io.Writer, ref string, interval time.Duration) *linesView {
+	now := time.Now()
+	return &linesView{w: w, ref: ref, interval: interval, states: map[string]string{}, last: now, start: now}
+}
+
+func (v *linesView) update(pull *adminapi.Pull) {
+	var done, total int64
+	for _, l := range pull.Layers {
+		if v.states[l.Digest] != l.State {
+			v.states[l.Digest] = l.State
+			fmt.Fprintf(v.w, "%s %s %s\n", shortDigest(l.Digest), l.State, sizeOf(l.Size))
+		}
+		done += l.Done
+		if l.Size > 0 {
+			total += l.Size
+		}
+	}
+	if now := time.Now(); now.Sub(v.last) >= v.interval {
+		rate := float64(done-v.lastDone) / now.Sub(v.last).Seconds()
+		fmt.Fprintf(v.w, "pulling %s: %s of %s, %s/s\n", v.ref, sizeOf(done), sizeOf(total), sizeOf(int64(rate)))
+		v.last, v.lastDone = now, done
+	}
+}
+
+func (v *linesView) finish(ok bool) {
+	verdict := "done"
+	if !ok {
+		verdict = "failed"
+	}
+	fmt.Fprintf(v.w, "pull of %s %s after %s\n", v.ref, verdict, time.Since(v.start).Round(100*time.Millisecond))
+}
+
+func shortDigest(d string) string {
+	name := strings.TrimPrefix(d, "sha256:")
+	if len(name) > 12 {
+		name = name[:12]
+	}
+	return name
+}
+
+// sizeOf is a byte count for people: KiB, MiB, GiB; "?" if unknown.
+func sizeOf(n int64) string {
+	switch {
+	case n < 0:
+		return "?"
+	case n < 1<<20:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	case n < 1<<30:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	}
+	return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
 }
 
 // admin is a client of berthd's side channel.
