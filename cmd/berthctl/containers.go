@@ -166,16 +166,19 @@ var psCommand = cli.Command{
 		if ctx.Bool("no-trunc") {
 			id = func(s string) string { return s }
 		}
-		pods := map[string]string{}
+		// The pod's name and namespace, as crictl shows them (for the
+		// kubelet's pods, the Kubernetes pod's).
+		pods := map[string]*runtimeapi.PodSandboxMetadata{}
 		if pl, err := c.rt.ListPodSandbox(cctx, &runtimeapi.ListPodSandboxRequest{}); err == nil {
 			for _, p := range pl.Items {
-				pods[p.Id] = p.Metadata.GetName()
+				pods[p.Id] = p.Metadata
 			}
 		}
-		t := newTable("CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD ID", "POD")
+		t := newTable("CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD ID", "POD", "NAMESPACE")
 		for _, ct := range resp.Containers {
+			pod := pods[ct.PodSandboxId]
 			t.row(id(ct.Id), ct.Image.GetImage(), ago(ct.CreatedAt), strings.TrimPrefix(ct.State.String(), "CONTAINER_"),
-				ct.Metadata.GetName(), fmt.Sprint(ct.Metadata.GetAttempt()), id(ct.PodSandboxId), pods[ct.PodSandboxId])
+				ct.Metadata.GetName(), fmt.Sprint(ct.Metadata.GetAttempt()), id(ct.PodSandboxId), pod.GetName(), pod.GetNamespace())
 		}
 		t.flush()
 		return nil

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -91,6 +92,10 @@ func TestBerthctl(t *testing.T) {
 	ctr := strings.TrimSpace(d.berthctl(t, "create", pod, ctrJSON, podJSON))
 	d.berthctl(t, "start", ctr)
 
+	// The table shows the pod's name and namespace, as crictl's does.
+	if table := d.berthctl(t, "ps"); !strings.Contains(table, "NAMESPACE") || !regexp.MustCompile(`hello .* walk +default\n`).MatchString(table) {
+		t.Errorf("ps table without the pod's name and namespace:\n%s", table)
+	}
 	var listed []map[string]any
 	psOut := d.berthctl(t, "ps", "-o", "json")
 	var ps struct {
