@@ -39,6 +39,7 @@ type Server struct {
 
 	cfg     Config
 	log     *slog.Logger
+	onReady []func()
 	version string
 
 	images *image.Store
@@ -131,6 +132,10 @@ func (s *Server) Close() error {
 	return err
 }
 
+// OnReady registers f to run once Serve answers on the socket (after
+// recovery): berthd tells systemd it is ready there.
+func (s *Server) OnReady(f func()) { s.onReady = append(s.onReady, f) }
+
 // Serve serves the CRI on the socket, and the streaming server, until
 // ctx ends. Containers keep running after it returns.
 func (s *Server) Serve(ctx context.Context, extra ...func(*grpc.Server)) error {
@@ -167,6 +172,11 @@ func (s *Server) Serve(ctx context.Context, extra ...func(*grpc.Server)) error {
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(ln) }()
 	s.log.Info("serving the CRI", "socket", s.cfg.Socket, "version", s.version, "streaming", streamLn.Addr().String())
+	// Recovery ran in New, the socket listens: a caller that connects now
+	// is answered.
+	for _, f := range s.onReady {
+		f()
+	}
 	select {
 	case <-ctx.Done():
 		s.log.Info("shutting down; pods and containers keep running")

@@ -17,8 +17,10 @@ import (
 	"net/http/pprof"
 	"os"
 	"os/signal"
+	"strings"
 	"time"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/urfave/cli"
 	"golang.org/x/sys/unix"
 
@@ -125,11 +127,23 @@ func serve(ctx *cli.Context) error {
 	// and a closed terminal is no reason to stop.
 	signal.Ignore(unix.SIGHUP, unix.SIGPIPE)
 
+	if err := checkOverlay(); err != nil {
+		return err
+	}
 	srv, err := cri.New(cfg, log, version.Version)
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
+	// Type=notify: systemd (and so a kubelet ordered after berthd) learns
+	// that berthd answers once it does. Without NOTIFY_SOCKET, a no-op.
+	srv.OnReady(func() {
+		if ok, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+			log.Warn("tell systemd berthd is ready", "error", err)
+		} else if ok {
+			log.Info("told systemd berthd is ready")
+		}
+	})
 
 	runCtx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
 	defer stop()
@@ -152,6 +166,22 @@ func serve(ctx *cli.Context) error {
 		log.Info("serving metrics", "address", ln.Addr().String())
 	}
 	return srv.Serve(runCtx)
+}
+
+// checkOverlay makes sure the kernel has overlayfs, which every
+// container's root filesystem is: the unit's "modprobe overlay" may fail
+// quietly, and a node where no container can start should say so at once.
+func checkOverlay() error {
+	data, err := os.ReadFile("/proc/filesystems")
+	if err != nil {
+		return fmt.Errorf("check for overlayfs: %w", err)
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.TrimSpace(strings.TrimPrefix(l, "nodev")) == "overlay" {
+			return nil
+		}
+	}
+	return errors.New("the kernel has no overlay file system, which every container's root filesystem needs: load its module (modprobe overlay; CONFIG_OVERLAY_FS)")
 }
 
 // serveAdmin serves GET /pulls (pulls in flight, per layer), GET /metrics

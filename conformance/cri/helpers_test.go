@@ -140,6 +140,8 @@ type daemonOptions struct {
 	cniConfTemplate string
 	// rootSize puts berthd's root on a tmpfs of this size.
 	rootSize string
+	// env is added to berthd's environment.
+	env []string
 }
 
 // startDaemon starts berthd; the test's clean-up removes every pod, stops
@@ -155,7 +157,7 @@ func startDaemon(t testing.TB, opts ...daemonOptions) *daemon {
 	}
 	return &daemon{t: t, Daemon: berthd.Start(t, berthd.Options{
 		Extra: o.extra, CNIConfDir: o.cniConfDir, CNIConfTemplate: o.cniConfTemplate, RegistriesConf: o.registriesConf,
-		RootSize: o.rootSize,
+		RootSize: o.rootSize, Env: o.env,
 	})}
 }
 

@@ -4,10 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -144,4 +147,45 @@ func TestVersionStatusAndRuntimeConfig(t *testing.T) {
 
 	_, err = d.RT.CheckpointContainer(ctxT(t), &runtimeapi.CheckpointContainerRequest{ContainerId: "x"})
 	wantCode(t, err, codes.Unimplemented, "CheckpointContainer")
+}
+
+// TestSystemdNotify: with NOTIFY_SOCKET set (Type=notify), berthd sends
+// READY=1, and only once recovery is done and its socket serves.
+func TestSystemdNotify(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	d := startDaemon(t, daemonOptions{env: []string{"NOTIFY_SOCKET=" + sock}})
+	buf := make([]byte, 4096)
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	n, err := conn.Read(buf)
+	if err != nil || !strings.Contains(string(buf[:n]), "READY=1") {
+		t.Fatalf("notification from berthd: %q %v", buf[:n], err)
+	}
+	log := string(readFile(d.LogFile))
+	recovered, serving, told := strings.Index(log, "recovered state"), strings.Index(log, "serving the CRI"), strings.Index(log, "told systemd berthd is ready")
+	if recovered < 0 || serving < 0 || told < 0 || !(recovered < serving && serving < told) {
+		t.Errorf("berthd's log does not show recovery, then serving, then the notification (%d, %d, %d):\n%s", recovered, serving, told, log)
+	}
+}
+
+// TestSocketGroup: socket_group gives a group (a monitoring agent's) the
+// CRI socket, mode 0660, still owned by root.
+func TestSocketGroup(t *testing.T) {
+	g, err := user.LookupGroup("nogroup")
+	if err != nil {
+		t.Skipf("no group nogroup on this host to give the socket to: %v", err)
+	}
+	d := startDaemon(t, daemonOptions{extra: `socket_group = "nogroup"`})
+	fi, err := os.Stat(d.Socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if fmt.Sprint(st.Gid) != g.Gid || st.Uid != 0 || fi.Mode().Perm() != 0o660 {
+		t.Errorf("socket %s: owner %d:%d mode %v, want 0:%s 0660", d.Socket, st.Uid, st.Gid, fi.Mode().Perm(), g.Gid)
+	}
 }

@@ -42,6 +42,7 @@ type Daemon struct {
 	conn   *grpc.ClientConn
 	// rootMounted: the test's tmpfs is on the root, to unmount at the end.
 	rootMounted bool
+	env         []string
 }
 
 var seq atomic.Int64
@@ -61,6 +62,8 @@ type Options struct {
 	// RootSize, if set, puts berthd's root (its image store and metadata)
 	// on a tmpfs of that size ("16m"), to fill it.
 	RootSize string
+	// Env is added to berthd's environment (NOTIFY_SOCKET, say).
+	Env []string
 }
 
 // Start starts berthd; the test's clean-up removes every pod, stops the
@@ -68,7 +71,7 @@ type Options struct {
 func Start(t testing.TB, o Options) *Daemon {
 	t.Helper()
 	testutil.RequireRoot(t)
-	d := &Daemon{T: t, Dir: t.TempDir()}
+	d := &Daemon{T: t, Dir: t.TempDir(), env: o.Env}
 	// As /var/lib is: the root of a container in a user namespace must
 	// find its way to its root filesystem under berthd's root.
 	for _, dir := range []string{filepath.Dir(d.Dir), d.Dir} {
@@ -138,6 +141,7 @@ func (d *Daemon) Start() {
 	}
 	defer logf.Close()
 	d.cmd = exec.Command(testutil.Bin(t, "berthd"), "--config", d.ConfigFile)
+	d.cmd.Env = append(os.Environ(), d.env...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
