@@ -42,6 +42,7 @@ func main() {
 		runpCommand, podsCommand, inspectpCommand, stoppCommand, rmpCommand,
 		createCommand, startCommand, psCommand, inspectCommand, stopCommand, rmCommand,
 		execCommand, logsCommand, statsCommand,
+		statspCommand, imagefsinfoCommand, eventsCommand,
 	}
 	app.CommandNotFound = func(ctx *cli.Context, name string) {
 		fmt.Fprintf(os.Stderr, "berthctl: no command %q; see berthctl --help\n", name)

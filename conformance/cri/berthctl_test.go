@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -89,8 +90,35 @@ func TestBerthctl(t *testing.T) {
 		"log_path": "hello.log",
 	})
 	pod := strings.TrimSpace(d.berthctl(t, "runp", podJSON))
+	// The event stream, from before the container is made: its CREATED
+	// and STARTED events.
+	events := make(chan string, 1)
+	go func() {
+		out, errOut, err := d.berthctlErr(t, "events", "--count", "2", "-o", "json")
+		events <- fmt.Sprintf("%s%s%v", out, errOut, err)
+	}()
+	time.Sleep(500 * time.Millisecond) // the stream is open
 	ctr := strings.TrimSpace(d.berthctl(t, "create", pod, ctrJSON, podJSON))
 	d.berthctl(t, "start", ctr)
+	select {
+	case out := <-events:
+		if !strings.Contains(out, `"CONTAINER_CREATED_EVENT"`) || !strings.Contains(out, `"CONTAINER_STARTED_EVENT"`) || !strings.Contains(out, ctr) {
+			t.Errorf("berthctl events: %s", out)
+		}
+	case <-time.After(45 * time.Second):
+		t.Error("berthctl events --count 2 did not end")
+	}
+	if table := d.berthctl(t, "statsp"); !regexp.MustCompile(`walk +default +\S+ +\S+ +1\n`).MatchString(table) {
+		t.Errorf("statsp:\n%s", table)
+	}
+	var fsinfo struct {
+		ImageFilesystems []struct {
+			FsID struct{ Mountpoint string } `json:"fsId"`
+		} `json:"imageFilesystems"`
+	}
+	if out := d.berthctl(t, "imagefsinfo", "-o", "json"); json.Unmarshal([]byte(out), &fsinfo) != nil || len(fsinfo.ImageFilesystems) == 0 || fsinfo.ImageFilesystems[0].FsID.Mountpoint == "" {
+		t.Errorf("imagefsinfo -o json:\n%s", out)
+	}
 
 	// The table shows the pod's name and namespace, as crictl's does.
 	if table := d.berthctl(t, "ps"); !strings.Contains(table, "NAMESPACE") || !regexp.MustCompile(`hello .* walk +default\n`).MatchString(table) {
