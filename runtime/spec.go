@@ -5,6 +5,7 @@ import (
 	"slices"
 
 	mobyseccomp "github.com/moby/profiles/seccomp"
+	"github.com/opencontainers/runc/libcontainer/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -128,3 +129,7 @@ func DefaultSeccomp(spec *specs.Spec) (*specs.LinuxSeccomp, error) {
 	}
 	return p, nil
 }
+
+// ExampleSpec is runc's `spec` example (no seccomp filter, runc's default
+// capabilities), for comparisons with runc on the same spec.
+func ExampleSpec() *specs.Spec { return specconv.Example() }

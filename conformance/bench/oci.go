@@ -11,7 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/opencontainers/runc/libcontainer/specconv"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/berth-runtime/berth/internal/testutil"
@@ -98,7 +97,7 @@ func (b *OCIBench) Run(ctx context.Context, res *Results) error {
 			}
 		}
 	}()
-	minimal, err := b.bundle("minimal", specconv.Example(), CgroupParent+"/run", "/bin/true")
+	minimal, err := b.bundle("minimal", bruntime.ExampleSpec(), CgroupParent+"/run", "/bin/true")
 	if err != nil {
 		return err
 	}
@@ -180,7 +179,7 @@ func (b *OCIBench) execCase(ctx context.Context) (*Case, error) {
 		}
 	}()
 	for _, rt := range b.Runtimes {
-		bundle, err := b.bundle("exec-"+rt.Name, specconv.Example(), CgroupParent+"/exec-"+rt.Name, "sleep", "3600")
+		bundle, err := b.bundle("exec-"+rt.Name, bruntime.ExampleSpec(), CgroupParent+"/exec-"+rt.Name, "sleep", "3600")
 		if err != nil {
 			return nil, err
 		}
