@@ -69,6 +69,17 @@ func (e *env) open() {
 	})
 }
 
+// localStore opens a store with no registry: for pulls of oci: layouts.
+func localStore(t *testing.T) *image.Store {
+	t.Helper()
+	testutil.RequireRoot(t)
+	s, err := image.Open(image.Options{Root: t.TempDir(), RegistriesConfDir: t.TempDir(), RegistriesConf: filepath.Join(t.TempDir(), "none.conf"),
+		PolicyFile: writePolicy(t, `{"default":[{"type":"insecureAcceptAnything"}]}`)})
+	must(t, err)
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 func writePolicy(t *testing.T, content string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "policy.json")

@@ -17,12 +17,7 @@ import (
 // making a root filesystem of it, changes nothing in a host directory
 // tree outside the store, and reads nothing from it.
 func TestPullHostileImpliedDirs(t *testing.T) {
-	testutil.RequireRoot(t)
-	opts := image.Options{Root: t.TempDir(), RegistriesConfDir: t.TempDir(), RegistriesConf: filepath.Join(t.TempDir(), "none.conf"),
-		PolicyFile: writePolicy(t, `{"default":[{"type":"insecureAcceptAnything"}]}`)}
-	s, err := image.Open(opts)
-	must(t, err)
-	defer s.Close()
+	s := localStore(t)
 	for i, c := range testutil.HostileImpliedDirImages(testutil.NewSentinel(t)) {
 		t.Run(c.Name, func(t *testing.T) {
 			// A sentinel of its own, so that one case's damage is its own.
@@ -58,11 +53,7 @@ func TestPullHostileImpliedDirs(t *testing.T) {
 // while its usage is measured never makes the walk count the host's
 // files.
 func TestRootfsUsageStaysInside(t *testing.T) {
-	testutil.RequireRoot(t)
-	s, err := image.Open(image.Options{Root: t.TempDir(), RegistriesConfDir: t.TempDir(), RegistriesConf: filepath.Join(t.TempDir(), "none.conf"),
-		PolicyFile: writePolicy(t, `{"default":[{"type":"insecureAcceptAnything"}]}`)})
-	must(t, err)
-	defer s.Close()
+	s := localStore(t)
 	ref := "oci:" + testutil.BuildOCI(t, t.TempDir(), "v1", simpleImage(testutil.File{Path: "f", Content: "x"}))
 	img, err := s.Pull(context.Background(), ref, image.PullOptions{})
 	must(t, err)

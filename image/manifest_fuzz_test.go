@@ -160,24 +160,11 @@ func writeFile(t testing.TB, dir, name, content string) string {
 // hostileLayer aims a symlink at the sentinel beside the store (from a
 // layer at store/layers/<id> or store/tmp/<id>) and writes through it.
 func hostileLayer(t testing.TB) []byte {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, h := range []*tar.Header{
-		{Name: "a", Typeflag: tar.TypeSymlink, Linkname: "../../../outside"},
-		{Name: "a/victim/x", Typeflag: tar.TypeReg, Mode: 0o644, Size: 1},
-		{Name: "b", Typeflag: tar.TypeLink, Linkname: "a/sentinel"},
-	} {
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if h.Size > 0 {
-			tw.Write([]byte("x"))
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return tarOf(t, []hostile{
+		{name: "a", typ: tar.TypeSymlink, linkname: "../../../outside"},
+		{name: "a/victim/x", content: "x"},
+		{name: "b", typ: tar.TypeLink, linkname: "a/sentinel"},
+	})
 }
 
 // fuzzLayer is a small valid layer: a directory and a file.

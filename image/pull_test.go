@@ -369,12 +369,7 @@ insecure = true
 }
 
 func TestOtherTransports(t *testing.T) {
-	testutil.RequireRoot(t)
-	opts := image.Options{Root: t.TempDir(), RegistriesConfDir: t.TempDir(), RegistriesConf: filepath.Join(t.TempDir(), "none.conf"),
-		PolicyFile: writePolicy(t, `{"default":[{"type":"insecureAcceptAnything"}]}`)}
-	s, err := image.Open(opts)
-	must(t, err)
-	defer s.Close()
+	s := localStore(t)
 	layoutRef := testutil.BuildOCI(t, t.TempDir(), "v1", simpleImage(testutil.File{Path: "from-oci", Content: "o"}))
 	img, err := s.Pull(context.Background(), "oci:"+layoutRef, image.PullOptions{})
 	if err != nil {
