@@ -233,11 +233,7 @@ var statsCommand = cli.Command{
 		}
 		t := newTable("CONTAINER", "NAME", "CPU %", "MEM", "DISK", "INODES")
 		for _, s := range resp.Stats {
-			cpu := "-"
-			if v := s.Cpu.GetUsageNanoCores(); v != nil {
-				cpu = fmt.Sprintf("%.2f", float64(v.Value)/1e7)
-			}
-			t.row(short(s.Attributes.GetId()), s.Attributes.GetMetadata().GetName(), cpu,
+			t.row(short(s.Attributes.GetId()), s.Attributes.GetMetadata().GetName(), cpuPercent(s.Cpu.GetUsageNanoCores()),
 				humanBytes(s.Memory.GetWorkingSetBytes().GetValue()), humanBytes(s.WritableLayer.GetUsedBytes().GetValue()),
 				fmt.Sprint(s.WritableLayer.GetInodesUsed().GetValue()))
 		}

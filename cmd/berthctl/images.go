@@ -220,17 +220,12 @@ func shortDigest(d string) string {
 	return name
 }
 
-// sizeOf is a byte count for people: KiB, MiB, GiB; "?" if unknown.
+// sizeOf is humanBytes for a size that may be unknown (-1): "?".
 func sizeOf(n int64) string {
-	switch {
-	case n < 0:
+	if n < 0 {
 		return "?"
-	case n < 1<<20:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	case n < 1<<30:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 	}
-	return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	return humanBytes(uint64(n))
 }
 
 // admin is a client of berthd's side channel.

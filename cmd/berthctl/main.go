@@ -170,6 +170,15 @@ func ago(nanos int64) string {
 	return fmt.Sprintf("%d days ago", int(d.Hours()/24))
 }
 
+// cpuPercent is a CPU rate in nanocores as a percentage of one core, or
+// "-" before the runtime has two samples to compute it from.
+func cpuPercent(nanoCores *runtimeapi.UInt64Value) string {
+	if nanoCores == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", float64(nanoCores.Value)/1e7)
+}
+
 func humanBytes(n uint64) string {
 	const unit = 1024
 	if n < unit {

@@ -48,12 +48,8 @@ var statspCommand = cli.Command{
 		t := newTable("POD", "NAME", "NAMESPACE", "CPU %", "MEM", "CONTAINERS")
 		for _, s := range resp.Stats {
 			l := s.GetLinux()
-			cpu := "-"
-			if v := l.GetCpu().GetUsageNanoCores(); v != nil {
-				cpu = fmt.Sprintf("%.2f", float64(v.Value)/1e7)
-			}
 			md := s.GetAttributes().GetMetadata()
-			t.row(short(s.GetAttributes().GetId()), md.GetName(), md.GetNamespace(), cpu,
+			t.row(short(s.GetAttributes().GetId()), md.GetName(), md.GetNamespace(), cpuPercent(l.GetCpu().GetUsageNanoCores()),
 				humanBytes(l.GetMemory().GetWorkingSetBytes().GetValue()), fmt.Sprint(len(l.GetContainers())))
 		}
 		t.flush()
