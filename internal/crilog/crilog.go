@@ -101,8 +101,9 @@ func (l *File) record(stream string, partial bool, content []byte) error {
 }
 
 // Copy reads a stream of output and logs it until EOF; every extra writer
-// (attach clients) gets the raw bytes too, and is dropped once a write to
-// it fails. It returns when r is exhausted.
+// (attach clients) gets the raw bytes too, after the complete lines among
+// them are in the log, and is dropped once a write to it fails. It
+// returns when r is exhausted.
 func (l *File) Copy(stream string, r io.Reader, tee *Tee) error {
 	buf := make([]byte, 32*1024)
 	var line []byte
@@ -110,9 +111,6 @@ func (l *File) Copy(stream string, r io.Reader, tee *Tee) error {
 		n, err := r.Read(buf)
 		if n > 0 {
 			chunk := buf[:n]
-			if tee != nil {
-				tee.Write(chunk)
-			}
 			for len(chunk) > 0 {
 				i := bytes.IndexByte(chunk, '\n')
 				if i < 0 {
@@ -128,6 +126,9 @@ func (l *File) Copy(stream string, r io.Reader, tee *Tee) error {
 					_ = l.record(stream, true, line[:MaxLine])
 					line = append(line[:0], line[MaxLine:]...)
 				}
+			}
+			if tee != nil {
+				tee.Write(buf[:n])
 			}
 		}
 		if err != nil {
