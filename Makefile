@@ -6,6 +6,8 @@
 #   make install   binaries into $(PREFIX)/bin
 #   make run       build, start berthd and run a pod through berthctl
 #   make run-oci   build, then run a container from a busybox bundle with berth
+#   make cluster   a Kubernetes cluster on berth (NODES=2 for two nodes);
+#                  make cluster-down removes it
 
 GO        ?= go
 CC        ?= gcc
@@ -35,7 +37,7 @@ E2E_PKGS  := $(if $(SUITE),./conformance/$(SUITE)/,./conformance/...)
 
 BINARIES  := berth berth-shim pause berthd berthctl
 
-.PHONY: all build deps test-deps cni-plugins kubelet gotestsum unit e2e race-bin e2e-race test lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
+.PHONY: all build deps test-deps cni-plugins kubelet kubernetes cluster cluster-down gotestsum unit e2e race-bin e2e-race test lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
 
 all: build
 
@@ -96,12 +98,31 @@ BERTH_CONF_DIR  ?= /etc/berth
 cni-plugins:
 	hack/cni-plugins/build.sh $(CNI_BIN)
 
-# The kubelet of the release whose CRI berth speaks, built once from the
-# k8s.io/kubernetes module for conformance/kubelet.
-KUBELET_DIR   := $(CURDIR)/.cache/kubelet
+# Kubernetes of the release whose CRI berth speaks, built once from the
+# k8s.io/kubernetes module (and etcd, CoreDNS at the versions its kubeadm
+# deploys): the kubelet for conformance/kubelet, all of it for a cluster.
+K8S_DIR       := $(CURDIR)/.cache/kubernetes
+K8S_CLUSTER   := kubelet kubeadm kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd coredns
+KUBELET_DIR   := $(K8S_DIR)
 
 kubelet:
-	hack/kubelet/build.sh $(KUBELET_DIR)
+	hack/kubernetes/build.sh $(K8S_DIR) kubelet
+
+kubernetes:
+	hack/kubernetes/build.sh $(K8S_DIR) $(K8S_CLUSTER)
+
+# A cluster on this machine whose runtime is berthd (hack/cluster/cluster.sh):
+# `make cluster NODES=2`, then the two lines it prints to eval; `make
+# cluster-down` removes all of it.
+NODES ?= 1
+CLUSTER_ENV = BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) CNI_BIN_DIR=$(CNI_BIN) K8S_BIN_DIR=$(K8S_DIR) MKIMAGE=$(CURDIR)/.cache/mkimage
+
+cluster: build test-deps cni-plugins kubernetes
+	$(GO) build $(GO_FLAGS) -o .cache/mkimage ./hack/cluster/mkimage
+	$(CLUSTER_ENV) hack/cluster/cluster.sh up $(NODES)
+
+cluster-down:
+	$(CLUSTER_ENV) hack/cluster/cluster.sh down
 
 e2e: build cni-plugins kubelet gotestsum
 	hack/runtime-tools/build.sh $(RUNTIME_TOOLS)

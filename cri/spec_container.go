@@ -344,12 +344,9 @@ func (s *Server) containerMounts(spec *specs.Spec, in specInput) error {
 	}
 	var criMounts []specs.Mount
 	for i, m := range cfg.Mounts {
-		src, err := filepath.EvalSymlinks(m.HostPath)
+		src, err := hostPathSource(m.HostPath)
 		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return invalidf("mounts[%d]: host_path %s does not exist", i, m.HostPath)
-			}
-			return fmt.Errorf("mounts[%d]: host_path %s: %w", i, m.HostPath, err)
+			return fmt.Errorf("mounts[%d]: %w", i, err)
 		}
 		var propagation string
 		switch m.Propagation {
@@ -765,4 +762,22 @@ func hugetlbAvailable() bool {
 	}
 	var st unix.Statfs_t
 	return unix.Statfs("/sys/fs/cgroup/hugetlb", &st) == nil && st.Type == unix.CGROUP_SUPER_MAGIC
+}
+
+// hostPathSource resolves a mount's host path, making it a directory if
+// it is missing, as containerd and CRI-O do (and Docker before them): a
+// hostPath volume without a type (kube-proxy's /lib/modules) reaches the
+// runtime unchecked, and Kubernetes expects it to be made.
+func hostPathSource(p string) (string, error) {
+	src, err := filepath.EvalSymlinks(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return "", fmt.Errorf("create missing host_path %s: %w", p, err)
+		}
+		src, err = filepath.EvalSymlinks(p)
+	}
+	if err != nil {
+		return "", fmt.Errorf("host_path %s: %w", p, err)
+	}
+	return src, nil
 }

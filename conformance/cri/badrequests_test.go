@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -99,11 +100,6 @@ func TestBadRequests(t *testing.T) {
 		{"CreateContainer with a relative mount", codes.InvalidArgument, func() error {
 			return create(pod, ctrWith(func(c *runtimeapi.ContainerConfig) {
 				c.Mounts = []*runtimeapi.Mount{{ContainerPath: "/data", HostPath: "relative"}}
-			}))
-		}},
-		{"CreateContainer with a missing host path", codes.InvalidArgument, func() error {
-			return create(pod, ctrWith(func(c *runtimeapi.ContainerConfig) {
-				c.Mounts = []*runtimeapi.Mount{{ContainerPath: "/data", HostPath: filepath.Join(d.Dir, "does-not-exist")}}
 			}))
 		}},
 		{"CreateContainer with an unknown capability", codes.InvalidArgument, func() error {
@@ -224,4 +220,21 @@ func usernsContext(host, length uint32, hostNetwork bool) *runtimeapi.LinuxSandb
 		ns.Network = runtimeapi.NamespaceMode_NODE
 	}
 	return &runtimeapi.LinuxSandboxSecurityContext{NamespaceOptions: ns}
+}
+
+// TestMissingHostPathIsMade: a mount whose host path is missing gets a new
+// directory there, as containerd and CRI-O do: the kubelet passes hostPath
+// volumes without a type unchecked (kube-proxy's /lib/modules).
+func TestMissingHostPathIsMade(t *testing.T) {
+	d := startDaemon(t)
+	podCfg := d.podConfig("hostpath")
+	pod := d.runPod(t, podCfg)
+	missing := filepath.Join(t.TempDir(), "not", "there")
+	cfg := containerConfig("c", "", "sh", "-c", "echo written > /data/f; sleep 3600")
+	cfg.Mounts = []*runtimeapi.Mount{{ContainerPath: "/data", HostPath: missing}}
+	c := d.run(t, pod, podCfg, cfg)
+	d.mustExec(t, c, "sh", "-c", "for i in $(seq 100); do test -f /data/f && exit 0; sleep 0.1; done; exit 1")
+	if data, err := os.ReadFile(filepath.Join(missing, "f")); err != nil || string(data) != "written\n" {
+		t.Errorf("the container's write in the made host path: %q %v", data, err)
+	}
 }

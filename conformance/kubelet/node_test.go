@@ -1,5 +1,5 @@
 // Package kubelet_test runs the real kubelet, built from the
-// k8s.io/kubernetes module (hack/kubelet/build.sh), in standalone mode on
+// k8s.io/kubernetes module (hack/kubernetes/build.sh), in standalone mode on
 // a berthd started by the test: static pods, probes, restarts, logs, and
 // both daemons' restarts and crashes.
 package kubelet_test
@@ -46,7 +46,7 @@ func TestMain(m *testing.M) {
 	})
 }
 
-// kubeletBin is the kubelet make test builds (hack/kubelet/build.sh).
+// kubeletBin is the kubelet make test builds (hack/kubernetes/build.sh).
 func kubeletBin(t *testing.T) string {
 	t.Helper()
 	p := os.Getenv("BERTH_KUBELET")
@@ -54,7 +54,7 @@ func kubeletBin(t *testing.T) string {
 		p = filepath.Join(testutil.RepoRoot(), ".cache", "kubelet", "kubelet")
 	}
 	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("kubelet not built (make test builds it: hack/kubelet/build.sh): %v", err)
+		t.Fatalf("kubelet not built (make test builds it: hack/kubernetes/build.sh): %v", err)
 	}
 	return p
 }
