@@ -52,7 +52,9 @@ func berthContainers(t testing.TB, ns string) map[int]map[string]int {
 		var list struct {
 			Containers []struct {
 				Image struct {
-					Image string `json:"image"`
+					// The kubelet creates containers by image ID and
+					// passes the name it was given along.
+					UserSpecifiedImage string `json:"userSpecifiedImage"`
 				} `json:"image"`
 				Labels map[string]string `json:"labels"`
 			} `json:"containers"`
@@ -63,7 +65,7 @@ func berthContainers(t testing.TB, ns string) map[int]map[string]int {
 		}
 		got[n] = map[string]int{}
 		for _, c := range list.Containers {
-			got[n][c.Image.Image]++
+			got[n][c.Image.UserSpecifiedImage]++
 		}
 	}
 	return got

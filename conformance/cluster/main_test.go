@@ -69,10 +69,10 @@ func TestMain(m *testing.M) {
 			"CNI_BIN_DIR="+cniBinDir(),
 			"K8S_BIN_DIR="+suite.k8sBin,
 			"CLUSTER_DIR="+suite.dir,
-			"CLUSTER_CGROUP="+strings.TrimPrefix(testutil.CgroupParent, "/")+"/cluster",
 			"MKIMAGE="+mkimage,
 		)
 		if reuse == "" {
+			suite.env = append(suite.env, "CLUSTER_CGROUP="+strings.TrimPrefix(testutil.CgroupParent, "/")+"/cluster")
 			if err := up(s); err != nil {
 				return err
 			}

@@ -61,8 +61,14 @@ func TestNodes(t *testing.T) {
 			if p.Spec.NodeName != node || p.Status.Phase != corev1.PodRunning {
 				continue
 			}
-			if !strings.Contains(sandboxes, string(p.UID)) {
-				t.Errorf("pod %s (%s) runs on %s by the API server, but that node's berthd has no ready sandbox for it", p.Name, p.UID, node)
+			// A static pod's mirror has a UID of its own; the kubelet's
+			// (the sandbox's) is in its annotation.
+			uid := string(p.UID)
+			if m := p.Annotations["kubernetes.io/config.mirror"]; m != "" {
+				uid = m
+			}
+			if !strings.Contains(sandboxes, uid) {
+				t.Errorf("pod %s (%s) runs on %s by the API server, but that node's berthd has no ready sandbox for it", p.Name, uid, node)
 			}
 		}
 	}

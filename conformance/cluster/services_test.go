@@ -81,7 +81,7 @@ spec:
 	for n := 1; n <= nodes; n++ {
 		client := fmt.Sprintf("client%d", n)
 		for name, p := range backends {
-			got := strings.TrimSpace(execIn(t, ns, client, "wget", "-q", "-T", "5", "-O-", "http://"+p.Status.PodIP+":8080/index.html"))
+			got := strings.TrimSpace(execIn(t, ns, client, "timeout", "10", "wget", "-q", "-O-", "http://"+p.Status.PodIP+":8080/index.html"))
 			if got != name {
 				t.Errorf("%s -> %s (%s on %s): %q", client, p.Status.PodIP, name, p.Spec.NodeName, got)
 			}
@@ -97,7 +97,7 @@ spec:
 		for _, target := range []string{svc.Spec.ClusterIP, "echo", "echo." + ns + ".svc.cluster.local"} {
 			seen := map[string]bool{}
 			eventually(t, time.Minute, fmt.Sprintf("%s -> %s reaching both nodes", client, target), func() string {
-				got := strings.TrimSpace(execIn(t, ns, client, "wget", "-q", "-T", "5", "-O-", "http://"+target+"/index.html"))
+				got := strings.TrimSpace(execIn(t, ns, client, "timeout", "10", "wget", "-q", "-O-", "http://"+target+"/index.html"))
 				p, ok := backends[got]
 				if !ok {
 					return fmt.Sprintf("answer %q is no backend", got)

@@ -127,12 +127,12 @@ spec:
 `, ns, suite.busybox, out))
 	waitReady(t, ns, "ordered", "graceful", "userns")
 
-	if order := execIn(t, ns, "ordered", "-c", "main", "cat", "/d/order"); order != "init\nsidecar\nmain\n" {
+	if order := kubectl(t, "-n", ns, "exec", "ordered", "-c", "main", "--", "cat", "/d/order"); order != "init\nsidecar\nmain\n" {
 		t.Errorf("start order %q, want init, sidecar, main", order)
 	}
 	// The liveness probe fails once the file goes: the kubelet restarts
 	// main (and only main).
-	execIn(t, ns, "ordered", "-c", "main", "rm", "/www/healthz")
+	kubectl(t, "-n", ns, "exec", "ordered", "-c", "main", "--", "rm", "/www/healthz")
 	eventually(t, time.Minute, "main restarted by its liveness probe", func() string {
 		var p corev1.Pod
 		getJSON(t, &p, "pod", "-n", ns, "ordered")

@@ -593,6 +593,9 @@ cmd_up() {
 	kubeadm_init
 	for n in $(seq 2 "$nodes"); do kubeadm_join "$n"; done
 	route_pod_cidrs "$nodes"
+	# The first node runs workloads too, as kind's and minikube's do: one
+	# node must, and two give the scheduler both to spread over.
+	kubectl taint node "$(node_name 1)" node-role.kubernetes.io/control-plane:NoSchedule- >/dev/null
 	log "waiting for the nodes and CoreDNS to be ready"
 	kubectl wait --for=condition=Ready node --all --timeout=300s >/dev/null
 	kubectl -n kube-system rollout status deployment/coredns --timeout=300s >/dev/null
