@@ -31,6 +31,7 @@ const (
 // suite is the cluster the tests share: bringing one up takes a minute.
 var suite struct {
 	dir     string // CLUSTER_DIR
+	cgroup  string // the cgroup the cluster runs below (CLUSTER_CGROUP)
 	k8sBin  string // kubectl, kubeadm, ...
 	env     []string
 	busybox string // busybox image, tag 1
@@ -71,8 +72,10 @@ func TestMain(m *testing.M) {
 			"CLUSTER_DIR="+suite.dir,
 			"MKIMAGE="+mkimage,
 		)
+		suite.cgroup = "berth-cluster"
 		if reuse == "" {
-			suite.env = append(suite.env, "CLUSTER_CGROUP="+strings.TrimPrefix(testutil.CgroupParent, "/")+"/cluster")
+			suite.cgroup = strings.TrimPrefix(testutil.CgroupParent, "/") + "/cluster"
+			suite.env = append(suite.env, "CLUSTER_CGROUP="+suite.cgroup)
 			if err := up(s); err != nil {
 				return err
 			}
