@@ -31,13 +31,13 @@ TEST_TIMEOUT ?= 30m
 # Pass TEST=<regexp> to run a subset of the end-to-end tests.
 TEST      ?=
 TESTRUN   := $(if $(TEST),-run '$(TEST)',)
-# Pass SUITE=oci|cri|kubelet to run one end-to-end suite.
+# Pass SUITE=oci|cri|kubelet|cluster to run one end-to-end suite.
 SUITE     ?=
 E2E_PKGS  := $(if $(SUITE),./conformance/$(SUITE)/,./conformance/...)
 
 BINARIES  := berth berth-shim pause berthd berthctl
 
-.PHONY: all build deps test-deps cni-plugins kubelet kubernetes cluster cluster-down gotestsum unit e2e race-bin e2e-race test lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
+.PHONY: all build deps test-deps cni-plugins kubelet kubernetes mkimage cluster cluster-down gotestsum unit e2e race-bin e2e-race test lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
 
 all: build
 
@@ -117,16 +117,18 @@ kubernetes:
 NODES ?= 1
 CLUSTER_ENV = BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) CNI_BIN_DIR=$(CNI_BIN) K8S_BIN_DIR=$(K8S_DIR) MKIMAGE=$(CURDIR)/.cache/mkimage
 
-cluster: build test-deps cni-plugins kubernetes
-	$(GO) build $(GO_FLAGS) -o .cache/mkimage ./hack/cluster/mkimage
+cluster: build test-deps cni-plugins kubernetes mkimage
 	$(CLUSTER_ENV) hack/cluster/cluster.sh up $(NODES)
 
 cluster-down:
 	$(CLUSTER_ENV) hack/cluster/cluster.sh down
 
-e2e: build cni-plugins kubelet gotestsum
+mkimage:
+	$(GO) build $(GO_FLAGS) -o .cache/mkimage ./hack/cluster/mkimage
+
+e2e: build cni-plugins kubernetes mkimage gotestsum
 	hack/runtime-tools/build.sh $(RUNTIME_TOOLS)
-	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_RUNTIME_TOOLS=$(RUNTIME_TOOLS) BERTH_CNI_BIN=$(CNI_BIN) BERTH_KUBELET=$(KUBELET_DIR)/kubelet $(TESTRUNNER) $(GO_FLAGS) -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TESTRUN) $(E2E_PKGS)
+	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_RUNTIME_TOOLS=$(RUNTIME_TOOLS) BERTH_CNI_BIN=$(CNI_BIN) BERTH_KUBELET=$(KUBELET_DIR)/kubelet BERTH_K8S_DIR=$(K8S_DIR) BERTH_MKIMAGE=$(CURDIR)/.cache/mkimage $(TESTRUNNER) $(GO_FLAGS) -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TESTRUN) $(E2E_PKGS)
 
 # The race pass: berthd and berth-shim built with the race detector (the
 # shim's races only show in the shim process), driven by the shim's tests

@@ -64,6 +64,13 @@ func TestMain(m *testing.M) {
 		suite.dir = reuse
 		if reuse == "" {
 			suite.dir = s.TempDir()
+			// As /var/lib is: the root of a container in a user namespace
+			// must find its way to its root filesystem under berthd's root.
+			for _, d := range []string{filepath.Dir(suite.dir), suite.dir} {
+				if err := os.Chmod(d, 0o711); err != nil {
+					return err
+				}
+			}
 		}
 		suite.env = append(os.Environ(),
 			"BERTH_BIN_DIR="+testutil.BinDir(),
@@ -88,9 +95,13 @@ func TestMain(m *testing.M) {
 // up brings the suite's cluster up; the clean-up takes it down, even when
 // up fails half way.
 func up(s *testutil.Scratch) error {
+	before := hostState()
 	s.Cleanup(func() {
 		if out, err := clusterScript("down"); err != nil {
-			fmt.Fprintf(os.Stderr, "cluster down: %v\n%s", err, out)
+			s.Errorf("cluster down: %v\n%s", err, out)
+		}
+		if after := hostState(); after != before {
+			s.Errorf("the host is not as before the cluster:\n--- before\n%s\n--- after\n%s", before, after)
 		}
 	})
 	start := time.Now()
@@ -251,4 +262,36 @@ func berthctl(t testing.TB, n int, args ...string) string {
 		t.Fatalf("berthctl %s on node %d: %v\n%s", strings.Join(args, " "), n, err, out)
 	}
 	return string(out)
+}
+
+// hostState is what a cluster could leave behind on the host: network
+// namespaces, links, mounts, iptables rules, the paths kubeadm and the
+// kubelet use whatever they are told, and the sysctls the kubelet sets.
+// Cgroups are the suite's leak check's.
+func hostState() string {
+	var b strings.Builder
+	run := func(name string, args ...string) {
+		out, err := exec.Command(name, args...).CombinedOutput()
+		fmt.Fprintf(&b, "$ %s %s (%v)\n%s", name, strings.Join(args, " "), err, out)
+	}
+	run("ip", "netns", "list")
+	run("ip", "-o", "link", "show")
+	run("iptables", "-S")
+	mounts, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(mounts), "\n") {
+		if strings.Contains(l, "berth-cluster") || (suite.dir != "" && strings.Contains(l, suite.dir)) {
+			fmt.Fprintf(&b, "mount: %s\n", l)
+		}
+	}
+	for _, p := range []string{"/etc/kubernetes", "/var/lib/kubelet", "/var/log/pods", "/var/log/containers",
+		"/lib/modules", "/usr/libexec/kubernetes", "/run/xtables.lock", "/run/berth-cluster"} {
+		_, err := os.Lstat(p)
+		fmt.Fprintf(&b, "%s exists: %v\n", p, err == nil)
+	}
+	for _, sysctl := range []string{"vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+		"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes"} {
+		v, _ := os.ReadFile("/proc/sys/" + sysctl)
+		fmt.Fprintf(&b, "%s = %s", sysctl, v)
+	}
+	return b.String()
 }

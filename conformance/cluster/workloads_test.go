@@ -60,7 +60,7 @@ spec:
 }
 
 // TestPodLifecycle: init containers and a sidecar (an init container
-// that keeps running) in order; exec and HTTP probes; a container over its
+// that keeps running) in order; exec, TCP and HTTP probes; a container over its
 // memory limit OOMKilled; preStop hooks and the grace period on deletion;
 // an ephemeral container from kubectl debug; a pod in a user namespace.
 func TestPodLifecycle(t *testing.T) {
@@ -89,6 +89,7 @@ spec:
     image: %[2]s
     volumeMounts: [{name: d, mountPath: /d}]
     command: [sh, -c, 'echo main >> /d/order; mkdir /www; echo ok > /www/healthz; exec httpd -f -p 8080 -h /www']
+    startupProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
     readinessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1}
     livenessProbe: {exec: {command: [test, -f, /www/healthz]}, periodSeconds: 1, failureThreshold: 2}
 ---

@@ -488,6 +488,11 @@ failCgroupV1: false
 failSwapOn: false
 cgroupDriver: cgroupfs
 resolvConf: $CLUSTER_DIR/resolv.conf
+# Pod and container stats from the runtime (ListPodSandboxStats,
+# ListContainerStats), not from cAdvisor: berth's numbers, as on nodes
+# that turn the beta on.
+featureGates:
+  PodAndContainerStatsFromCRI: true
 ---
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration

@@ -11,6 +11,7 @@ import (
 type Scratch struct {
 	dir      string
 	cleanups []func()
+	errs     []string
 }
 
 // NewScratch makes a scratch area under dir.
@@ -35,6 +36,15 @@ func (s *Scratch) TempDir() string {
 	}
 	return d
 }
+
+// Errorf records a failure found by a clean-up (something left behind);
+// MainWith fails the suite with it.
+func (s *Scratch) Errorf(format string, args ...any) {
+	s.errs = append(s.errs, fmt.Sprintf(format, args...))
+}
+
+// Errors are the failures recorded by Errorf.
+func (s *Scratch) Errors() []string { return s.errs }
 
 // Cleanup registers f for Close.
 func (s *Scratch) Cleanup(f func()) { s.cleanups = append(s.cleanups, f) }

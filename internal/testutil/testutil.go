@@ -358,6 +358,10 @@ func MainWith(m *testing.M, setup func(*Scratch) error) {
 			code = m.Run()
 		}
 		s.Close()
+		for _, e := range s.Errors() {
+			fmt.Fprintln(os.Stderr, "suite clean-up:", e)
+			code = 1
+		}
 		_ = os.RemoveAll(dir)
 	} else {
 		code = m.Run()
