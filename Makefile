@@ -37,7 +37,7 @@ E2E_PKGS  := $(if $(SUITE),./conformance/$(SUITE)/,./conformance/...)
 
 BINARIES  := berth berth-shim pause berthd berthctl
 
-.PHONY: all build deps test-deps cni-plugins kubelet kubernetes mkimage cluster cluster-down gotestsum unit e2e race-bin e2e-race test lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
+.PHONY: all build deps test-deps cni-plugins kubelet kubernetes mkimage containerd cluster cluster-down gotestsum unit e2e race-bin e2e-race test lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
 
 all: build
 
@@ -111,13 +111,22 @@ kubelet:
 kubernetes:
 	hack/kubernetes/build.sh $(K8S_DIR) $(K8S_CLUSTER)
 
+# containerd 2.4 and the runc it pins, built from the Go module proxy: the
+# peer berth is compared with.
+CONTAINERD_DIR := $(CURDIR)/.cache/containerd
+
+containerd:
+	hack/containerd/build.sh $(CONTAINERD_DIR)
+
 # A cluster on this machine whose runtime is berthd (hack/cluster/cluster.sh):
 # `make cluster NODES=2`, then the two lines it prints to eval; `make
-# cluster-down` removes all of it.
+# cluster-down` removes all of it. CLUSTER_RUNTIME=containerd: the same
+# cluster on containerd.
 NODES ?= 1
-CLUSTER_ENV = BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) CNI_BIN_DIR=$(CNI_BIN) K8S_BIN_DIR=$(K8S_DIR) MKIMAGE=$(CURDIR)/.cache/mkimage
+CLUSTER_RUNTIME ?= berth
+CLUSTER_ENV = BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) CNI_BIN_DIR=$(CNI_BIN) K8S_BIN_DIR=$(K8S_DIR) MKIMAGE=$(CURDIR)/.cache/mkimage CONTAINERD_BIN_DIR=$(CONTAINERD_DIR) CLUSTER_RUNTIME=$(CLUSTER_RUNTIME)
 
-cluster: build test-deps cni-plugins kubernetes mkimage
+cluster: build test-deps cni-plugins kubernetes mkimage $(if $(filter containerd,$(CLUSTER_RUNTIME)),containerd)
 	$(CLUSTER_ENV) hack/cluster/cluster.sh up $(NODES)
 
 cluster-down:

@@ -11,7 +11,7 @@ import (
 )
 
 // webDeployment is a Deployment of busybox httpd servers that answer
-// with their pod's name.
+// with their pod's name, spread over the nodes.
 func webDeployment(ns, name, image string, replicas int) string {
 	return fmt.Sprintf(`apiVersion: apps/v1
 kind: Deployment
@@ -24,6 +24,9 @@ spec:
     metadata: {labels: {app: %[2]s}}
     spec:
       terminationGracePeriodSeconds: 1
+      # Over both nodes, as evenly as they go.
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: %[2]s}}}
       containers:
       - name: web
         image: %[3]s

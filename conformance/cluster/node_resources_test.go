@@ -220,7 +220,7 @@ func TestImageGC(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+		pid, _ := strconv.Atoi(strings.Fields(string(data))[0]) // "pid starttime"
 		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}

@@ -81,7 +81,7 @@ func TestRuntimeAndKubeletRestart(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+		pid, err := strconv.Atoi(strings.Fields(string(data))[0]) // "pid starttime"
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -90,7 +90,7 @@ func TestRuntimeAndKubeletRestart(t *testing.T) {
 		}
 	}
 
-	kill("berthd.pid")
+	kill("runtime.pid")
 	time.Sleep(2 * time.Second) // the kubelet sees the runtime gone
 	if out, err := clusterScript("start", "2"); err != nil {
 		t.Fatalf("cluster start 2: %v\n%s", err, out)

@@ -19,6 +19,10 @@
 # serves the control plane's images listens there too. Nothing leaves
 # the machine: the nodes have no default route.
 #
+# CLUSTER_RUNTIME=containerd runs containerd (CONTAINERD_BIN_DIR: containerd,
+# its runc shim and runc, hack/containerd/build.sh) on the nodes instead of
+# berthd, configured as kubeadm users do, for side-by-side runs.
+#
 # Environment: BERTH_BIN_DIR (berthd, berth, berth-shim, pause),
 # CNI_BIN_DIR (the CNI plugins), K8S_BIN_DIR (the Kubernetes binaries),
 # CLUSTER_DIR (default /var/lib/berth-cluster), CLUSTER_CGROUP (the cgroup
@@ -32,6 +36,7 @@ CNI_BIN_DIR=${CNI_BIN_DIR:-$root/.cache/cni-bin}
 K8S_BIN_DIR=${K8S_BIN_DIR:-$root/.cache/kubernetes}
 CLUSTER_DIR=${CLUSTER_DIR:-/var/lib/berth-cluster}
 MKIMAGE=${MKIMAGE:-$root/.cache/mkimage}
+CONTAINERD_BIN_DIR=${CONTAINERD_BIN_DIR:-$root/.cache/containerd}
 # Namespace files and the daemons' state: a private bind mount of its own,
 # as ip-netns keeps /run/netns, so that mount namespaces can be pinned.
 RUN_DIR=/run/berth-cluster
@@ -72,6 +77,9 @@ node_dir() { echo "$CLUSTER_DIR/node$1"; }
 node_run() { echo "$RUN_DIR/node$1"; }
 node_netns() { echo "berthc-node$1"; }
 node_cgroup() { echo "$CGROUP_PARENT/node$1"; }
+# The runtime the cluster was brought up with (berth or containerd).
+runtime() { cat "$CLUSTER_DIR/runtime" 2>/dev/null || echo "${CLUSTER_RUNTIME:-berth}"; }
+node_socket() { echo "$(node_run "$1")/$(runtime).sock"; }
 
 # in_node N CMD...: run CMD in node N's network and mount namespaces.
 in_node() {
@@ -81,7 +89,7 @@ in_node() {
 		env PATH="$K8S_BIN_DIR:$PATH" "$@"
 }
 
-# cgroup_controllers: the v1 hierarchies (or the v2 root) cgroups go in.
+# cgroup_dirs: the v1 hierarchies (or the v2 root) cgroups go in.
 cgroup_dirs() {
 	if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
 		echo /sys/fs/cgroup
@@ -134,29 +142,42 @@ kill_cgroup() {
 
 # start_daemon PIDFILE LOG CGROUP CMD...: start CMD in its own session
 # and in CGROUP under $CGROUP_PARENT (made in every hierarchy), so that
-# it and whatever it starts are found, and only those, at down.
+# it and whatever it starts are found, and only those, at down. PIDFILE
+# holds its pid and start time.
 start_daemon() {
 	local pidfile=$1 logfile=$2 cg=$CGROUP_PARENT/$3
 	shift 3
 	make_cgroup "$cg"
 	DIRS=$(cgroup_dirs) setsid sh -c 'cg=$1; shift; for d in $DIRS; do echo $$ >"$d/$cg/cgroup.procs"; done; exec "$@"' \
 		sh "$cg" "$@" </dev/null >>"$logfile" 2>&1 &
-	echo $! >"$pidfile"
+	echo "$! $(start_time $!)" >"$pidfile"
 }
 
-# stop_pid PIDFILE: SIGTERM, then SIGKILL, the process the file names
-# (only if it is still the one we started: its start time is kept).
+# start_time PID: the process's start time (in clock ticks after boot),
+# which tells it from a later process given the same pid.
+start_time() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
+
+# running PIDFILE: the process PIDFILE names is alive and is the one
+# started (its start time matches).
+running() {
+	local pid start
+	[ -f "$1" ] || return 1
+	read -r pid start <"$1"
+	[ -n "$pid" ] && [ -n "$start" ] && [ "$(start_time "$pid")" = "$start" ]
+}
+
+# stop_pid PIDFILE: SIGTERM, then SIGKILL, the process the file names,
+# only if it is still the one started.
 stop_pid() {
 	local pidfile=$1 pid i
-	[ -f "$pidfile" ] || return 0
-	pid=$(cat "$pidfile")
-	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+	if running "$pidfile"; then
+		read -r pid _ <"$pidfile"
 		kill "$pid" 2>/dev/null || true
 		for i in $(seq 50); do
-			kill -0 "$pid" 2>/dev/null || break
+			running "$pidfile" || break
 			sleep 0.1
 		done
-		kill -9 "$pid" 2>/dev/null || true
+		if running "$pidfile"; then kill -9 "$pid" 2>/dev/null || true; fi
 	fi
 	rm -f "$pidfile"
 }
@@ -249,9 +270,7 @@ setup_cgroups() { make_cgroup "$(node_cgroup "$1")"; }
 start_registry() {
 	local dir=$CLUSTER_DIR/registry
 	mkdir -p "$dir"
-	if [ -f "$dir/pid" ] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
-		return
-	fi
+	running "$dir/pid" && return
 	cat >"$dir/config.yml" <<EOF
 version: 0.1
 log:
@@ -345,7 +364,8 @@ copy_with_libs() {
 	done
 }
 
-# write_node_config N: berthd's configuration and CNI template for node N.
+# write_node_config N: the runtime's configuration and CNI template for
+# node N.
 write_node_config() {
 	local n=$1 dir run
 	dir=$(node_dir "$n")
@@ -380,10 +400,14 @@ EOF
   ]
 }
 EOF
+	if [ "$(runtime)" = containerd ]; then
+		write_containerd_config "$n"
+		return
+	fi
 	cat >"$dir/berth.toml" <<EOF
 root = "$dir/berth"
 state = "$run/berth"
-socket = "$run/berth.sock"
+socket = "$(node_socket "$n")"
 cgroup_driver = "cgroupfs"
 cgroup_parent = "/$(node_cgroup "$n")/berth"
 cni_conf_dir = "$dir/cni/net.d"
@@ -397,21 +421,81 @@ EOF
 	echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$dir/policy.json"
 }
 
-start_berthd() {
-	local n=$1 dir run i
+# write_containerd_config N: containerd 2.x as kubeadm users configure it
+# (config version 3, runc with cgroupfs here, restrict_oom_score_adj for a
+# node without CAP_SYS_RESOURCE), on the same CNI template and registry.
+write_containerd_config() {
+	local n=$1 dir run
 	dir=$(node_dir "$n")
 	run=$(node_run "$n")
-	if [ -f "$run/berthd.pid" ] && kill -0 "$(cat "$run/berthd.pid")" 2>/dev/null; then
-		return
-	fi
-	start_daemon "$run/berthd.pid" "$dir/berthd.log" "node$n/runtime" \
-		nsenter --net="/run/netns/$(node_netns "$n")" --mount="$RUN_DIR/node$n.mnt" -- \
-		"$BERTH_BIN_DIR/berthd" --config "$dir/berth.toml"
-	for i in $(seq 200); do
-		[ -S "$run/berth.sock" ] && in_node "$n" "$BERTH_BIN_DIR/berthctl" --runtime-endpoint "unix://$run/berth.sock" version >/dev/null 2>&1 && return
+	mkdir -p "$dir/containerd" "$dir/certs.d/$REGISTRY"
+	cat >"$dir/certs.d/$REGISTRY/hosts.toml" <<EOF
+server = "http://$REGISTRY"
+[host."http://$REGISTRY"]
+  capabilities = ["pull", "resolve"]
+EOF
+	cat >"$dir/containerd.toml" <<EOF
+version = 3
+root = "$dir/containerd"
+state = "$run/containerd"
+[grpc]
+  address = "$(node_socket "$n")"
+[plugins.'io.containerd.internal.v1.opt']
+  path = "$dir/containerd-opt"
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = "$REGISTRY/k8s/pause:$(pause_tag)"
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = "$dir/certs.d"
+[plugins.'io.containerd.cri.v1.runtime']
+  restrict_oom_score_adj = true
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = "$CONTAINERD_BIN_DIR/runc"
+        SystemdCgroup = false
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["$CNI_BIN_DIR"]
+    conf_dir = "$dir/cni/net.d"
+    conf_template = "$dir/cni/bridge.conflist.template"
+[plugins.'io.containerd.grpc.v1.cri']
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+EOF
+}
+
+# start_runtime N: node N's berthd or containerd, in the node's
+# namespaces, until its CRI socket answers.
+start_runtime() {
+	local n=$1 dir run i cmd
+	dir=$(node_dir "$n")
+	run=$(node_run "$n")
+	running "$run/runtime.pid" && return
+	case "$(runtime)" in
+	containerd)
+		# The shim is found in PATH.
+		cmd=(env "PATH=$CONTAINERD_BIN_DIR:$PATH" "$CONTAINERD_BIN_DIR/containerd" --config "$dir/containerd.toml")
+		;;
+	*) cmd=("$BERTH_BIN_DIR/berthd" --config "$dir/berth.toml") ;;
+	esac
+	start_daemon "$run/runtime.pid" "$dir/$(runtime).log" "node$n/runtime" \
+		nsenter --net="/run/netns/$(node_netns "$n")" --mount="$RUN_DIR/node$n.mnt" -- "${cmd[@]}"
+	for i in $(seq 300); do
+		[ -S "$(node_socket "$n")" ] && cri_answers "$n" && return
 		sleep 0.1
 	done
-	die "berthd of node $n did not come up: $(tail -20 "$dir/berthd.log")"
+	die "the runtime of node $n did not come up: $(tail -20 "$dir/$(runtime).log")"
+}
+
+# cri_answers N: node N's runtime answers the CRI Version call (berthctl
+# speaks the CRI to either runtime).
+cri_answers() {
+	in_node "$1" "$BERTH_BIN_DIR/berthctl" --runtime-endpoint "unix://$(node_socket "$1")" version >/dev/null 2>&1
 }
 
 # start_kubelet N: the kubelet of node N, restarted whenever it exits, as
@@ -420,28 +504,25 @@ start_kubelet() {
 	local n=$1 dir run
 	dir=$(node_dir "$n")
 	run=$(node_run "$n")
-	if [ -f "$run/kubelet-loop.pid" ] && kill -0 "$(cat "$run/kubelet-loop.pid")" 2>/dev/null; then
-		return
-	fi
+	running "$run/kubelet-loop.pid" && return
 	start_daemon "$run/kubelet-loop.pid" "$dir/kubelet.log" "node$n/kubelet" \
 		nsenter --net="/run/netns/$(node_netns "$n")" --mount="$RUN_DIR/node$n.mnt" -- \
 		"$here/kubelet-loop.sh" "$K8S_BIN_DIR/kubelet" "$run/kubelet.pid"
 }
 
-# ignored preflight checks, one by one, each with the reason.
+# preflight_ignores: kubeadm's flag naming the preflight checks that cannot
+# pass here, one by one, each with the reason (nothing where all can).
 preflight_ignores() {
-	local ignores=(
-		# No systemd here: kubeadm cannot enable the kubelet service; this
-		# script runs the kubelet itself (kubelet-loop.sh).
-		Service-Kubelet
-	)
+	# (Without systemd, Service-Kubelet only warns that kubeadm cannot
+	# enable the kubelet's unit: kubelet-loop.sh runs it.)
+	local ignores=()
 	# cgroup v1: the kubelet config says failCgroupV1: false, but the
 	# system verification refuses v1 outright.
 	[ -f /sys/fs/cgroup/cgroup.controllers ] || ignores+=(SystemVerification)
 	# Swap is the host's; the kubelet is configured for it (failSwapOn off).
 	[ "$(swapon --noheadings 2>/dev/null | wc -l)" -eq 0 ] || ignores+=(Swap)
 	local IFS=,
-	echo "${ignores[*]}"
+	[ ${#ignores[@]} -eq 0 ] || echo "--ignore-preflight-errors=${ignores[*]}"
 }
 
 kubeadm_init() {
@@ -461,7 +542,7 @@ localAPIEndpoint:
   bindPort: 6443
 nodeRegistration:
   name: $(node_name 1)
-  criSocket: unix://$(node_run 1)/berth.sock
+  criSocket: unix://$(node_socket 1)
   imagePullPolicy: IfNotPresent
   kubeletExtraArgs:
   - name: node-ip
@@ -501,7 +582,7 @@ clusterCIDR: $POD_SUBNET
 EOF
 	log "kubeadm init on $(node_name 1) ($(node_ip 1))"
 	in_node 1 "$K8S_BIN_DIR/kubeadm" init --config "$cfg" \
-		--ignore-preflight-errors "$(preflight_ignores)" >"$dir/kubeadm-init.log" 2>&1 ||
+		$(preflight_ignores) >"$dir/kubeadm-init.log" 2>&1 ||
 		die "kubeadm init failed: $(tail -30 "$dir/kubeadm-init.log")"
 	in_node 1 cat /etc/kubernetes/admin.conf >"$CLUSTER_DIR/kubeconfig"
 	chmod 600 "$CLUSTER_DIR/kubeconfig"
@@ -531,7 +612,7 @@ discovery:
     caCertHashes: [$hash]
 nodeRegistration:
   name: $(node_name "$n")
-  criSocket: unix://$(node_run "$n")/berth.sock
+  criSocket: unix://$(node_socket "$n")
   imagePullPolicy: IfNotPresent
   kubeletExtraArgs:
   - name: node-ip
@@ -541,7 +622,7 @@ nodeRegistration:
 EOF
 	log "kubeadm join $(node_name "$n") ($(node_ip "$n"))"
 	in_node "$n" "$K8S_BIN_DIR/kubeadm" join --config "$cfg" \
-		--ignore-preflight-errors "$(preflight_ignores)" >"$dir/kubeadm-join.log" 2>&1 ||
+		$(preflight_ignores) >"$dir/kubeadm-join.log" 2>&1 ||
 		die "kubeadm join of node $n failed: $(tail -30 "$dir/kubeadm-join.log")"
 }
 
@@ -575,6 +656,19 @@ cmd_up() {
 		die "a cluster is up already ($(cat "$CLUSTER_DIR/nodes") nodes); cluster.sh down first"
 	fi
 	echo "$nodes" >"$CLUSTER_DIR/nodes"
+	echo "${CLUSTER_RUNTIME:-berth}" >"$CLUSTER_DIR/runtime"
+	case "$(runtime)" in
+	berth) ;;
+	containerd)
+		for b in containerd containerd-shim-runc-v2 runc; do
+			[ -x "$CONTAINERD_BIN_DIR/$b" ] || die "$CONTAINERD_BIN_DIR/$b missing (hack/containerd/build.sh builds it)"
+		done
+		# The shims' sockets go to /run/containerd whatever the config
+		# says: each node has its own.
+		NODE_BINDS+=(/run/containerd)
+		;;
+	*) die "CLUSTER_RUNTIME=$(runtime): berth or containerd" ;;
+	esac
 	note_missing_paths "${HOST_PATHS[@]}"
 	if [ ! -f "$CLUSTER_DIR/sysctls" ]; then
 		local s
@@ -592,7 +686,7 @@ cmd_up() {
 		setup_mounts "$n"
 		setup_cgroups "$n"
 		write_node_config "$n"
-		start_berthd "$n"
+		start_runtime "$n"
 		start_kubelet "$n"
 	done
 	kubeadm_init
@@ -631,16 +725,16 @@ cmd_down() {
 		dir=$(node_dir "$n")
 		stop_pid "$run/kubelet-loop.pid"
 		stop_pid "$run/kubelet.pid"
-		if [ -e "$RUN_DIR/node$n.mnt" ] && [ -f "$run/berthd.pid" ] && kill -0 "$(cat "$run/berthd.pid")" 2>/dev/null; then
+		if [ -e "$RUN_DIR/node$n.mnt" ] && running "$run/runtime.pid"; then
 			# kubeadm reset removes every pod through the CRI, then the
 			# files kubeadm wrote (all of them in the node's directories).
 			in_node "$n" "$K8S_BIN_DIR/kubeadm" reset --force \
-				--cri-socket "unix://$run/berth.sock" >"$dir/kubeadm-reset.log" 2>&1 ||
+				--cri-socket "unix://$(node_socket "$n")" >"$dir/kubeadm-reset.log" 2>&1 ||
 				log "kubeadm reset on node $n: $(tail -5 "$dir/kubeadm-reset.log")"
 			# What kubeadm reset does not know of.
-			in_node "$n" "$BERTH_BIN_DIR/berthctl" --runtime-endpoint "unix://$run/berth.sock" rmp --all --force >/dev/null 2>&1 || true
+			in_node "$n" "$BERTH_BIN_DIR/berthctl" --runtime-endpoint "unix://$(node_socket "$n")" rmp --all >/dev/null 2>&1 || true
 		fi
-		stop_pid "$run/berthd.pid"
+		stop_pid "$run/runtime.pid"
 		if [ -e "$RUN_DIR/node$n.mnt" ]; then
 			umount "$RUN_DIR/node$n.mnt" 2>/dev/null || true
 			rm -f "$RUN_DIR/node$n.mnt"
@@ -673,7 +767,7 @@ down) cmd_down ;;
 env) cmd_env ;;
 start)
 	[ -n "${2:-}" ] && [ -e "$RUN_DIR/node$2.mnt" ] || die "usage: $0 start N (a node of the cluster)"
-	start_berthd "$2"
+	start_runtime "$2"
 	start_kubelet "$2"
 	;;
 *)

@@ -5,7 +5,7 @@
 set -u
 kubelet=$1 pidfile=$2
 term() {
-	[ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null
+	[ -f "$pidfile" ] && read -r pid _ <"$pidfile" && kill "$pid" 2>/dev/null
 	exit 0
 }
 trap term TERM INT
@@ -18,7 +18,8 @@ while true; do
 		"$kubelet" --bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf \
 			--kubeconfig=/etc/kubernetes/kubelet.conf --config=/var/lib/kubelet/config.yaml \
 			$KUBELET_KUBEADM_ARGS &
-		echo $! >"$pidfile"
+		# pid and start time, as cluster.sh keeps its daemons'
+		echo "$! $(sed 's/.*) //' "/proc/$!/stat" | cut -d' ' -f20)" >"$pidfile"
 		wait $!
 		echo "kubelet-loop: kubelet exited ($?), restarting" >&2
 		rm -f "$pidfile"

@@ -5,6 +5,10 @@
 #   kubelet kubeadm kubectl kube-apiserver kube-controller-manager
 #   kube-scheduler kube-proxy   from k8s.io/kubernetes at the release whose
 #                               minor matches berth's k8s.io/cri-api
+#   agnhost                     k8s.io/kubernetes/test/images/agnhost, the
+#                               upstream end-to-end tests' image's program
+#   e2e.test                    the upstream end-to-end tests (go test -c of
+#                               k8s.io/kubernetes/test/e2e)
 #   etcd                        go.etcd.io/etcd/server/v3 at the version that
 #                               release's kubeadm deploys
 #   coredns                     github.com/coredns/coredns, likewise
@@ -46,13 +50,21 @@ fresh() {
 	[ -x "$out/$1" ] && [ "$(cat "$out/.version-$1" 2>/dev/null)" = "$2" ]
 }
 
+# What the release build stamps in: components report it to each other
+# (the kubelet to the runtime, kubeadm checks skew, e2e.test the cluster's).
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+	ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+done
+
 k8s=()
-want_etcd= want_coredns=
+want_etcd= want_coredns= want_e2e=
 for c in "$@"; do
 	case "$c" in
-	kubelet | kubeadm | kubectl | kube-apiserver | kube-controller-manager | kube-scheduler | kube-proxy)
+	kubelet | kubeadm | kubectl | kube-apiserver | kube-controller-manager | kube-scheduler | kube-proxy | agnhost)
 		fresh "$c" "$version" || k8s+=("$c")
 		;;
+	e2e.test) fresh e2e.test "$version" || want_e2e=1 ;;
 	etcd) want_etcd=1 ;;
 	coredns) want_coredns=1 ;;
 	*)
@@ -90,18 +102,26 @@ if [ ${#k8s[@]} -gt 0 ]; then
 	echo "building ${k8s[*]} $version into $out (first time: several minutes)" >&2
 	work="$out/src-kubernetes"
 	throwaway "$work" k8s.io/kubernetes "$version"
-	ldflags="-s -w"
-	# What the release build stamps in: components report it to each
-	# other (the kubelet to the runtime, kubeadm checks skew).
-	for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-		ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
-	done
 	pkgs=()
-	for c in "${k8s[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+	for c in "${k8s[@]}"; do
+		case "$c" in
+		agnhost) pkgs+=(k8s.io/kubernetes/test/images/agnhost) ;;
+		*) pkgs+=("k8s.io/kubernetes/cmd/$c") ;;
+		esac
+	done
 	# Static like the release binaries: the server components go into
 	# images that hold nothing else.
 	(cd "$work" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" -o "$out/" "${pkgs[@]}")
 	for c in "${k8s[@]}"; do echo "$version" >"$out/.version-$c"; done
+	rm -rf "$work"
+fi
+
+if [ -n "$want_e2e" ]; then
+	echo "building e2e.test $version into $out (first time: several minutes)" >&2
+	work="$out/src-e2e"
+	throwaway "$work" k8s.io/kubernetes "$version"
+	(cd "$work" && CGO_ENABLED=0 GOFLAGS=-mod=mod go test -c -trimpath -ldflags "$ldflags" -o "$out/e2e.test" k8s.io/kubernetes/test/e2e)
+	echo "$version" >"$out/.version-e2e.test"
 	rm -rf "$work"
 fi
 
