@@ -7,6 +7,8 @@
 #                               minor matches berth's k8s.io/cri-api
 #   agnhost                     k8s.io/kubernetes/test/images/agnhost, the
 #                               upstream end-to-end tests' image's program
+#   ginkgo                      the ginkgo CLI at the version k8s.io/kubernetes
+#                               requires, which runs e2e.test in parallel
 #   e2e.test                    the upstream end-to-end tests (go test -c of
 #                               k8s.io/kubernetes/test/e2e)
 #   etcd                        go.etcd.io/etcd/server/v3 at the version that
@@ -61,7 +63,7 @@ k8s=()
 want_etcd= want_coredns= want_e2e=
 for c in "$@"; do
 	case "$c" in
-	kubelet | kubeadm | kubectl | kube-apiserver | kube-controller-manager | kube-scheduler | kube-proxy | agnhost)
+	kubelet | kubeadm | kubectl | kube-apiserver | kube-controller-manager | kube-scheduler | kube-proxy | agnhost | ginkgo)
 		fresh "$c" "$version" || k8s+=("$c")
 		;;
 	e2e.test) fresh e2e.test "$version" || want_e2e=1 ;;
@@ -106,6 +108,7 @@ if [ ${#k8s[@]} -gt 0 ]; then
 	for c in "${k8s[@]}"; do
 		case "$c" in
 		agnhost) pkgs+=(k8s.io/kubernetes/test/images/agnhost) ;;
+		ginkgo) pkgs+=(github.com/onsi/ginkgo/v2/ginkgo) ;;
 		*) pkgs+=("k8s.io/kubernetes/cmd/$c") ;;
 		esac
 	done
