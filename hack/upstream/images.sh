@@ -114,12 +114,15 @@ push -rootfs "$stage/nonewprivs" -config '{"Cmd":["nnp"]}' "e2e-test-images/none
 
 # nginx 1.27.0-2: Debian's nginx serving nginx's own welcome page on 80.
 debian_image "$stage/nginx" nginx-light
-mkdir -p "$stage/nginx/usr/share/nginx/html"
+mkdir -p "$stage/nginx/usr/share/nginx/html" "$stage/nginx/etc/nginx/sites-enabled" "$stage/nginx/var/log/nginx" "$stage/nginx/var/lib/nginx"
 cat >"$stage/nginx/usr/share/nginx/html/index.html" <<'HTML'
 <!DOCTYPE html>
 <html><head><title>Welcome to nginx!</title></head>
 <body><h1>Welcome to nginx!</h1></body></html>
 HTML
+# (the package's own default site is a link to a file the minimal
+# install leaves out)
+rm -f "$stage/nginx/etc/nginx/sites-enabled/default"
 cat >"$stage/nginx/etc/nginx/sites-enabled/default" <<'CONF'
 server {
 	listen 80 default_server;

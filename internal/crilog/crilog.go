@@ -132,8 +132,12 @@ func (l *File) Copy(stream string, r io.Reader, tee *Tee) error {
 			}
 		}
 		if err != nil {
+			// Output that ends without a newline ends with a partial
+			// record, as containerd writes it: the kubelet adds no newline
+			// to it (a termination message from the log is "DONE", not
+			// "DONE\n").
 			if len(line) > 0 {
-				l.flush(stream, &line, false)
+				l.flush(stream, &line, true)
 			}
 			if err == io.EOF {
 				return nil
