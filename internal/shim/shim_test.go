@@ -128,7 +128,7 @@ func TestCreateStartLogsAndExit(t *testing.T) {
 		}
 		got[f[1]+" "+f[2]+" "+f[3]] = true
 	}
-	for _, want := range []string{"stdout F out-line", "stderr F err-line", "stdout F partial"} {
+	for _, want := range []string{"stdout F out-line", "stderr F err-line", "stdout P partial"} {
 		if !got[want] {
 			t.Errorf("log lacks %q:\n%s", want, data)
 		}
