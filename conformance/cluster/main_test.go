@@ -14,7 +14,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -294,4 +296,26 @@ func hostState() string {
 		fmt.Fprintf(&b, "%s = %s", sysctl, v)
 	}
 	return b.String()
+}
+
+// signalNodeDaemon signals the daemon of node n whose pid file
+// hack/cluster keeps ("pid starttime"): runtime.pid, kubelet.pid.
+func signalNodeDaemon(t testing.TB, n int, pidfile string, sig syscall.Signal) {
+	t.Helper()
+	path := fmt.Sprintf("/run/berth-cluster/node%d/%s", n, pidfile)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(data))
+	if len(f) == 0 {
+		t.Fatalf("%s is empty", path)
+	}
+	pid, err := strconv.Atoi(f[0])
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	if err := syscall.Kill(pid, sig); err != nil {
+		t.Fatalf("signal %s (%d): %v", path, pid, err)
+	}
 }

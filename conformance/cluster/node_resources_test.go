@@ -216,14 +216,7 @@ func TestImageGC(t *testing.T) {
 		if err := os.WriteFile(cfgPath, config, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		data, err := os.ReadFile("/run/berth-cluster/node2/kubelet.pid")
-		if err != nil {
-			t.Fatal(err)
-		}
-		pid, _ := strconv.Atoi(strings.Fields(string(data))[0]) // "pid starttime"
-		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
-			t.Fatal(err)
-		}
+		signalNodeDaemon(t, 2, "kubelet.pid", syscall.SIGTERM)
 		time.Sleep(3 * time.Second)
 		kubectl(t, "wait", "--for=condition=Ready", "node/berth-node2", "--timeout=120s")
 	}

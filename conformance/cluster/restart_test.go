@@ -2,9 +2,6 @@ package cluster_test
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -74,23 +71,7 @@ func TestRuntimeAndKubeletRestart(t *testing.T) {
 		}
 	}
 
-	run := filepath.Join("/run/berth-cluster", "node2")
-	kill := func(pidfile string) {
-		t.Helper()
-		data, err := os.ReadFile(filepath.Join(run, pidfile))
-		if err != nil {
-			t.Fatal(err)
-		}
-		pid, err := strconv.Atoi(strings.Fields(string(data))[0]) // "pid starttime"
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-			t.Fatalf("kill %s %d: %v", pidfile, pid, err)
-		}
-	}
-
-	kill("runtime.pid")
+	signalNodeDaemon(t, 2, "runtime.pid", syscall.SIGKILL)
 	time.Sleep(2 * time.Second) // the kubelet sees the runtime gone
 	if out, err := clusterScript("start", "2"); err != nil {
 		t.Fatalf("cluster start 2: %v\n%s", err, out)
@@ -99,7 +80,7 @@ func TestRuntimeAndKubeletRestart(t *testing.T) {
 	same("berthd was killed and restarted")
 
 	// The kubelet: kubelet-loop.sh starts it again, as systemd would.
-	kill("kubelet.pid")
+	signalNodeDaemon(t, 2, "kubelet.pid", syscall.SIGKILL)
 	time.Sleep(3 * time.Second)
 	kubectl(t, "wait", "--for=condition=Ready", "node/berth-node2", "--timeout=120s")
 	same("the kubelet was killed and restarted")
