@@ -37,7 +37,7 @@ E2E_PKGS  := $(if $(SUITE),./conformance/$(SUITE)/,./conformance/...)
 
 BINARIES  := berth berth-shim pause berthd berthctl
 
-.PHONY: all build deps test-deps cni-plugins kubelet kubernetes mkimage containerd cluster cluster-down gotestsum unit e2e race-bin e2e-race test lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
+.PHONY: all build deps test-deps cni-plugins kubelet kubernetes mkimage upstream-bins e2e-upstream containerd cluster cluster-down gotestsum unit e2e race-bin e2e-race test lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
 
 all: build
 
@@ -134,6 +134,30 @@ cluster-down:
 
 mkimage:
 	$(GO) build $(GO_FLAGS) -o .cache/mkimage ./hack/cluster/mkimage
+
+# Kubernetes' own end-to-end tests (e2e.test of the same release) on a
+# two-node cluster, berth then containerd (hack/upstream/run.sh), with the
+# test images built by hack/upstream/images.sh. conformance/upstream/
+# RESULTS.md gets the table, the triage of every failure and the JUnit
+# reports; the target fails when a berth failure is berth's own.
+# UPSTREAM_FOCUS and UPSTREAM_EXCLUDE choose the specs (upstream's node
+# conformance jobs leave out [Slow]|[Serial]|[Flaky]); UPSTREAM_RUNTIMES=
+# berth runs one column.
+UPSTREAM_OUT      ?= $(CURDIR)/.cache/upstream-out
+UPSTREAM_FOCUS    ?= \[NodeConformance\]|\[sig-node\].*\[Conformance\]|\[sig-network\].*\[Conformance\]
+UPSTREAM_EXCLUDE  ?=
+UPSTREAM_RUNTIMES ?= berth containerd
+UPSTREAM_RESULTS  ?= conformance/upstream
+upstream-bins:
+	hack/kubernetes/build.sh $(K8S_DIR) e2e.test ginkgo agnhost
+
+e2e-upstream: build test-deps cni-plugins kubernetes upstream-bins mkimage $(if $(filter containerd,$(UPSTREAM_RUNTIMES)),containerd)
+	@set -e; for r in $(UPSTREAM_RUNTIMES); do \
+		$(CLUSTER_ENV) CLUSTER_RUNTIME=$$r UPSTREAM_EXCLUDE='$(UPSTREAM_EXCLUDE)' hack/upstream/run.sh $$r $(UPSTREAM_OUT) '$(UPSTREAM_FOCUS)'; \
+	done
+	$(GO) run $(GO_FLAGS) ./hack/upstream/results -focus '$(UPSTREAM_FOCUS)' -exclude '$(UPSTREAM_EXCLUDE)' -out $(UPSTREAM_RESULTS)/RESULTS.md -junit-dir $(UPSTREAM_RESULTS) \
+		-title "Kubernetes $$(cat $(K8S_DIR)/.version-kubeadm), two nodes, $$(uname -r), cgroup $$(if [ -f /sys/fs/cgroup/cgroup.controllers ]; then echo v2; else echo v1; fi), $$(date -u +%F)." \
+		$(foreach r,$(UPSTREAM_RUNTIMES),$(r)=$(UPSTREAM_OUT)/$(r))
 
 e2e: build cni-plugins kubernetes mkimage gotestsum
 	hack/runtime-tools/build.sh $(RUNTIME_TOOLS)

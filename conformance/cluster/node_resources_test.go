@@ -207,6 +207,9 @@ func TestImageGC(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg["evictionHard"] = map[string]string{"imagefs.available": "99%", "nodefs.available": "1%", "memory.available": "1Mi"}
+	// The kubelet spares images it first saw less than imageMinimumGCAge
+	// (default 2m) ago, and a restarted kubelet has just seen them all.
+	cfg["imageMinimumGCAge"] = "1s"
 	gc, err := yaml.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -66,9 +66,41 @@ debian_image() {
 	tar -C "$dir" -xf "$tarball"
 }
 
+# debian_deb SUITE PACKAGE: the path of PACKAGE's .deb from SUITE (amd64),
+# downloaded once and checked against the suite's signed InRelease, as apt
+# checks it.
+debian_deb() {
+	local suite=$1 pkg=$2 d=$cache/debs/$1 sum file want
+	mkdir -p "$d"
+	if [ ! -f "$d/$pkg.deb" ]; then
+		curl -sSf -o "$d/InRelease" "$mirror/dists/$suite/InRelease"
+		gpgv --quiet --keyring /usr/share/keyrings/debian-archive-keyring.gpg --output "$d/Release" "$d/InRelease" 2>/dev/null ||
+			{ echo "images: $suite InRelease: bad signature" >&2; exit 1; }
+		curl -sSf -o "$d/Packages.xz" "$mirror/dists/$suite/main/binary-amd64/Packages.xz"
+		sum=$(awk '/^SHA256:/{s=1; next} /^[^ ]/{s=0} s && $3 == "main/binary-amd64/Packages.xz" {print $1}' "$d/Release")
+		echo "$sum  $d/Packages.xz" | sha256sum -c --quiet - >&2 || { echo "images: $suite Packages.xz: checksum" >&2; exit 1; }
+		read -r file want < <(xz -dc "$d/Packages.xz" | awk -v p="$pkg" '
+			$0 == "Package: " p {m=1} m && /^Filename:/ {f=$2} m && /^SHA256:/ {s=$2} m && /^$/ {print f, s; exit}')
+		[ -n "$file" ] || { echo "images: no $pkg in $suite" >&2; exit 1; }
+		curl -sSf -o "$d/$pkg.deb.part" "$mirror/$file"
+		echo "$want  $d/$pkg.deb.part" | sha256sum -c --quiet - >&2 || { echo "images: $file: checksum" >&2; exit 1; }
+		mv "$d/$pkg.deb.part" "$d/$pkg.deb"
+	fi
+	echo "$d/$pkg.deb"
+}
+
+# busybox_rootfs DIR: busybox 1.37 (trixie's busybox-static; the image is
+# 1.37, and bookworm's 1.35 ash drops environment variables whose names
+# are not shell identifiers, such as the specs' data-1).
 busybox_rootfs() {
-	local dir=$1 bb
-	bb=$(command -v busybox)
+	local dir=$1 bb=$cache/busybox-1.37
+	if [ ! -x "$bb" ]; then
+		local x
+		x=$(mktemp -d)
+		dpkg-deb -x "$(debian_deb trixie busybox-static)" "$x"
+		cp "$x/bin/busybox" "$bb"
+		rm -rf "$x"
+	fi
 	mkdir -p "$dir/bin" "$dir/etc" "$dir/tmp" "$dir/root" "$dir/home"
 	chmod 1777 "$dir/tmp"
 	cp "$bb" "$dir/bin/busybox"
@@ -85,7 +117,7 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 src=$(k8s_src)
 
-# busybox 1.37.0-2: the busybox image (Debian's busybox-static).
+# busybox 1.37.0-2: the busybox image.
 busybox_rootfs "$stage/busybox"
 push -rootfs "$stage/busybox" -config '{"Cmd":["sh"]}' "e2e-test-images/busybox:1.37.0-2"
 
