@@ -98,7 +98,7 @@ busybox_rootfs() {
 		local x
 		x=$(mktemp -d)
 		dpkg-deb -x "$(debian_deb trixie busybox-static)" "$x"
-		cp "$x/bin/busybox" "$bb"
+		cp "$x/usr/bin/busybox" "$bb" # (trixie is merged-/usr)
 		rm -rf "$x"
 	fi
 	mkdir -p "$dir/bin" "$dir/etc" "$dir/tmp" "$dir/root" "$dir/home"
