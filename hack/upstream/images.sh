@@ -66,39 +66,65 @@ debian_image() {
 	tar -C "$dir" -xf "$tarball"
 }
 
-# debian_deb SUITE PACKAGE: the path of PACKAGE's .deb from SUITE (amd64),
-# downloaded once and checked against the suite's signed InRelease, as apt
+# debian_index SUITE PATH: the file PATH of SUITE (main/source/Sources.xz),
+# downloaded and checked against the suite's signed InRelease, as apt
 # checks it.
-debian_deb() {
-	local suite=$1 pkg=$2 d=$cache/debs/$1 sum file want
+debian_index() {
+	local suite=$1 path=$2 d=$cache/debian/$1 sum
 	mkdir -p "$d"
-	if [ ! -f "$d/$pkg.deb" ]; then
-		curl -sSf -o "$d/InRelease" "$mirror/dists/$suite/InRelease"
-		gpgv --quiet --keyring /usr/share/keyrings/debian-archive-keyring.gpg --output "$d/Release" "$d/InRelease" 2>/dev/null ||
-			{ echo "images: $suite InRelease: bad signature" >&2; exit 1; }
-		curl -sSf -o "$d/Packages.xz" "$mirror/dists/$suite/main/binary-amd64/Packages.xz"
-		sum=$(awk '/^SHA256:/{s=1; next} /^[^ ]/{s=0} s && $3 == "main/binary-amd64/Packages.xz" {print $1}' "$d/Release")
-		echo "$sum  $d/Packages.xz" | sha256sum -c --quiet - >&2 || { echo "images: $suite Packages.xz: checksum" >&2; exit 1; }
-		read -r file want < <(xz -dc "$d/Packages.xz" | awk -v p="$pkg" '
-			$0 == "Package: " p {m=1} m && /^Filename:/ {f=$2} m && /^SHA256:/ {s=$2} m && /^$/ {print f, s; exit}')
-		[ -n "$file" ] || { echo "images: no $pkg in $suite" >&2; exit 1; }
-		curl -sSf -o "$d/$pkg.deb.part" "$mirror/$file"
-		echo "$want  $d/$pkg.deb.part" | sha256sum -c --quiet - >&2 || { echo "images: $file: checksum" >&2; exit 1; }
-		mv "$d/$pkg.deb.part" "$d/$pkg.deb"
-	fi
-	echo "$d/$pkg.deb"
+	curl -sSf -o "$d/InRelease" "$mirror/dists/$suite/InRelease"
+	gpgv --quiet --keyring /usr/share/keyrings/debian-archive-keyring.gpg --output "$d/Release" "$d/InRelease" 2>/dev/null ||
+		{ echo "images: $suite InRelease: bad signature" >&2; exit 1; }
+	curl -sSf -o "$d/index" "$mirror/dists/$suite/$path"
+	sum=$(awk -v p="$path" '/^SHA256:/{s=1; next} /^[^ ]/{s=0} s && $3 == p {print $1}' "$d/Release")
+	echo "$sum  $d/index" | sha256sum -c --quiet - >&2 || { echo "images: $suite $path: checksum" >&2; exit 1; }
+	echo "$d/index"
 }
 
-# busybox_rootfs DIR: busybox 1.37 (trixie's busybox-static; the image is
-# 1.37, and bookworm's 1.35 ash drops environment variables whose names
-# are not shell identifiers, such as the specs' data-1).
+# debian_source SUITE PACKAGE DIR: the source package's files (.dsc,
+# orig and debian tarballs) into DIR, each checked against the signed
+# Sources index.
+debian_source() {
+	local suite=$1 pkg=$2 dir=$3 index sum name pool
+	index=$(debian_index "$suite" main/source/Sources.xz)
+	xz -dc "$index" >"$index.txt"
+	mkdir -p "$dir"
+	pool=$(awk -v p="$pkg" '$0 == "Package: " p {m=1} m && /^Directory:/ {print $2; exit}' "$index.txt")
+	[ -n "$pool" ] || { echo "images: no source package $pkg in $suite" >&2; exit 1; }
+	awk -v p="$pkg" '
+		$0 == "Package: " p {m=1; next} /^Package:/ {m=0}
+		m && /^Checksums-Sha256:/ {s=1; next} m && /^[^ ]/ {s=0}
+		m && s {print $1, $3}' "$index.txt" | while read -r sum name; do
+		curl -sSf -o "$dir/$name" "$mirror/$pool/$name"
+		echo "$sum  $dir/$name" | sha256sum -c --quiet - >&2 || { echo "images: $pool/$name: checksum" >&2; exit 1; }
+	done
+}
+
+# busybox_rootfs DIR: busybox 1.37, as the upstream image has it: built
+# from Debian trixie's source package with its static configuration and
+# patches, except the two that make ash drop environment variables whose
+# names are not shell identifiers (upstream busybox keeps them, and the
+# specs read variables such as data-1 through `sh -c env`).
 busybox_rootfs() {
 	local dir=$1 bb=$cache/busybox-1.37
 	if [ ! -x "$bb" ]; then
-		local x
+		echo "images: build busybox 1.37 (once)" >&2
+		local x p
 		x=$(mktemp -d)
-		dpkg-deb -x "$(debian_deb trixie busybox-static)" "$x"
-		cp "$x/usr/bin/busybox" "$bb" # (trixie is merged-/usr)
+		debian_source trixie busybox "$x"
+		tar -C "$x" -xjf "$x"/busybox_*.orig.tar.bz2
+		tar -C "$x"/busybox-*/ -xJf "$x"/busybox_*.debian.tar.xz
+		(
+			cd "$x"/busybox-*/
+			for p in $(grep -v '^\s*#' debian/patches/series); do
+				case $p in revert-9c143ce52da11ec3d21a3491c3749841d3dc10f0.patch | temp-deb-installer-hack.patch) continue ;; esac
+				patch -p1 -s <"debian/patches/$p"
+			done
+			cp debian/config/pkg/static .config
+			make -s -j"$(nproc)" busybox </dev/null >"$cache/busybox-build.log" 2>&1 ||
+				{ tail -20 "$cache/busybox-build.log" >&2; exit 1; }
+		)
+		cp "$x"/busybox-*/busybox "$bb"
 		rm -rf "$x"
 	fi
 	mkdir -p "$dir/bin" "$dir/etc" "$dir/tmp" "$dir/root" "$dir/home"
