@@ -214,10 +214,13 @@ func (r *runResult) count(status string) int {
 	return n
 }
 
-// specName is the spec's full text: ginkgo names test cases "[It] <text>",
-// with the labels appended in brackets.
+// specName is the spec's full text: ginkgo names test cases "[It] <text>
+// [label, label]"; the labels repeat the text's tags and go.
 func specName(c junitCase) (string, bool) {
 	name, ok := strings.CutPrefix(c.Name, "[It] ")
+	if i := strings.LastIndex(name, " ["); ok && i >= 0 && strings.HasSuffix(name, "]") && strings.Contains(name[i:], ", ") {
+		name = name[:i]
+	}
 	return name, ok
 }
 
@@ -303,7 +306,7 @@ func report(w io.Writer, title, focus, exclude string, runs []*runResult) bool {
 		}
 		fmt.Fprintf(w, "| spec | triage | why |\n|---|---|---|\n")
 		for _, s := range failed {
-			class, why := "untriaged", firstLine(s.message)
+			class, why := "untriaged", brief(s.message)
 			if s.triage != nil {
 				class, why = s.triage.class, s.triage.reason
 			}
@@ -344,9 +347,12 @@ func report(w io.Writer, title, focus, exclude string, runs []*runResult) bool {
 			}
 		}
 	}
-	if len(diffs) == 0 {
+	switch {
+	case len(runs) == 1:
+		fmt.Fprintf(w, "Only %s ran.\n", runs[0].runtime)
+	case len(diffs) == 0:
 		fmt.Fprintf(w, "Nowhere: every spec has the same result on each runtime.\n")
-	} else {
+	default:
 		sort.Strings(diffs)
 		fmt.Fprintf(w, "| spec |")
 		for _, r := range runs {
@@ -416,10 +422,11 @@ func sumValues(m map[string]int) int {
 	return n
 }
 
-func firstLine(s string) string {
-	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
-	if len(s) > 200 {
-		s = s[:200] + "…"
+// brief is the start of a failure message, on one line.
+func brief(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if r := []rune(s); len(r) > 160 {
+		s = string(r[:160]) + "…"
 	}
 	return s
 }

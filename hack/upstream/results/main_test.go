@@ -14,7 +14,7 @@ const junitXML = `<?xml version="1.0" encoding="UTF-8"?>
 <testsuites tests="7" disabled="0" errors="0" failures="2" time="100">
   <testsuite name="Kubernetes e2e suite" package="/e2e" tests="7" skipped="3" failures="2" errors="0" time="100" timestamp="2026-12-01T09:00:00">
     <testcase name="[SynchronizedBeforeSuite]" classname="Kubernetes e2e suite" status="passed" time="5"></testcase>
-    <testcase name="[It] [sig-node] Pods should run [NodeConformance]" classname="Kubernetes e2e suite" status="passed" time="10"><system-err>long log</system-err></testcase>
+    <testcase name="[It] [sig-node] Pods should run [NodeConformance] [sig-node, NodeConformance]" classname="Kubernetes e2e suite" status="passed" time="10"><system-err>long log</system-err></testcase>
     <testcase name="[It] [sig-node] Privileged should add a dummy link [NodeConformance]" classname="Kubernetes e2e suite" status="failed" time="10">
       <failure message="ip link add: not supported" type="failed">details</failure><system-err>log</system-err>
     </testcase>
