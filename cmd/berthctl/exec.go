@@ -55,6 +55,37 @@ var execCommand = cli.Command{
 	}),
 }
 
+var attachCommand = cli.Command{
+	Name:      "attach",
+	Usage:     "attach to a running container's stdio",
+	ArgsUsage: "CONTAINER-ID",
+	Flags: []cli.Flag{
+		cli.BoolFlag{Name: "stdin, i", Usage: "pass stdin to the container"},
+		cli.BoolFlag{Name: "tty, t", Usage: "the container has a terminal"},
+	},
+	Action: withClients(func(ctx *cli.Context, c *clients) error {
+		if ctx.NArg() != 1 {
+			return errors.New("attach takes a container id")
+		}
+		stdin, tty := ctx.Bool("stdin"), ctx.Bool("tty")
+		if tty && !isTerminal(os.Stdin) {
+			tty = false
+		}
+		cctx, cancel := c.ctx()
+		resp, err := c.rt.Attach(cctx, &runtimeapi.AttachRequest{ContainerId: ctx.Args().First(), Stdin: stdin, Tty: tty, Stdout: true, Stderr: !tty})
+		cancel()
+		if err != nil {
+			return err
+		}
+		err = stream(resp.Url, stdin, tty)
+		var code exitCode
+		if errors.As(err, &code) {
+			os.Exit(int(code))
+		}
+		return err
+	}),
+}
+
 func execSync(c *clients, id string, cmd []string, timeout int64) error {
 	cctx, cancel := c.ctx()
 	defer cancel()

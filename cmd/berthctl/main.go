@@ -41,7 +41,7 @@ func main() {
 		pullCommand, imagesCommand, rmiCommand, inspectiCommand,
 		runpCommand, podsCommand, inspectpCommand, stoppCommand, rmpCommand,
 		createCommand, startCommand, psCommand, inspectCommand, stopCommand, rmCommand,
-		execCommand, logsCommand, statsCommand,
+		execCommand, attachCommand, portForwardCommand, logsCommand, statsCommand,
 		statspCommand, imagefsinfoCommand, eventsCommand,
 	}
 	app.CommandNotFound = func(ctx *cli.Context, name string) {

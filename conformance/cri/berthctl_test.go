@@ -1,11 +1,14 @@
 package cri_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -188,5 +191,93 @@ func writeJSON(t *testing.T, path string, v any) {
 	}
 	if err := os.WriteFile(path, data, 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestBerthctlAttachAndPortForward: crictl's attach and port-forward, as
+// berthctl has them.
+func TestBerthctlAttachAndPortForward(t *testing.T) {
+	d := startDaemon(t)
+	podCfg := d.podConfig("ctl-streams")
+	pod := d.runPod(t, podCfg)
+
+	// attach -i: our stdin goes to the container (stdin_once: its end
+	// ends cat), what cat echoes comes back.
+	cfg := containerConfig("cat", "", "sh", "-c", "cat; echo stdin closed")
+	cfg.Stdin, cfg.StdinOnce = true, true
+	cat := d.run(t, pod, podCfg, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	attach := exec.CommandContext(ctx, testutil.Bin(t, "berthctl"), "-r", "unix://"+d.Socket, "attach", "-i", cat)
+	attach.Stdin = strings.NewReader("through attach\n")
+	if out, err := attach.CombinedOutput(); err != nil || !strings.Contains(string(out), "through attach\n") {
+		t.Errorf("berthctl attach -i: %v: %q", err, out)
+	}
+	if st := d.waitExited(t, cat, 30*time.Second); st.ExitCode != 0 {
+		t.Errorf("cat after its stdin closed: exit %d %s", st.ExitCode, st.Reason)
+	}
+
+	// port-forward 0:8080 says where it listens, as kubectl and crictl
+	// do, forwards until SIGTERM and then exits 0.
+	d.runWeb(t, pod, podCfg)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var pfErr bytes.Buffer
+	pf := exec.Command(testutil.Bin(t, "berthctl"), "-r", "unix://"+d.Socket, "port-forward", pod, "0:8080")
+	pf.Stdout, pf.Stderr = w, &pfErr
+	err = pf.Start()
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if pf.ProcessState == nil {
+			_ = pf.Process.Kill()
+			_ = pf.Wait()
+		}
+	})
+	first := make(chan string, 1)
+	go func() {
+		// Read to the end: the forwarder writes a line per connection.
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			select {
+			case first <- sc.Text():
+			default:
+			}
+		}
+		close(first)
+	}()
+	var line string
+	select {
+	case line = <-first:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("berthctl port-forward printed nothing in 30s: %s", pfErr.String())
+	}
+	m := regexp.MustCompile(`^Forwarding from 127\.0\.0\.1:(\d+) -> 8080$`).FindStringSubmatch(line)
+	if m == nil {
+		t.Fatalf("berthctl port-forward: first line %q (stderr %s)", line, pfErr.String())
+	}
+	resp, err := (&http.Client{Timeout: 20 * time.Second}).Get("http://127.0.0.1:" + m[1] + "/index.html")
+	if err != nil {
+		t.Fatalf("GET through berthctl port-forward: %v (%s)", err, pfErr.String())
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "pong\n" {
+		t.Errorf("GET through berthctl port-forward: %s %q", resp.Status, body)
+	}
+	if err := pf.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := pf.Wait(); err != nil {
+		t.Errorf("berthctl port-forward after SIGTERM: %v (%s)", err, pfErr.String())
+	}
+
+	if _, errOut, err := d.berthctlErr(t, "port-forward", pod, "0:http"); err == nil || !strings.Contains(errOut, `pod port "http"`) {
+		t.Errorf("port-forward to a port that is not a number: %v %q", err, errOut)
 	}
 }
