@@ -292,6 +292,18 @@ func nanos(t time.Time) int64 {
 	return t.UnixNano()
 }
 
+// resources are the container's resources: those of its last update, or
+// those it was created with.
+func (c *container) resources() *runtimeapi.LinuxContainerResources {
+	if len(c.Resources) > 0 {
+		r := &runtimeapi.LinuxContainerResources{}
+		if proto.Unmarshal(c.Resources, r) == nil {
+			return r
+		}
+	}
+	return c.config.GetLinux().GetResources()
+}
+
 // containerStatus is the CRI view of a container record.
 func (s *Server) containerStatus(c *container) *runtimeapi.ContainerStatus {
 	cfg := c.config
@@ -306,14 +318,7 @@ func (s *Server) containerStatus(c *container) *runtimeapi.ContainerStatus {
 	if c.State == containerExited || c.State == containerRemoving {
 		st.State = runtimeapi.ContainerState_CONTAINER_EXITED
 	}
-	res := cfg.GetLinux().GetResources()
-	if len(c.Resources) > 0 {
-		r := &runtimeapi.LinuxContainerResources{}
-		if proto.Unmarshal(c.Resources, r) == nil {
-			res = r
-		}
-	}
-	if res != nil {
+	if res := c.resources(); res != nil {
 		st.Resources = &runtimeapi.ContainerResources{Linux: res}
 	}
 	if c.User != nil {
@@ -425,7 +430,17 @@ func (s *Server) UpdateContainerResources(ctx context.Context, req *runtimeapi.U
 	if err := rc.Update(lr); err != nil {
 		return nil, toStatus(fmt.Errorf("update resources of %s: %w", c.ID, err))
 	}
-	if c.Resources, err = proto.Marshal(r); err != nil {
+	// What the request leaves zero stays as it was, in the cgroup
+	// (runtime.Update merges) and so in the status.
+	merged := &runtimeapi.LinuxContainerResources{}
+	if cur := c.resources(); cur != nil {
+		merged = proto.Clone(cur).(*runtimeapi.LinuxContainerResources)
+	}
+	if len(r.GetHugepageLimits()) > 0 {
+		merged.HugepageLimits = nil
+	}
+	proto.Merge(merged, r)
+	if c.Resources, err = proto.Marshal(merged); err != nil {
 		return nil, toStatus(err)
 	}
 	if err := s.store.putContainer(c); err != nil {

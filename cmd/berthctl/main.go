@@ -40,7 +40,7 @@ func main() {
 		versionCommand, infoCommand,
 		pullCommand, imagesCommand, rmiCommand, inspectiCommand,
 		runpCommand, podsCommand, inspectpCommand, stoppCommand, rmpCommand,
-		createCommand, startCommand, psCommand, inspectCommand, stopCommand, rmCommand,
+		createCommand, startCommand, psCommand, inspectCommand, updateCommand, stopCommand, rmCommand,
 		execCommand, attachCommand, portForwardCommand, logsCommand, statsCommand,
 		statspCommand, imagefsinfoCommand, eventsCommand,
 	}

@@ -79,6 +79,26 @@ func TestResources(t *testing.T) {
 	if st.Status.GetResources().GetLinux().GetMemoryLimitInBytes() != 96<<20 {
 		t.Errorf("status resources after update: %+v", st.Status.GetResources())
 	}
+	// berthctl update, as crictl's: what it does not name stays.
+	d.berthctl(t, "update", "--memory", "80Mi", c)
+	if got := d.cgroupValue(t, c, "memory/memory.limit_in_bytes", "memory.max"); got != strconv.Itoa(80<<20) {
+		t.Errorf("memory limit after berthctl update %s", got)
+	}
+	if cgroups.HostMode() != cgroups.Unified {
+		if got := d.cgroupValue(t, c, "cpu/cpu.shares", ""); got != "256" {
+			t.Errorf("cpu.shares after an update of the memory only: %s", got)
+		}
+	}
+	st, err = d.RT.ContainerStatus(ctxT(t), &runtimeapi.ContainerStatusRequest{ContainerId: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := st.Status.GetResources().GetLinux(); l.GetMemoryLimitInBytes() != 80<<20 || l.GetCpuShares() != 256 || l.GetCpuQuota() != 50000 {
+		t.Errorf("status resources after an update of the memory only: %+v", l)
+	}
+	if _, errOut, err := d.berthctlErr(t, "update", c); err == nil || !strings.Contains(errOut, "needs a resource") {
+		t.Errorf("berthctl update without a resource: %v %q", err, errOut)
+	}
 	_, err = d.RT.UpdateContainerResources(ctxT(t), &runtimeapi.UpdateContainerResourcesRequest{ContainerId: c,
 		Linux: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: -5}})
 	wantCode(t, err, codes.InvalidArgument, "negative memory limit")
