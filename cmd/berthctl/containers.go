@@ -111,7 +111,7 @@ var psCommand = cli.Command{
 	Name:  "ps",
 	Usage: "list containers (running ones unless --all)",
 	Flags: []cli.Flag{
-		outputFlag,
+		outputFlag, watchFlags[0], watchFlags[1],
 		cli.BoolFlag{Name: "all, a", Usage: "every state"},
 		cli.BoolFlag{Name: "quiet, q", Usage: "only ids"},
 		cli.StringFlag{Name: "id", Usage: "id or id prefix"},
@@ -121,7 +121,7 @@ var psCommand = cli.Command{
 		cli.StringSliceFlag{Name: "label", Usage: "key=value (repeatable)"},
 		cli.BoolFlag{Name: "no-trunc", Usage: "full ids"},
 	},
-	Action: withClients(func(ctx *cli.Context, c *clients) error {
+	Action: watched(withClients(func(ctx *cli.Context, c *clients) error {
 		f := &runtimeapi.ContainerFilter{Id: ctx.String("id"), PodSandboxId: ctx.String("pod")}
 		if st := strings.ToUpper(ctx.String("state")); st != "" {
 			v, ok := runtimeapi.ContainerState_value["CONTAINER_"+st]
@@ -158,7 +158,7 @@ var psCommand = cli.Command{
 		}
 		if ctx.Bool("quiet") {
 			for _, ct := range resp.Containers {
-				fmt.Println(ct.Id)
+				fmt.Fprintln(stdout, ct.Id)
 			}
 			return nil
 		}
@@ -182,7 +182,7 @@ var psCommand = cli.Command{
 		}
 		t.flush()
 		return nil
-	}),
+	})),
 }
 
 var inspectCommand = cli.Command{
@@ -209,11 +209,11 @@ var statsCommand = cli.Command{
 	Usage:     "show running containers' resource use",
 	ArgsUsage: "[CONTAINER-ID]",
 	Flags: []cli.Flag{
-		outputFlag,
+		outputFlag, watchFlags[0], watchFlags[1],
 		cli.StringFlag{Name: "pod, p", Usage: "pod id or prefix"},
 		cli.StringSliceFlag{Name: "label", Usage: "key=value (repeatable)"},
 	},
-	Action: withClients(func(ctx *cli.Context, c *clients) error {
+	Action: watched(withClients(func(ctx *cli.Context, c *clients) error {
 		f := &runtimeapi.ContainerStatsFilter{PodSandboxId: ctx.String("pod")}
 		if ctx.NArg() > 0 {
 			f.Id = ctx.Args().First()
@@ -239,5 +239,5 @@ var statsCommand = cli.Command{
 		}
 		t.flush()
 		return nil
-	}),
+	})),
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -100,6 +101,10 @@ func withClients(fn func(*cli.Context, *clients) error) func(*cli.Context) error
 	}
 }
 
+// stdout is where listings go: os.Stdout, or a buffer while --watch
+// compares one listing with the last.
+var stdout io.Writer = os.Stdout
+
 var outputFlag = cli.StringFlag{Name: "output, o", Usage: "table, json or yaml"}
 
 // printMessage writes a protobuf message as JSON or YAML.
@@ -115,7 +120,7 @@ func printMessage(format string, m proto.Message) error {
 func printJSON(format string, data []byte) error {
 	switch format {
 	case "", "json":
-		fmt.Println(strings.TrimSpace(string(data)))
+		fmt.Fprintln(stdout, strings.TrimSpace(string(data)))
 		return nil
 	case "yaml":
 		var v any
@@ -126,7 +131,7 @@ func printJSON(format string, data []byte) error {
 		if err != nil {
 			return err
 		}
-		fmt.Print(string(out))
+		fmt.Fprint(stdout, string(out))
 		return nil
 	}
 	return fmt.Errorf("output format %q: want table, json or yaml", format)
@@ -136,7 +141,7 @@ func printJSON(format string, data []byte) error {
 type table struct{ w *tabwriter.Writer }
 
 func newTable(header ...string) *table {
-	t := &table{w: tabwriter.NewWriter(os.Stdout, 0, 8, 3, ' ', 0)}
+	t := &table{w: tabwriter.NewWriter(stdout, 0, 8, 3, ' ', 0)}
 	t.row(header...)
 	return t
 }

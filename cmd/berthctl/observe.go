@@ -24,10 +24,10 @@ var statspCommand = cli.Command{
 	Usage:     "show pods' resource use",
 	ArgsUsage: "[POD-ID]",
 	Flags: []cli.Flag{
-		outputFlag,
+		outputFlag, watchFlags[0], watchFlags[1],
 		cli.StringSliceFlag{Name: "label", Usage: "key=value (repeatable)"},
 	},
-	Action: withClients(func(ctx *cli.Context, c *clients) error {
+	Action: watched(withClients(func(ctx *cli.Context, c *clients) error {
 		f := &runtimeapi.PodSandboxStatsFilter{}
 		if ctx.NArg() > 0 {
 			f.Id = ctx.Args().First()
@@ -54,7 +54,7 @@ var statspCommand = cli.Command{
 		}
 		t.flush()
 		return nil
-	}),
+	})),
 }
 
 var imagefsinfoCommand = cli.Command{

@@ -51,7 +51,7 @@ var podsCommand = cli.Command{
 	Name:  "pods",
 	Usage: "list pod sandboxes",
 	Flags: []cli.Flag{
-		outputFlag,
+		outputFlag, watchFlags[0], watchFlags[1],
 		cli.BoolFlag{Name: "quiet, q", Usage: "only ids"},
 		cli.StringFlag{Name: "id", Usage: "id or id prefix"},
 		cli.StringFlag{Name: "state, s", Usage: "ready or notready"},
@@ -60,7 +60,7 @@ var podsCommand = cli.Command{
 		cli.StringSliceFlag{Name: "label", Usage: "key=value (repeatable)"},
 		cli.BoolFlag{Name: "no-trunc", Usage: "full ids"},
 	},
-	Action: withClients(func(ctx *cli.Context, c *clients) error {
+	Action: watched(withClients(func(ctx *cli.Context, c *clients) error {
 		f := &runtimeapi.PodSandboxFilter{Id: ctx.String("id")}
 		switch strings.ToLower(ctx.String("state")) {
 		case "":
@@ -105,7 +105,7 @@ var podsCommand = cli.Command{
 		}
 		if ctx.Bool("quiet") {
 			for _, p := range resp.Items {
-				fmt.Println(p.Id)
+				fmt.Fprintln(stdout, p.Id)
 			}
 			return nil
 		}
@@ -120,7 +120,7 @@ var podsCommand = cli.Command{
 		}
 		t.flush()
 		return nil
-	}),
+	})),
 }
 
 var inspectpCommand = cli.Command{

@@ -194,18 +194,47 @@ func writeJSON(t *testing.T, path string, v any) {
 	}
 }
 
-// TestBerthctlAttachAndPortForward: crictl's attach and port-forward, as
-// berthctl has them.
-func TestBerthctlAttachAndPortForward(t *testing.T) {
+// TestBerthctlWatchAttachPortForward: crictl's ps -w, attach and
+// port-forward, as berthctl has them.
+func TestBerthctlWatchAttachPortForward(t *testing.T) {
 	d := startDaemon(t)
 	podCfg := d.podConfig("ctl-streams")
 	pod := d.runPod(t, podCfg)
+
+	// ps -w lists again until SIGTERM; off a terminal each listing that
+	// changed follows the last.
+	var watchOut, watchErr syncBuffer
+	watch := exec.Command(testutil.Bin(t, "berthctl"), "-r", "unix://"+d.Socket, "ps", "-w", "--interval", "200ms")
+	watch.Stdout, watch.Stderr = &watchOut, &watchErr
+	if err := watch.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if watch.ProcessState == nil {
+			_ = watch.Process.Kill()
+			_ = watch.Wait()
+		}
+	})
 
 	// attach -i: our stdin goes to the container (stdin_once: its end
 	// ends cat), what cat echoes comes back.
 	cfg := containerConfig("cat", "", "sh", "-c", "cat; echo stdin closed")
 	cfg.Stdin, cfg.StdinOnce = true, true
 	cat := d.run(t, pod, podCfg, cfg)
+	eventually(t, 20*time.Second, "berthctl ps -w shows the new container", func() error {
+		out := watchOut.String()
+		if !strings.HasPrefix(out, "CONTAINER ") || !strings.Contains(out, "\n\nCONTAINER ") ||
+			!regexp.MustCompile(`(?m)^`+cat[:13]+` .*RUNNING +cat `).MatchString(out) {
+			return errNotYet
+		}
+		return nil
+	})
+	if err := watch.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := watch.Wait(); err != nil {
+		t.Errorf("berthctl ps -w after SIGTERM: %v (%s)", err, watchErr.String())
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
 	attach := exec.CommandContext(ctx, testutil.Bin(t, "berthctl"), "-r", "unix://"+d.Socket, "attach", "-i", cat)
