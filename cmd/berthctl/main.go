@@ -33,6 +33,8 @@ func main() {
 	app.Version = version.Version
 	// Combined short flags (-it, -si), as crictl and docker take them.
 	app.UseShortOptionHandling = true
+	// berthctl completion bash|zsh prints scripts that ask for these.
+	app.EnableBashCompletion = true
 	app.Flags = []cli.Flag{
 		cli.StringFlag{Name: "runtime-endpoint, r", Value: defaultEndpoint, EnvVar: "BERTH_ENDPOINT,CONTAINER_RUNTIME_ENDPOINT", Usage: "CRI endpoint"},
 		cli.DurationFlag{Name: "timeout, t", Value: 2 * time.Minute, Usage: "timeout of each call (pulls: no timeout)"},
@@ -43,7 +45,7 @@ func main() {
 		runpCommand, podsCommand, inspectpCommand, stoppCommand, rmpCommand,
 		createCommand, startCommand, psCommand, inspectCommand, updateCommand, stopCommand, rmCommand,
 		execCommand, attachCommand, portForwardCommand, logsCommand, statsCommand,
-		statspCommand, imagefsinfoCommand, eventsCommand,
+		statspCommand, imagefsinfoCommand, eventsCommand, completionCommand,
 	}
 	app.CommandNotFound = func(ctx *cli.Context, name string) {
 		fmt.Fprintf(os.Stderr, "berthctl: no command %q; see berthctl --help\n", name)

@@ -310,3 +310,30 @@ func TestBerthctlWatchAttachPortForward(t *testing.T) {
 		t.Errorf("port-forward to a port that is not a number: %v %q", err, errOut)
 	}
 }
+
+// TestBerthctlCompletion: the bash script of berthctl completion, sourced
+// as users do, completes commands and a command's flags (zsh's asks
+// berthctl the same way).
+func TestBerthctlCompletion(t *testing.T) {
+	bin := testutil.Bin(t, "berthctl")
+	script := `source <("$BIN" completion bash) || exit 1
+complete_words() { COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); _berthctl_complete; echo "${COMPREPLY[*]}"; }
+complete_words "$BIN" ima
+complete_words "$BIN" ps --wa
+complete_words "$BIN" -r unix:///nowhere port`
+	cmd := exec.Command("bash", "-c", script)
+	cmd.Env = append(os.Environ(), "BIN="+bin)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("bash completion: %v\n%s", err, out)
+	}
+	if want := "images image imagefsinfo\n--watch\nport-forward\n"; string(out) != want {
+		t.Errorf("bash completion:\n%s\nwant:\n%s", out, want)
+	}
+	if out, err := exec.Command(bin, "completion", "zsh").Output(); err != nil || !strings.HasPrefix(string(out), "#compdef berthctl\n") {
+		t.Errorf("berthctl completion zsh: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(bin, "completion", "fish").CombinedOutput(); err == nil || !strings.Contains(string(out), "bash or zsh") {
+		t.Errorf("berthctl completion fish: %v %q", err, out)
+	}
+}
