@@ -37,7 +37,7 @@ E2E_PKGS  := $(if $(SUITE),./conformance/$(SUITE)/,./conformance/...)
 
 BINARIES  := berth berth-shim pause berthd berthctl
 
-.PHONY: all build deps test-deps cni-plugins kubelet kubernetes mkimage upstream-bins e2e-upstream e2e-upstream-node containerd cluster cluster-down gotestsum unit e2e race-bin e2e-race test lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
+.PHONY: release deb all build deps test-deps cni-plugins kubelet kubernetes mkimage upstream-bins e2e-upstream e2e-upstream-node containerd cluster cluster-down gotestsum unit e2e race-bin e2e-race test lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
 
 all: build
 
@@ -255,6 +255,17 @@ install: build cni-plugins install-cni-config
 			install -m 0755 $$f $(DESTDIR)$(CNI_INSTALL_DIR)/$$p; \
 		fi; \
 	done
+
+# Release artifacts into RELEASE_DIR (hack/release/package.sh): the
+# tarball laid out as containerd's (extract at /) with SHA256SUMS, and a
+# Debian package built with dpkg-deb.
+RELEASE_DIR ?= $(CURDIR)/.cache/release
+
+release: build cni-plugins
+	BIN_DIR=$(CURDIR)/$(BINDIR) CNI_BIN=$(CNI_BIN) VERSION=$(VERSION) hack/release/package.sh tarball $(RELEASE_DIR)
+
+deb: build
+	BIN_DIR=$(CURDIR)/$(BINDIR) VERSION=$(VERSION) hack/release/package.sh deb $(RELEASE_DIR)
 
 bench: build cni-plugins
 	@hack/install-deps.sh bench
