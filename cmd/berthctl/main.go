@@ -6,15 +6,20 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"os/user"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli"
 	"go.yaml.in/yaml/v3"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -57,6 +62,23 @@ func main() {
 	}
 }
 
+// socketOwners says who may use a socket and how to become one of them.
+func socketOwners(fi os.FileInfo) string {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return "run berthctl as root"
+	}
+	owner, group := fmt.Sprint(st.Uid), fmt.Sprint(st.Gid)
+	if u, err := user.LookupId(owner); err == nil {
+		owner = u.Username
+	}
+	if g, err := user.LookupGroupId(group); err == nil {
+		group = g.Name
+	}
+	return fmt.Sprintf("the socket is user %s's and group %s's (mode %04o): run berthctl as root or as a member of group %s (berthd's socket_group)",
+		owner, group, fi.Mode().Perm(), group)
+}
+
 // clients are the CRI services on one connection.
 type clients struct {
 	rt   runtimeapi.RuntimeServiceClient
@@ -73,8 +95,17 @@ func connect(ctx *cli.Context) (*clients, error) {
 	if strings.Contains(socket, "://") {
 		return nil, fmt.Errorf("endpoint %q: only unix:// endpoints are supported", ep)
 	}
-	if _, err := os.Stat(socket); err != nil {
+	fi, err := os.Stat(socket)
+	if errors.Is(err, fs.ErrPermission) {
+		return nil, fmt.Errorf("endpoint %s: permission denied on the socket's directory: run berthctl as root", ep)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("endpoint %s: %w (is berthd running?)", ep, err)
+	}
+	// Connecting needs write permission; say whose socket it is rather
+	// than let gRPC report a bare "connect: permission denied".
+	if unix.Access(socket, unix.W_OK) != nil {
+		return nil, fmt.Errorf("endpoint %s: permission denied: %s", ep, socketOwners(fi))
 	}
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20)))

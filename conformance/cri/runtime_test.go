@@ -188,4 +188,13 @@ func TestSocketGroup(t *testing.T) {
 	if fmt.Sprint(st.Gid) != g.Gid || st.Uid != 0 || fi.Mode().Perm() != 0o660 {
 		t.Errorf("socket %s: owner %d:%d mode %v, want 0:%s 0660", d.Socket, st.Uid, st.Gid, fi.Mode().Perm(), g.Gid)
 	}
+
+	// Someone outside the group gets one line saying why and what to do.
+	cmd := exec.Command(testutil.Bin(t, "berthctl"), "-r", "unix://"+d.Socket, "version")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 12345}}
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "permission denied") || !strings.Contains(string(out), "run berthctl as root") ||
+		strings.Count(strings.TrimSpace(string(out)), "\n") > 0 {
+		t.Errorf("berthctl as a user outside the socket's group: %v: %q", err, out)
+	}
 }
