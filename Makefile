@@ -4,6 +4,8 @@
 #   make test      install what the tests need, then every test (as root)
 #   make bench     benchmarks against runc, crun, skopeo+umoci and containerd
 #   make install   binaries into $(PREFIX)/bin
+#   make release   a release tarball and SHA256SUMS; make deb a Debian package
+#   make docs      manual pages of berth, berthd and berthctl
 #   make run       build, start berthd and run a pod through berthctl
 #   make run-oci   build, then run a container from a busybox bundle with berth
 #   make cluster   a Kubernetes cluster on berth (NODES=2 for two nodes);
@@ -37,7 +39,7 @@ E2E_PKGS  := $(if $(SUITE),./conformance/$(SUITE)/,./conformance/...)
 
 BINARIES  := berth berth-shim pause berthd berthctl
 
-.PHONY: release deb all build deps test-deps cni-plugins kubelet kubernetes mkimage upstream-bins e2e-upstream e2e-upstream-node containerd cluster cluster-down gotestsum unit e2e race-bin e2e-race test lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
+.PHONY: docs release deb all build deps test-deps cni-plugins kubelet kubernetes mkimage upstream-bins e2e-upstream e2e-upstream-node containerd cluster cluster-down gotestsum unit e2e race-bin e2e-race test lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
 
 all: build
 
@@ -266,6 +268,13 @@ release: build cni-plugins
 
 deb: build
 	BIN_DIR=$(CURDIR)/$(BINDIR) VERSION=$(VERSION) hack/release/package.sh deb $(RELEASE_DIR)
+
+# Manual pages of berth, berthd and berthctl (roff, DOCS_DIR/<name>.8),
+# generated from their command definitions: man -l .cache/docs/berthctl.8
+DOCS_DIR ?= $(CURDIR)/.cache/docs
+
+docs:
+	GO=$(GO) hack/docs/build.sh $(DOCS_DIR)
 
 bench: build cni-plugins
 	@hack/install-deps.sh bench

@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli"
 
 	"github.com/berth-runtime/berth/cgroups"
+	"github.com/berth-runtime/berth/internal/clidocs"
 	"github.com/berth-runtime/berth/internal/logging"
 	"github.com/berth-runtime/berth/internal/version"
 	"github.com/berth-runtime/berth/runtime"
@@ -72,6 +73,7 @@ func main() {
 	app.Before = setup
 	// urfave/cli prints usage errors itself; route them to stderr.
 	cli.ErrWriter = os.Stderr
+	clidocs.Add(app)
 	if err := app.Run(os.Args); err != nil {
 		fatal(err)
 	}

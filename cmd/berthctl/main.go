@@ -26,6 +26,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/berth-runtime/berth/internal/clidocs"
 	"github.com/berth-runtime/berth/internal/version"
 )
 
@@ -56,6 +57,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "berthctl: no command %q; see berthctl --help\n", name)
 		os.Exit(2)
 	}
+	clidocs.Add(app)
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "berthctl:", err)
 		os.Exit(1)

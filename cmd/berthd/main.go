@@ -26,6 +26,7 @@ import (
 
 	"github.com/berth-runtime/berth/cri"
 	"github.com/berth-runtime/berth/cri/adminapi"
+	"github.com/berth-runtime/berth/internal/clidocs"
 	"github.com/berth-runtime/berth/internal/logging"
 	"github.com/berth-runtime/berth/internal/version"
 )
@@ -43,6 +44,7 @@ func main() {
 		Flags:  flags(),
 		Action: printConfig,
 	}}
+	clidocs.Add(app)
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "berthd:", err)
 		os.Exit(1)

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -140,5 +141,40 @@ func TestDebianPackage(t *testing.T) {
 	})
 	if len(left) > 0 {
 		t.Errorf("purge left %v", left)
+	}
+}
+
+// TestManPages: make docs' pages have a section for every command of
+// each binary, and the release binaries carry no generator.
+func TestManPages(t *testing.T) {
+	script, err := filepath.Abs("../../hack/docs/build.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := t.TempDir()
+	if b, err := exec.Command(script, out).CombinedOutput(); err != nil {
+		t.Fatalf("hack/docs/build.sh: %v\n%s", err, b)
+	}
+	want := map[string][]string{
+		"berth":    {"create", "start", "run", "exec", "kill", "delete", "state", "spec"},
+		"berthd":   {"config"},
+		"berthctl": {"pull", "runp", "ps", "exec", "attach", "port-forward", "update", "completion", "events"},
+	}
+	for bin, cmds := range want {
+		page, err := os.ReadFile(filepath.Join(out, bin+".8"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(string(page), ".nh\n.TH "+bin+"(8)") || !strings.Contains(string(page), "\n.SH NAME\n"+bin+` \-`) {
+			t.Errorf("%s.8 is not a manual page of %s:\n%.300s", bin, bin, page)
+		}
+		for _, c := range cmds {
+			if !regexp.MustCompile(`(?m)^\.SH ` + regexp.QuoteMeta(c) + `(,|$)`).Match(page) {
+				t.Errorf("%s.8 has no section for %s", bin, c)
+			}
+		}
+		if out, err := exec.Command(testutil.Bin(t, bin), "man").CombinedOutput(); err == nil {
+			t.Errorf("the built %s answers \"man\" (%.80s): the release binaries carry no generator", bin, out)
+		}
 	}
 }
