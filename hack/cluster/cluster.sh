@@ -55,9 +55,9 @@ HOST_VETH=berthc0
 KUBELET_SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops
 	kernel/keys/root_maxkeys kernel/keys/root_maxbytes)
 # The paths kubeadm and the kubelet use whatever their configuration says;
-# each node binds its own directories there. /tmp too: hostPath volumes
-# of /tmp (the upstream tests' favourite) are the node's, not the host's.
-NODE_BINDS=(/etc/kubernetes /var/lib/kubelet /var/log/pods /var/log/containers /tmp)
+# each node binds its own directories there. (Not /tmp: the suite's
+# cluster directory lives there, and the node must still see it.)
+NODE_BINDS=(/etc/kubernetes /var/lib/kubelet /var/log/pods /var/log/containers)
 # Host paths the control plane's and kube-proxy's hostPath volumes name;
 # the kubelet (DirectoryOrCreate, FileOrCreate) or berthd (no type) makes
 # those that are missing, and down removes what up found missing.
@@ -249,7 +249,6 @@ setup_mounts() {
 			mkdir -p "$p"
 		fi
 	done
-	chmod 1777 "$dir/binds/tmp"
 	# Host mounts keep reaching the node (slave); the node's mounts (pods'
 	# root filesystems, volumes) stay in it and go with it.
 	# The node's own names and resolver: nothing on a node asks the host's
