@@ -25,6 +25,16 @@ type exitCode int
 
 func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
+// exitWithCommand exits with the status of the command run in the
+// container (exec, attach), or returns err as it is.
+func exitWithCommand(err error) error {
+	var code exitCode
+	if errors.As(err, &code) {
+		os.Exit(int(code))
+	}
+	return err
+}
+
 var execCommand = cli.Command{
 	Name:      "exec",
 	Usage:     "run a command in a running container",
@@ -47,11 +57,7 @@ var execCommand = cli.Command{
 		} else {
 			err = execStream(c, id, cmd, ctx.Bool("interactive"), ctx.Bool("tty"))
 		}
-		var code exitCode
-		if errors.As(err, &code) {
-			os.Exit(int(code))
-		}
-		return err
+		return exitWithCommand(err)
 	}),
 }
 
@@ -78,11 +84,7 @@ var attachCommand = cli.Command{
 			return err
 		}
 		err = stream(resp.Url, stdin, tty)
-		var code exitCode
-		if errors.As(err, &code) {
-			os.Exit(int(code))
-		}
-		return err
+		return exitWithCommand(err)
 	}),
 }
 
