@@ -50,7 +50,8 @@ func TestReleaseTarball(t *testing.T) {
 	for _, f := range []string{"usr/local/bin/berth", "usr/local/bin/berth-shim", "usr/local/bin/pause", "usr/local/bin/berthd",
 		"usr/local/bin/berthctl", "opt/cni/bin/bridge", "opt/cni/bin/host-local", "opt/cni/bin/portmap", "opt/cni/bin/loopback",
 		"etc/systemd/system/berthd.service", "etc/berth/berth.toml", "etc/berth/cni-bridge.conflist.template",
-		"etc/cni/net.d/10-berth-bridge.conflist"} {
+		"etc/cni/net.d/10-berth-bridge.conflist", "usr/local/share/man/man8/berth.8", "usr/local/share/man/man8/berthd.8",
+		"usr/local/share/man/man8/berthctl.8"} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			t.Errorf("tarball lacks %s", f)
 		}
@@ -109,7 +110,8 @@ func TestDebianPackage(t *testing.T) {
 	dpkg("--force-depends", "-i", deb)
 	files := strings.Split(dpkg("-L", "berth"), "\n")
 	for _, f := range []string{"/usr/bin/berth", "/usr/bin/berth-shim", "/usr/bin/pause", "/usr/bin/berthd", "/usr/bin/berthctl",
-		"/lib/systemd/system/berthd.service", "/etc/berth/berth.toml", "/etc/berth/cni-bridge.conflist.template"} {
+		"/lib/systemd/system/berthd.service", "/etc/berth/berth.toml", "/etc/berth/cni-bridge.conflist.template",
+		"/usr/share/man/man8/berth.8.gz", "/usr/share/man/man8/berthd.8.gz", "/usr/share/man/man8/berthctl.8.gz"} {
 		if !slices.Contains(files, f) {
 			t.Errorf("dpkg -L berth lacks %s:\n%s", f, strings.Join(files, "\n"))
 		}
@@ -121,6 +123,10 @@ func TestDebianPackage(t *testing.T) {
 	if err != nil || !strings.HasPrefix(string(q), "install ok installed|") ||
 		!strings.Contains(string(q), "/etc/berth/berth.toml ") || !strings.Contains(string(q), "/etc/berth/cni-bridge.conflist.template ") {
 		t.Errorf("dpkg-query status and conffiles: %v %q", err, q)
+	}
+	// man finds the pages: gzipped roff.
+	if page, err := exec.Command("gzip", "-dc", filepath.Join(root, "usr/share/man/man8/berthctl.8.gz")).Output(); err != nil || !strings.Contains(string(page), ".TH ") {
+		t.Errorf("berthctl.8.gz is not a gzipped manual page: %v %.200s", err, page)
 	}
 	unit, _ := os.ReadFile(filepath.Join(root, "lib/systemd/system/berthd.service"))
 	if !strings.Contains(string(unit), "\nExecStart=/usr/bin/berthd\n") {

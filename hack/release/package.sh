@@ -7,13 +7,17 @@
 #            plugins built by hack/cni-plugins), etc/systemd/system/
 #            berthd.service, etc/berth/berth.toml (every key, commented
 #            out), etc/berth/cni-bridge.conflist.template and
-#            etc/cni/net.d/10-berth-bridge.conflist.
+#            etc/cni/net.d/10-berth-bridge.conflist, and the manual pages in
+#            usr/local/share/man/man8.
 #   deb      berth_<version>_<arch>.deb built with dpkg-deb: /usr/bin,
 #            /lib/systemd/system/berthd.service, /etc/berth as conffiles,
-#            and a postinst that neither starts nor enables berthd.
+#            the manual pages in /usr/share/man/man8 (gzipped, as Debian's
+#            policy asks), and a postinst that neither starts nor enables
+#            berthd.
 #
 # Environment: BIN_DIR (built binaries), CNI_BIN (plugins, tarball only),
-# VERSION (0.1.0+3cf05eb).
+# VERSION (0.1.0+3cf05eb), MAN_DIR (the pages of make docs; generated
+# here when unset).
 set -euo pipefail
 kind=${1:?usage: package.sh tarball|deb OUTDIR}
 out=${2:?usage: package.sh tarball|deb OUTDIR}
@@ -28,6 +32,11 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
+if [ -z "${MAN_DIR:-}" ]; then
+	MAN_DIR=$stage/man
+	"$root/hack/docs/build.sh" "$MAN_DIR" >/dev/null
+fi
+pages=(berth.8 berthd.8 berthctl.8)
 
 # berth.toml: berthd's defaults for a berth installed in BINDIR, every key
 # commented out (berthd derives the paths of its helpers from its own).
@@ -57,6 +66,8 @@ tarball)
 	default_config /usr/local/bin >"$d/etc/berth/berth.toml"
 	install -m 0644 "$root/contrib/cni/bridge.conflist.template" "$d/etc/berth/cni-bridge.conflist.template"
 	install -m 0644 "$root/contrib/cni/10-berth-bridge.conflist" "$d/etc/cni/net.d/"
+	install -d "$d/usr/local/share/man/man8"
+	for p in "${pages[@]}"; do install -m 0644 "$MAN_DIR/$p" "$d/usr/local/share/man/man8/"; done
 	# Reproducible: fixed owners and times, sorted names.
 	tar -C "$d" --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -czf "$out/$name.tar.gz" .
 	(cd "$out" && sha256sum "$name.tar.gz" >"$name.tar.gz.sha256sum" && cat berth-*.tar.gz.sha256sum >SHA256SUMS)
@@ -73,6 +84,8 @@ deb)
 	default_config /usr/bin >"$d/etc/berth/berth.toml"
 	install -m 0644 "$root/contrib/cni/bridge.conflist.template" "$d/etc/berth/cni-bridge.conflist.template"
 	install -m 0644 "$root/README.md" "$d/usr/share/doc/berth/README.md"
+	install -d "$d/usr/share/man/man8"
+	for p in "${pages[@]}"; do gzip -9n <"$MAN_DIR/$p" >"$d/usr/share/man/man8/$p.gz"; done
 	printf '/etc/berth/berth.toml\n/etc/berth/cni-bridge.conflist.template\n' >"$d/DEBIAN/conffiles"
 	cat >"$d/DEBIAN/control" <<EOF
 Package: berth
