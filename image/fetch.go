@@ -162,12 +162,19 @@ func (s *Store) fetchLayerOnce(ctx context.Context, job layerJob) (retErr error)
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return err
 	}
+	// On disk before it is listed (durable.go).
+	if err := syncTree(tmp); err != nil {
+		return storeIOError(fmt.Sprintf("layer %s", job.info.Digest), err)
+	}
 	rec := layerRecord{
 		ChainID: job.chainID, DiffID: diff.Digest(), Parent: job.parent,
 		Compressed: job.info.Digest, Size: res.size, Inodes: res.inodes,
 	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
 		if err := os.Rename(tmp, s.layerPath(job.chainID)); err != nil {
+			return err
+		}
+		if err := syncDir(s.path("layers")); err != nil {
 			return err
 		}
 		if err := putJSON(tx.Bucket(bucketLayers), string(job.chainID), &rec); err != nil {
