@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -211,11 +212,8 @@ func findBinary(name string) (string, error) {
 			}
 		}
 	}
-	for _, dir := range filepath.SplitList(os.Getenv("PATH")) {
-		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
-			return p, nil
-		}
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
 	}
 	return "", fmt.Errorf("%s binary not found next to berthd or in $PATH; install it (make install) or set its path in the config", name)
 }

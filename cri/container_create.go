@@ -3,11 +3,13 @@ package cri
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	imgspec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
@@ -32,6 +34,9 @@ func containerName(m *runtimeapi.ContainerMetadata, pod *runtimeapi.PodSandboxMe
 	return strings.Join([]string{m.Name, pod.GetName(), pod.GetNamespace(), pod.GetUid(), fmt.Sprint(m.Attempt)}, "_")
 }
 
+// createContainer runs the steps of CreateContainer in order, each
+// pushing its undo: reserve (record and name, under the pod's lock),
+// image, rootfs, spec, create (by the pod's shim), record.
 func (s *Server) createContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest) (_ string, retErr error) {
 	sb, err := s.findSandbox(req.GetPodSandboxId())
 	if err != nil {
@@ -41,15 +46,9 @@ func (s *Server) createContainer(ctx context.Context, req *runtimeapi.CreateCont
 	if err := validateContainerConfig(cfg, sb.config); err != nil {
 		return "", err
 	}
-	c := &container{
-		ID: newID(), PodID: sb.ID, Name: containerName(cfg.Metadata, sb.config.Metadata),
-		State: containerCreating, CreatedAt: time.Now(), config: cfg,
-	}
-	if c.Config, err = proto.Marshal(cfg); err != nil {
+	c, err := newContainer(sb, cfg)
+	if err != nil {
 		return "", err
-	}
-	if dir := sb.config.LogDirectory; dir != "" && cfg.LogPath != "" {
-		c.LogPath = filepath.Join(dir, cfg.LogPath)
 	}
 	log := s.log.With("container", c.ID, "name", c.Name, "pod", sb.ID)
 
@@ -66,45 +65,89 @@ func (s *Server) createContainer(ctx context.Context, req *runtimeapi.CreateCont
 			u.run()
 		}
 	}()
-	err = func() error {
-		defer unlockPod()
-		cur, ok := s.store.getSandbox(sb.ID)
-		if !ok {
-			return notFoundf("pod sandbox %s", sb.ID)
-		}
-		if cur.State != sandboxReady {
-			return preconditionf("pod sandbox %s is not ready (%s)", sb.ID, cur.State)
-		}
-		sb = cur
-		holder, err := s.store.reserveName("ctr:"+c.Name, c.ID)
-		if err != nil {
-			return err
-		}
-		if holder != "" {
-			return fmt.Errorf("%w: container name %q is held by %s; remove that container first", errExists, c.Name, holder)
-		}
-		u.add(func() { _ = s.store.releaseName("ctr:"+c.Name, c.ID) })
-		if err := s.store.putContainer(c); err != nil {
-			return err
-		}
-		u.add(func() { _ = s.store.deleteContainer(c.ID) })
-		return nil
-	}()
+	sb, err = s.reserveContainer(sb.ID, c, &u)
+	unlockPod()
 	if err != nil {
 		return "", err
 	}
+	img, imgCfg, err := s.containerImage(c, cfg)
+	if err != nil {
+		return "", err
+	}
+	in, err := s.containerSpecInput(c, sb, &imgCfg.Config)
+	if err != nil {
+		return "", err
+	}
+	if in.rootfs, err = s.containerRootfs(c, sb, img, &u, log); err != nil {
+		return "", err
+	}
+	if err := s.writeContainerBundle(c, in, &u); err != nil {
+		return "", err
+	}
+	if err := s.createInShim(ctx, c, &u); err != nil {
+		return "", err
+	}
+	log.Info("container created", "pid", c.Pid, "image", cfg.Image.GetImage())
+	s.emit(c.ID, sb.ID, runtimeapi.ContainerEventType_CONTAINER_CREATED_EVENT)
+	return c.ID, nil
+}
+
+// newContainer is the record of a container being created in sb.
+func newContainer(sb *sandbox, cfg *runtimeapi.ContainerConfig) (*container, error) {
+	c := &container{
+		ID: newID(), PodID: sb.ID, Name: containerName(cfg.Metadata, sb.config.Metadata),
+		State: containerCreating, CreatedAt: time.Now(), config: cfg,
+	}
+	var err error
+	if c.Config, err = proto.Marshal(cfg); err != nil {
+		return nil, err
+	}
+	if dir := sb.config.LogDirectory; dir != "" && cfg.LogPath != "" {
+		c.LogPath = filepath.Join(dir, cfg.LogPath)
+	}
+	return c, nil
+}
+
+// reserveContainer checks, under the pod's lock, that the pod is ready,
+// and records the container and its name. It returns the pod as stored,
+// with its configuration decoded.
+func (s *Server) reserveContainer(podID string, c *container, u *undo) (*sandbox, error) {
+	sb, ok := s.store.getSandbox(podID)
+	if !ok {
+		return nil, notFoundf("pod sandbox %s", podID)
+	}
+	if sb.State != sandboxReady {
+		return nil, preconditionf("pod sandbox %s is not ready (%s)", podID, sb.State)
+	}
+	holder, err := s.store.reserveName("ctr:"+c.Name, c.ID)
+	if err != nil {
+		return nil, err
+	}
+	if holder != "" {
+		return nil, fmt.Errorf("%w: container name %q is held by %s; remove that container first", errExists, c.Name, holder)
+	}
+	u.add(func() { _ = s.store.releaseName("ctr:"+c.Name, c.ID) })
+	if err := s.store.putContainer(c); err != nil {
+		return nil, err
+	}
+	u.add(func() { _ = s.store.deleteContainer(c.ID) })
 	sb.config = &runtimeapi.PodSandboxConfig{}
 	if err := proto.Unmarshal(sb.Config, sb.config); err != nil {
-		return "", err
+		return nil, err
 	}
+	return sb, nil
+}
 
+// containerImage finds the container's image in the store and notes it
+// and its stop signal in the record.
+func (s *Server) containerImage(c *container, cfg *runtimeapi.ContainerConfig) (*image.Image, *imgspec.Image, error) {
 	img, err := s.images.Get(cfg.Image.GetImage())
 	if err != nil {
-		return "", fmt.Errorf("image %s: %w (pull it first)", cfg.Image.GetImage(), err)
+		return nil, nil, fmt.Errorf("image %s: %w (pull it first)", cfg.Image.GetImage(), err)
 	}
 	imgCfg, err := s.images.Config(img)
 	if err != nil {
-		return "", err
+		return nil, nil, err
 	}
 	c.ImageID = img.ID
 	c.ImageRef = img.ID
@@ -112,18 +155,30 @@ func (s *Server) createContainer(ctx context.Context, req *runtimeapi.CreateCont
 		c.ImageRef = img.RepoDigests[0]
 	}
 	c.StopSignal = stopSignal(cfg.StopSignal, imgCfg.Config.StopSignal)
+	return img, imgCfg, nil
+}
 
-	in := specInput{id: c.ID, sb: sb, cfg: cfg, image: &imgCfg.Config}
+// containerSpecInput gathers what the container's spec is made from: the
+// pod's pause process, whose namespaces it joins, and the target of a
+// pid namespace it shares with another container.
+func (s *Server) containerSpecInput(c *container, sb *sandbox, imgCfg *imgspec.ImageConfig) (specInput, error) {
+	in := specInput{id: c.ID, sb: sb, cfg: c.config, image: imgCfg}
+	var err error
 	if in.pausePid, err = s.pausePid(sb); err != nil {
-		return "", err
+		return in, err
 	}
 	in.nsPid = in.pausePid
-	if ns := cfg.GetLinux().GetSecurityContext().GetNamespaceOptions(); ns.GetPid() == runtimeapi.NamespaceMode_TARGET {
+	if ns := c.config.GetLinux().GetSecurityContext().GetNamespaceOptions(); ns.GetPid() == runtimeapi.NamespaceMode_TARGET {
 		if in.nsPid, err = s.targetPid(sb.ID, ns.TargetId); err != nil {
-			return "", err
+			return in, err
 		}
 	}
+	return in, nil
+}
 
+// containerRootfs mounts the container's root filesystem from its image,
+// mapped into the pod's user namespace if it has one.
+func (s *Server) containerRootfs(c *container, sb *sandbox, img *image.Image, u *undo, log *slog.Logger) (string, error) {
 	var idmap *image.IDMap
 	if uids, gids := podUserns(sb.config); uids != nil {
 		idmap = &image.IDMap{UsernsPath: s.usernsFile(sb.ID), HostUID: int(uids[0].HostID), HostGID: int(gids[0].HostID)}
@@ -137,33 +192,45 @@ func (s *Server) createContainer(ctx context.Context, req *runtimeapi.CreateCont
 			log.Warn("undo root filesystem", "error", err)
 		}
 	})
-	in.rootfs = rootfs.Path
+	return rootfs.Path, nil
+}
+
+// writeContainerBundle writes the container's OCI bundle (its spec over
+// the root filesystem) and makes its log's directory.
+func (s *Server) writeContainerBundle(c *container, in specInput, u *undo) error {
 	spec, usr, err := s.containerSpec(in)
 	if err != nil {
-		return "", err
+		return err
 	}
 	c.User = usr
 	bundle := s.cfg.containerDir(c.ID)
 	u.add(func() { _ = os.RemoveAll(bundle) })
 	if err := writeSpec(bundle, spec); err != nil {
-		return "", err
+		return err
 	}
 	if c.LogPath != "" {
 		if err := os.MkdirAll(filepath.Dir(c.LogPath), 0o755); err != nil {
-			return "", fmt.Errorf("log directory: %w", err)
+			return fmt.Errorf("log directory: %w", err)
 		}
 	}
+	return nil
+}
+
+// createInShim has the pod's shim create the container's process, which
+// waits for StartContainer, and records it as created.
+func (s *Server) createInShim(ctx context.Context, c *container, u *undo) error {
 	// Recorded before the shim creates it: a crash from here on finds a
 	// "creating" container at restart and removes it.
 	if err := s.store.putContainer(c); err != nil {
-		return "", err
+		return err
 	}
-	client := s.shimFor(sb.ID)
+	cfg := c.config
+	client := s.shimFor(c.PodID)
 	pid, err := client.Create(ctx, c.ID, shim.CreateRequest{
-		Bundle: bundle, LogPath: c.LogPath, Stdin: cfg.Stdin, StdinOnce: cfg.StdinOnce, TTY: cfg.Tty,
+		Bundle: s.cfg.containerDir(c.ID), LogPath: c.LogPath, Stdin: cfg.Stdin, StdinOnce: cfg.StdinOnce, TTY: cfg.Tty,
 	})
 	if err != nil {
-		return "", runtimeFailure(fmt.Errorf("create container: %w", err))
+		return runtimeFailure(fmt.Errorf("create container: %w", err))
 	}
 	u.add(func() {
 		s.deleteRuntimeContainer(c.ID)
@@ -171,12 +238,7 @@ func (s *Server) createContainer(ctx context.Context, req *runtimeapi.CreateCont
 	})
 	c.Pid = pid
 	c.State = containerCreated
-	if err := s.store.putContainer(c); err != nil {
-		return "", err
-	}
-	log.Info("container created", "pid", pid, "image", cfg.Image.GetImage())
-	s.emit(c.ID, sb.ID, runtimeapi.ContainerEventType_CONTAINER_CREATED_EVENT)
-	return c.ID, nil
+	return s.store.putContainer(c)
 }
 
 // pausePid is the pid of the pod's pause process, which must be alive:

@@ -6,45 +6,33 @@ import "strings"
 // them from its truncated output (containerd accepts the same).
 
 func (s *Server) findSandbox(id string) (*sandbox, error) {
-	if id == "" {
-		return nil, invalidf("pod_sandbox_id is required")
-	}
-	if sb, ok := s.store.getSandbox(id); ok {
-		return sb, nil
-	}
-	var match *sandbox
-	for _, sb := range s.store.listSandboxes() {
-		if strings.HasPrefix(sb.ID, id) {
-			if match != nil {
-				return nil, invalidf("pod sandbox id prefix %q is ambiguous", id)
-			}
-			match = sb
-		}
-	}
-	if match == nil {
-		return nil, notFoundf("pod sandbox %q", id)
-	}
-	return match, nil
+	return findByID(id, "pod_sandbox_id", "pod sandbox", s.store.getSandbox, s.store.listSandboxes, func(sb *sandbox) string { return sb.ID })
 }
 
 func (s *Server) findContainer(id string) (*container, error) {
+	return findByID(id, "container_id", "container", s.store.getContainer, s.store.listContainers, func(c *container) string { return c.ID })
+}
+
+// findByID finds a record by its full id, or else by a prefix that only
+// it has.
+func findByID[T any](id, field, kind string, get func(string) (*T, bool), list func() []*T, idOf func(*T) string) (*T, error) {
 	if id == "" {
-		return nil, invalidf("container_id is required")
+		return nil, invalidf("%s is required", field)
 	}
-	if c, ok := s.store.getContainer(id); ok {
-		return c, nil
+	if v, ok := get(id); ok {
+		return v, nil
 	}
-	var match *container
-	for _, c := range s.store.listContainers() {
-		if strings.HasPrefix(c.ID, id) {
+	var match *T
+	for _, v := range list() {
+		if strings.HasPrefix(idOf(v), id) {
 			if match != nil {
-				return nil, invalidf("container id prefix %q is ambiguous", id)
+				return nil, invalidf("%s id prefix %q is ambiguous", kind, id)
 			}
-			match = c
+			match = v
 		}
 	}
 	if match == nil {
-		return nil, notFoundf("container %q", id)
+		return nil, notFoundf("%s %q", kind, id)
 	}
 	return match, nil
 }

@@ -161,16 +161,12 @@ func (s *Server) makePodDir(sb *sandbox, cfg *runtimeapi.PodSandboxConfig) error
 	if err := os.Chmod(dir, 0o711); err != nil {
 		return fmt.Errorf("pod directory: %w", err)
 	}
-	hostname := cfg.Hostname
-	if hostname == "" || cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE {
-		hostname, _ = os.Hostname()
-	}
 	resolv, err := resolvConf(cfg.DnsConfig)
 	if err != nil {
 		return err
 	}
 	files := map[string]string{
-		"hostname":    hostname + "\n",
+		"hostname":    podHostname(cfg) + "\n",
 		"resolv.conf": resolv,
 		"hosts":       "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
 	}
@@ -342,7 +338,7 @@ func (s *Server) startPause(ctx context.Context, sb *sandbox, cfg *runtimeapi.Po
 	}
 	// Registered first: a create that fails half-way leaves runtime state.
 	u.add(func() { s.deleteRuntimeContainer(sb.ID) })
-	pid, err := client.Create(ctx, sb.ID, shimCreate(bundle, "", false, false, false))
+	pid, err := client.Create(ctx, sb.ID, shim.CreateRequest{Bundle: bundle})
 	if err != nil {
 		return runtimeFailure(fmt.Errorf("create pause: %w", err))
 	}

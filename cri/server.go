@@ -3,9 +3,20 @@
 // store, runtime, networking and per-pod shims. It is the only package
 // that knows Kubernetes types.
 //
-// Each RPC lives in a file named after it. RPCs validate their request,
-// take the lock of the one object they change (never a global one across
-// slow work), and choose gRPC status codes only at the end (toStatus).
+// Each RPC lives in a file named after its object and verb:
+// sandbox_{run,stop,remove,status,list,stats,metrics,update,portforward}.go,
+// container_{create,start,stop,remove,status,list,stats,update,log,exec,
+// attach}.go, image_{pull,list,status,remove,fsinfo}.go,
+// runtime_{status,config}.go, events.go and checkpoint.go. Shared parts:
+// spec_pod.go and spec_container.go (OCI specs), store.go (state),
+// shims.go and shim_events.go (the per-pod shims and what they report),
+// restart.go (recovery at start), stream.go (the Stream* chunking),
+// stdio.go and streaming.go (exec, attach and port-forward plumbing),
+// validate.go and errors.go (requests in, gRPC codes out).
+//
+// RPCs validate their request, take the lock of the one object they
+// change (never a global one across slow work), and choose gRPC status
+// codes only at the end (toStatus).
 package cri
 
 import (

@@ -22,7 +22,6 @@ import (
 	"github.com/moby/sys/user"
 	imgspec "github.com/opencontainers/image-spec/specs-go/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
-	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-runtime/berth/cgroups"
@@ -60,11 +59,7 @@ func (s *Server) containerSpec(in specInput) (*specs.Spec, *resolvedUser, error)
 	if err != nil {
 		return nil, nil, err
 	}
-	hostname := sbCfg.Hostname
-	if hostname == "" || podNS.GetNetwork() == runtimeapi.NamespaceMode_NODE {
-		hostname, _ = os.Hostname()
-	}
-	env := []string{runtime.DefaultPath, "HOSTNAME=" + hostname}
+	env := []string{runtime.DefaultPath, "HOSTNAME=" + podHostname(sbCfg)}
 	env = append(env, in.image.Env...)
 	for _, kv := range cfg.Envs {
 		env = append(env, kv.Key+"="+string(kv.Value))
@@ -267,35 +262,29 @@ func resolveUser(rootfs string, cfg *runtimeapi.ContainerConfig, sbCfg *runtimea
 }
 
 func readPasswd(root *os.Root) ([]user.User, error) {
-	f, err := root.Open("etc/passwd")
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("image /etc/passwd: %w", err)
-	}
-	defer f.Close()
-	users, err := user.ParsePasswd(io.LimitReader(bufio.NewReader(f), 16<<20))
-	if err != nil {
-		return nil, fmt.Errorf("image /etc/passwd: %w", err)
-	}
-	return users, nil
+	return readImageFile(root, "etc/passwd", user.ParsePasswd)
 }
 
 func readGroups(root *os.Root) ([]user.Group, error) {
-	f, err := root.Open("etc/group")
+	return readImageFile(root, "etc/group", user.ParseGroup)
+}
+
+// readImageFile parses one of the image's account files (16 MiB at most);
+// a missing file is no entries.
+func readImageFile[T any](root *os.Root, name string, parse func(io.Reader) ([]T, error)) ([]T, error) {
+	f, err := root.Open(name)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, nil
 		}
-		return nil, fmt.Errorf("image /etc/group: %w", err)
+		return nil, fmt.Errorf("image /%s: %w", name, err)
 	}
 	defer f.Close()
-	groups, err := user.ParseGroup(io.LimitReader(bufio.NewReader(f), 16<<20))
+	entries, err := parse(io.LimitReader(bufio.NewReader(f), 16<<20))
 	if err != nil {
-		return nil, fmt.Errorf("image /etc/group: %w", err)
+		return nil, fmt.Errorf("image /%s: %w", name, err)
 	}
-	return groups, nil
+	return entries, nil
 }
 
 // Paths the pod provides to each container unless the CRI mounts them.
@@ -472,10 +461,10 @@ func maskedPaths(sc *runtimeapi.LinuxContainerSecurityContext, userns bool) (mas
 		return masked, readonly
 	}
 	if len(masked) == 0 {
-		masked = slices.Clone(runtime.DefaultMaskedPaths)
+		masked = runtime.DefaultMaskedPaths()
 	}
 	if len(readonly) == 0 {
-		readonly = slices.Clone(runtime.DefaultReadonlyPaths)
+		readonly = runtime.DefaultReadonlyPaths()
 	}
 	return masked, readonly
 }
@@ -488,7 +477,7 @@ func maskedPaths(sc *runtimeapi.LinuxContainerSecurityContext, userns bool) (mas
 func (s *Server) capabilities(sc *runtimeapi.LinuxContainerSecurityContext) (*specs.LinuxCapabilities, error) {
 	base := s.cfg.DefaultCapabilities
 	if len(base) == 0 {
-		base = runtime.DefaultCapabilities
+		base = runtime.DefaultCapabilities()
 	}
 	grantable, err := grantableCapabilities()
 	if err != nil {
@@ -724,10 +713,10 @@ func linuxResources(r *runtimeapi.LinuxContainerResources) (*specs.LinuxResource
 	if r.MemoryLimitInBytes != 0 {
 		lr.Memory.Limit = ptr(r.MemoryLimitInBytes)
 	}
-	if r.MemorySwapLimitInBytes != 0 && swapAccounting() {
+	if r.MemorySwapLimitInBytes != 0 && cgroups.SwapAccounting() {
 		lr.Memory.Swap = ptr(r.MemorySwapLimitInBytes)
 	}
-	if len(r.HugepageLimits) > 0 && hugetlbAvailable() {
+	if len(r.HugepageLimits) > 0 && cgroups.HugetlbAvailable() {
 		for _, h := range r.HugepageLimits {
 			lr.HugepageLimits = append(lr.HugepageLimits, specs.LinuxHugepageLimit{Pagesize: h.PageSize, Limit: h.Limit})
 		}
@@ -736,32 +725,6 @@ func linuxResources(r *runtimeapi.LinuxContainerResources) (*specs.LinuxResource
 		lr.Unified = maps.Clone(r.Unified)
 	}
 	return lr, nil
-}
-
-// swapAccounting reports whether memory+swap limits can be set.
-func swapAccounting() bool {
-	if cgroups.HostMode() == cgroups.Unified {
-		_, err := os.Stat("/sys/fs/cgroup/init.scope/memory.swap.max")
-		if err == nil {
-			return true
-		}
-		_, err = os.Stat("/sys/fs/cgroup/system.slice/memory.swap.max")
-		return err == nil
-	}
-	_, err := os.Stat("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
-	return err == nil
-}
-
-// hugetlbAvailable reports whether the hugetlb controller is where
-// libcontainer will look for it (in hybrid mode it may sit on the v2
-// hierarchy, out of reach).
-func hugetlbAvailable() bool {
-	if cgroups.HostMode() == cgroups.Unified {
-		data, err := os.ReadFile("/sys/fs/cgroup/cgroup.controllers")
-		return err == nil && slices.Contains(strings.Fields(string(data)), "hugetlb")
-	}
-	var st unix.Statfs_t
-	return unix.Statfs("/sys/fs/cgroup/hugetlb", &st) == nil && st.Type == unix.CGROUP_SUPER_MAGIC
 }
 
 // hostPathSource resolves a mount's host path, making it a directory if

@@ -22,12 +22,12 @@ func TestMaskedPaths(t *testing.T) {
 		userns     bool
 		masked, ro []string
 	}{
-		{"none sent: the defaults", &runtimeapi.LinuxContainerSecurityContext{}, false, runtime.DefaultMaskedPaths, runtime.DefaultReadonlyPaths},
-		{"no security context: the defaults", nil, false, runtime.DefaultMaskedPaths, runtime.DefaultReadonlyPaths},
+		{"none sent: the defaults", &runtimeapi.LinuxContainerSecurityContext{}, false, runtime.DefaultMaskedPaths(), runtime.DefaultReadonlyPaths()},
+		{"no security context: the defaults", nil, false, runtime.DefaultMaskedPaths(), runtime.DefaultReadonlyPaths()},
 		{"the kubelet's lists", kubelet, false, kubelet.MaskedPaths, kubelet.ReadonlyPaths},
 		{"the kubelet's lists, user namespace", kubelet, true, kubelet.MaskedPaths, kubelet.ReadonlyPaths},
 		{"empty in a user namespace: Unmasked", &runtimeapi.LinuxContainerSecurityContext{}, true, nil, nil},
-		{"only masked sent", &runtimeapi.LinuxContainerSecurityContext{MaskedPaths: []string{"/x"}}, false, []string{"/x"}, runtime.DefaultReadonlyPaths},
+		{"only masked sent", &runtimeapi.LinuxContainerSecurityContext{MaskedPaths: []string{"/x"}}, false, []string{"/x"}, runtime.DefaultReadonlyPaths()},
 	} {
 		masked, ro := maskedPaths(c.sc, c.userns)
 		if !slices.Equal(masked, c.masked) || !slices.Equal(ro, c.ro) {
@@ -37,7 +37,7 @@ func TestMaskedPaths(t *testing.T) {
 	// The defaults are copies: a container's spec never edits them.
 	masked, _ := maskedPaths(nil, false)
 	masked[0] = "/changed"
-	if runtime.DefaultMaskedPaths[0] == "/changed" {
+	if runtime.DefaultMaskedPaths()[0] == "/changed" {
 		t.Fatal("maskedPaths returned the shared default slice")
 	}
 }
@@ -68,7 +68,7 @@ func TestCapabilities(t *testing.T) {
 		t.Errorf("drop ALL, add two: %v %v", got, err)
 	}
 	def, err := caps(nil, nil)
-	if err != nil || len(def) != len(runtime.DefaultCapabilities) {
+	if err != nil || len(def) != len(runtime.DefaultCapabilities()) {
 		t.Errorf("defaults: %v %v", def, err)
 	}
 	// A capability berthd lacks (none here if it holds all: then the

@@ -4,13 +4,11 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/berth-runtime/berth/internal/shim"
 	"github.com/berth-runtime/berth/runtime"
 )
 
@@ -49,8 +47,8 @@ func (s *Server) pauseSpec(sb *sandbox, cfg *runtimeapi.PodSandboxConfig) (*spec
 		Linux: &specs.Linux{
 			CgroupsPath:   s.cgroupsPath(sb.CgroupParent, sb.ID),
 			Sysctl:        cfg.GetLinux().GetSysctls(),
-			MaskedPaths:   slices.Clone(runtime.DefaultMaskedPaths),
-			ReadonlyPaths: slices.Clone(runtime.DefaultReadonlyPaths),
+			MaskedPaths:   runtime.DefaultMaskedPaths(),
+			ReadonlyPaths: runtime.DefaultReadonlyPaths(),
 			Resources: &specs.LinuxResources{
 				Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
 				// The pause process needs next to nothing.
@@ -118,10 +116,6 @@ func writeSpec(bundle string, spec *specs.Spec) error {
 	return os.Rename(tmp, filepath.Join(bundle, runtime.ConfigFile))
 }
 
-func shimCreate(bundle, logPath string, stdin, stdinOnce, tty bool) shim.CreateRequest {
-	return shim.CreateRequest{Bundle: bundle, LogPath: logPath, Stdin: stdin, StdinOnce: stdinOnce, TTY: tty}
-}
-
 func ptr[T any](v T) *T { return &v }
 
 // bandwidth reads the kubernetes.io/{ingress,egress}-bandwidth
@@ -152,4 +146,15 @@ func parseQuantity(q string) int64 {
 		return 0
 	}
 	return n * mult
+}
+
+// podHostname is the pod's host name, for its /etc/hostname and its
+// containers' HOSTNAME: the one the kubelet asks for, or the node's when
+// it asks for none or the pod shares the node's network.
+func podHostname(cfg *runtimeapi.PodSandboxConfig) string {
+	if cfg.GetHostname() != "" && cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() != runtimeapi.NamespaceMode_NODE {
+		return cfg.GetHostname()
+	}
+	h, _ := os.Hostname()
+	return h
 }

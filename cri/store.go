@@ -177,45 +177,17 @@ func (s *store) releaseName(name, id string) error {
 
 // putSandbox records a sandbox (a copy of sb is kept).
 func (s *store) putSandbox(sb *sandbox) error {
-	data, err := json.Marshal(sb)
-	if err != nil {
-		return err
-	}
-	if err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketSandboxes).Put([]byte(sb.ID), data)
-	}); err != nil {
-		return fmt.Errorf("record sandbox %s: %w", sb.ID, err)
-	}
-	cp := *sb
-	s.mu.Lock()
-	s.sandboxes[sb.ID] = &cp
-	s.mu.Unlock()
-	return nil
+	return putRecord(s, bucketSandboxes, s.sandboxes, "sandbox", sb.ID, sb)
 }
 
 func (s *store) deleteSandbox(id string) error {
-	if err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketSandboxes).Delete([]byte(id))
-	}); err != nil {
-		return fmt.Errorf("delete sandbox %s: %w", id, err)
-	}
-	s.mu.Lock()
-	delete(s.sandboxes, id)
-	s.mu.Unlock()
-	return nil
+	return deleteRecord(s, bucketSandboxes, s.sandboxes, "sandbox", id)
 }
 
 // getSandbox returns a copy of the record.
-func (s *store) getSandbox(id string) (*sandbox, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	sb, ok := s.sandboxes[id]
-	if !ok {
-		return nil, false
-	}
-	cp := *sb
-	return &cp, true
-}
+func (s *store) getSandbox(id string) (*sandbox, bool) { return getRecord(s, s.sandboxes, id) }
+
+func (s *store) listSandboxes() []*sandbox { return listRecords(s, s.sandboxes) }
 
 // known reports whether id is a recorded pod or container.
 func (s *store) known(id string) bool {
@@ -226,63 +198,71 @@ func (s *store) known(id string) bool {
 	return pod || ctr
 }
 
-func (s *store) listSandboxes() []*sandbox {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	out := make([]*sandbox, 0, len(s.sandboxes))
-	for _, sb := range s.sandboxes {
-		cp := *sb
-		out = append(out, &cp)
-	}
-	return out
+// putContainer records a container (a copy of c is kept).
+func (s *store) putContainer(c *container) error {
+	return putRecord(s, bucketContainers, s.containers, "container", c.ID, c)
 }
 
-func (s *store) putContainer(c *container) error {
-	data, err := json.Marshal(c)
+func (s *store) deleteContainer(id string) error {
+	return deleteRecord(s, bucketContainers, s.containers, "container", id)
+}
+
+// getContainer returns a copy of the record.
+func (s *store) getContainer(id string) (*container, bool) { return getRecord(s, s.containers, id) }
+
+func (s *store) listContainers() []*container { return listRecords(s, s.containers) }
+
+// putRecord writes a record to its bucket and, once that committed, a
+// copy to memory, where the lists read it.
+func putRecord[T any](s *store, bucket []byte, mem map[string]*T, kind, id string, v *T) error {
+	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
 	if err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketContainers).Put([]byte(c.ID), data)
+		return tx.Bucket(bucket).Put([]byte(id), data)
 	}); err != nil {
-		return fmt.Errorf("record container %s: %w", c.ID, err)
+		return fmt.Errorf("record %s %s: %w", kind, id, err)
 	}
-	cp := *c
+	cp := *v
 	s.mu.Lock()
-	s.containers[c.ID] = &cp
+	mem[id] = &cp
 	s.mu.Unlock()
 	return nil
 }
 
-func (s *store) deleteContainer(id string) error {
+// deleteRecord removes a record from its bucket, then from memory.
+func deleteRecord[T any](s *store, bucket []byte, mem map[string]*T, kind, id string) error {
 	if err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketContainers).Delete([]byte(id))
+		return tx.Bucket(bucket).Delete([]byte(id))
 	}); err != nil {
-		return fmt.Errorf("delete container %s: %w", id, err)
+		return fmt.Errorf("delete %s %s: %w", kind, id, err)
 	}
 	s.mu.Lock()
-	delete(s.containers, id)
+	delete(mem, id)
 	s.mu.Unlock()
 	return nil
 }
 
-func (s *store) getContainer(id string) (*container, bool) {
+// getRecord returns a copy of a record, which the caller may change.
+func getRecord[T any](s *store, mem map[string]*T, id string) (*T, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	c, ok := s.containers[id]
+	v, ok := mem[id]
 	if !ok {
 		return nil, false
 	}
-	cp := *c
+	cp := *v
 	return &cp, true
 }
 
-func (s *store) listContainers() []*container {
+// listRecords returns copies of every record of a kind.
+func listRecords[T any](s *store, mem map[string]*T) []*T {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	out := make([]*container, 0, len(s.containers))
-	for _, c := range s.containers {
-		cp := *c
+	out := make([]*T, 0, len(mem))
+	for _, v := range mem {
+		cp := *v
 		out = append(out, &cp)
 	}
 	return out

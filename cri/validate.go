@@ -319,6 +319,23 @@ func validateContainerConfig(cfg *runtimeapi.ContainerConfig, sandboxCfg *runtim
 	if cfg == nil {
 		return invalidf("config is required")
 	}
+	for _, check := range []func(*runtimeapi.ContainerConfig, *runtimeapi.PodSandboxConfig) error{
+		validateContainerIdentity, validateContainerProcess, validateContainerDevices,
+		func(cfg *runtimeapi.ContainerConfig, _ *runtimeapi.PodSandboxConfig) error {
+			return validateResources("linux.resources", cfg.GetLinux().GetResources())
+		},
+		validateContainerSecurity,
+	} {
+		if err := check(cfg, sandboxCfg); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validateContainerIdentity checks the container's name, image and log
+// path.
+func validateContainerIdentity(cfg *runtimeapi.ContainerConfig, _ *runtimeapi.PodSandboxConfig) error {
 	md := cfg.GetMetadata()
 	if md == nil || md.Name == "" {
 		return invalidf("metadata.name is required")
@@ -337,6 +354,12 @@ func validateContainerConfig(cfg *runtimeapi.ContainerConfig, sandboxCfg *runtim
 			return invalidf("log_path %q must be relative to the pod's log_directory, without '..'", lp)
 		}
 	}
+	return nil
+}
+
+// validateContainerProcess checks the process: environment, command and
+// working directory.
+func validateContainerProcess(cfg *runtimeapi.ContainerConfig, _ *runtimeapi.PodSandboxConfig) error {
 	for i, kv := range cfg.Envs {
 		if kv.Key == "" || strings.ContainsAny(kv.Key, "=\x00") {
 			return invalidf("envs[%d]: key %q must be non-empty, without '='", i, kv.Key)
@@ -353,6 +376,12 @@ func validateContainerConfig(cfg *runtimeapi.ContainerConfig, sandboxCfg *runtim
 	if wd := cfg.WorkingDir; wd != "" && !filepath.IsAbs(wd) {
 		return invalidf("working_dir %q must be an absolute path", wd)
 	}
+	return nil
+}
+
+// validateContainerDevices checks what the container gets from the host:
+// mounts and devices.
+func validateContainerDevices(cfg *runtimeapi.ContainerConfig, sandboxCfg *runtimeapi.PodSandboxConfig) error {
 	podUserns := sandboxCfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetUsernsOptions()
 	for i, m := range cfg.Mounts {
 		if err := validateMount(fmt.Sprintf("mounts[%d]", i), m, podUserns != nil && podUserns.Mode == runtimeapi.NamespaceMode_POD); err != nil {
@@ -373,11 +402,14 @@ func validateContainerConfig(cfg *runtimeapi.ContainerConfig, sandboxCfg *runtim
 	if _, ok := runtimeapi.Signal_name[int32(cfg.StopSignal)]; !ok {
 		return invalidf("stop_signal: unknown signal %d", cfg.StopSignal)
 	}
-	lx := cfg.GetLinux()
-	if err := validateResources("linux.resources", lx.GetResources()); err != nil {
-		return err
-	}
-	sc := lx.GetSecurityContext()
+	return nil
+}
+
+// validateContainerSecurity checks the security context against itself
+// and against the pod's.
+func validateContainerSecurity(cfg *runtimeapi.ContainerConfig, sandboxCfg *runtimeapi.PodSandboxConfig) error {
+	sc := cfg.GetLinux().GetSecurityContext()
+	podUserns := sandboxCfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetUsernsOptions()
 	if sc.GetRunAsUser() != nil && sc.GetRunAsUsername() != "" {
 		return invalidf("linux.security_context: run_as_user and run_as_username are exclusive")
 	}

@@ -3,13 +3,15 @@ package image
 import (
 	"errors"
 	"fmt"
-	"io/fs"
+	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"syscall"
 
 	"github.com/containers/image/v5/docker"
+	"github.com/containers/image/v5/signature"
 	"github.com/docker/distribution/registry/api/errcode"
 	v2 "github.com/docker/distribution/registry/api/v2"
 )
@@ -88,14 +90,8 @@ func classifyPullError(err error) error {
 			return withKind(ErrUnauthorized, err)
 		}
 	}
-	// A gateway or an overloaded registry answering for a backend it cannot
-	// reach is, for the puller, a registry out of reach: worth a retry.
-	var status docker.UnexpectedHTTPStatusError
-	if errors.As(err, &status) {
-		switch status.StatusCode {
-		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-			return withKind(ErrUnreachable, err)
-		}
+	if isGatewayError(err) {
+		return withKind(ErrUnreachable, err)
 	}
 	if isDiskFull(err) {
 		return withKind(ErrDiskFull, err)
@@ -105,28 +101,44 @@ func classifyPullError(err error) error {
 	if errors.As(err, &opErr) || errors.As(err, &netErr) {
 		return withKind(ErrUnreachable, err)
 	}
+	for _, cut := range []error{syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.EHOSTUNREACH, syscall.ENETUNREACH,
+		syscall.ETIMEDOUT, io.ErrUnexpectedEOF, os.ErrDeadlineExceeded} {
+		if errors.Is(err, cut) {
+			return withKind(ErrUnreachable, err)
+		}
+	}
+	var rejected signature.PolicyRequirementError
+	if errors.As(err, &rejected) {
+		return withKind(ErrBlocked, err)
+	}
+	// Two refusals containers/image makes as plain text (fmt.Errorf with no
+	// error to match): no variant for the platform in a manifest list or
+	// image index (internal/manifest), and a registry blocked in
+	// registries.conf (docker/docker_client.go).
 	msg := err.Error()
 	switch {
-	case strings.Contains(msg, "manifest unknown"):
-		return withKind(ErrUnknownTag, err)
-	case strings.Contains(msg, "name unknown"), strings.Contains(msg, "repository name not known"):
-		return withKind(ErrUnknownImage, err)
-	case strings.Contains(msg, "no image found in manifest list"),
-		strings.Contains(msg, "no image found in image index"):
+	case strings.Contains(msg, "no image found in manifest list for architecture"),
+		strings.Contains(msg, "no image found in image index for architecture"):
 		return withKind(ErrPlatform, err)
-	case strings.Contains(msg, "is blocked in"), strings.Contains(msg, "Source image rejected"):
+	case strings.Contains(msg, " is blocked in "):
 		return withKind(ErrBlocked, err)
-	case strings.Contains(msg, "connection refused"), strings.Contains(msg, "no such host"),
-		strings.Contains(msg, "i/o timeout"), strings.Contains(msg, "unexpected EOF"),
-		strings.Contains(msg, "connection reset"):
-		return withKind(ErrUnreachable, err)
-	case strings.Contains(msg, "authentication required"), strings.Contains(msg, "unauthorized"):
-		return withKind(ErrUnauthorized, err)
-	}
-	if errors.Is(err, fs.ErrPermission) {
-		return err
 	}
 	return err
+}
+
+// isGatewayError reports a gateway or an overloaded registry answering
+// for a backend it cannot reach: for the puller, a registry out of reach,
+// worth a retry.
+func isGatewayError(err error) bool {
+	var status docker.UnexpectedHTTPStatusError
+	if !errors.As(err, &status) {
+		return false
+	}
+	switch status.StatusCode {
+	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	return false
 }
 
 // isDiskFull reports a write that failed for lack of space or quota.
@@ -150,16 +162,11 @@ func malformed(err error) error {
 	return withKind(ErrBadImage, err)
 }
 
-// diskFull wraps an I/O error from the store with a clear message.
+// storeIOError wraps an I/O error of a pull with what was being done,
+// naming a full store as such.
 func storeIOError(what string, err error) error {
-	// A gateway or an overloaded registry answering for a backend it cannot
-	// reach is, for the puller, a registry out of reach: worth a retry.
-	var status docker.UnexpectedHTTPStatusError
-	if errors.As(err, &status) {
-		switch status.StatusCode {
-		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-			return withKind(ErrUnreachable, err)
-		}
+	if isGatewayError(err) {
+		return withKind(ErrUnreachable, err)
 	}
 	if isDiskFull(err) {
 		return withKind(ErrDiskFull, fmt.Errorf("%s: the image store is full: %w", what, err))

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -162,6 +161,9 @@ func (s *Store) pull(ctx context.Context, name string, o PullOptions, sp *shared
 	return nil, fmt.Errorf("%w (tried before: %s)", last, strings.Join(before, "; "))
 }
 
+// pullCandidate pulls one candidate name: choose the instance, check the
+// policy, read and check manifest and config, fetch the missing layers
+// under a lease, then write the blobs and commit the record.
 func (s *Store) pullCandidate(ctx context.Context, sys *types.SystemContext, c candidate, o PullOptions, sp *sharedPull) (img *Image, retErr error) {
 	what := c.name
 	if what == "" {
@@ -178,101 +180,22 @@ func (s *Store) pullCandidate(ctx context.Context, sys *types.SystemContext, c c
 	}
 	defer src.Close()
 
-	top, topType, err := src.GetManifest(ctx, nil)
+	topDigest, instance, err := chooseInstance(ctx, sys, src)
 	if err != nil {
 		return nil, err
-	}
-	topDigest, err := manifest.Digest(top)
-	if err != nil {
-		return nil, withKind(ErrBadImage, err)
-	}
-	var instance *digest.Digest
-	if manifest.MIMETypeIsMultiImage(manifest.NormalizedMIMEType(topType)) {
-		list, err := manifest.ListFromBlob(top, manifest.NormalizedMIMEType(topType))
-		if err != nil {
-			return nil, withKind(ErrBadImage, err)
-		}
-		d, err := list.ChooseInstance(sys)
-		if err != nil {
-			return nil, withKind(ErrPlatform, err)
-		}
-		instance = &d
 	}
 	unparsed := cimage.UnparsedInstance(src, instance)
-	pc, err := s.policyContext()
+	if err := s.checkPolicy(ctx, unparsed); err != nil {
+		return nil, err
+	}
+	pi, err := readPulledImage(ctx, sys, unparsed)
 	if err != nil {
 		return nil, err
 	}
-	defer pc.Destroy()
-	if ok, err := pc.IsRunningImageAllowed(ctx, unparsed); !ok || err != nil {
-		return nil, withKind(ErrBlocked, fmt.Errorf("rejected by signature policy %s: %w", s.opts.PolicyFile, err))
-	}
-	im, err := cimage.FromUnparsedImage(ctx, sys, unparsed)
-	if err != nil {
-		return nil, malformed(err)
-	}
-	manifestBlob, _, err := im.Manifest(ctx)
-	if err != nil {
-		return nil, malformed(err)
-	}
-	manifestDigest, err := manifest.Digest(manifestBlob)
-	if err != nil {
-		return nil, withKind(ErrBadImage, err)
-	}
-	// ConfigBlob checks the config against its digest.
-	configBlob, err := im.ConfigBlob(ctx)
-	if err != nil {
-		return nil, malformed(err)
-	}
-	config, err := im.OCIConfig(ctx)
-	if err != nil {
-		return nil, withKind(ErrBadImage, err)
-	}
-	configDigest := im.ConfigInfo().Digest
-	if configDigest == "" {
-		configDigest = digest.FromBytes(configBlob)
-	}
-	layers := im.LayerInfos()
-	diffIDs := config.RootFS.DiffIDs
-	if len(diffIDs) != len(layers) {
-		return nil, withKind(ErrBadImage, fmt.Errorf("config lists %d layers, manifest %d", len(diffIDs), len(layers)))
-	}
-	for i, l := range layers {
-		if err := l.Digest.Validate(); err != nil {
-			return nil, withKind(ErrBadImage, fmt.Errorf("manifest layer %d: digest %q: %w", i, l.Digest, err))
-		}
-		if err := diffIDs[i].Validate(); err != nil {
-			return nil, withKind(ErrBadImage, fmt.Errorf("config diff_ids[%d] %q: %w", i, diffIDs[i], err))
-		}
-	}
-	chain := chainIDs(diffIDs)
-
-	names := []string{}
-	digests := []string{}
-	if c.name != "" {
-		if isDigested(c.name) {
-			digests = append(digests, c.name)
-		} else {
-			names = append(names, c.name)
-		}
-		digests = appendUnique(digests, repoDigest(c.name, topDigest), repoDigest(c.name, manifestDigest))
-	} else {
-		names = append(names, c.src.Transport().Name()+":"+c.src.StringWithinTransport())
-	}
-	rec := &Image{
-		ID:          configDigest.String(),
-		Names:       names,
-		RepoDigests: digests,
-		Manifest:    manifestDigest,
-		Layers:      chain,
-		Pulled:      time.Now().UTC(),
-	}
-	if config.Created != nil {
-		rec.Created = *config.Created
-	}
+	rec := pi.record(c, topDigest)
 
 	tr := &pullTracker{id: newID(), ref: what, started: time.Now()}
-	for _, l := range layers {
+	for _, l := range pi.layers {
 		tr.layers = append(tr.layers, &layerTracker{digest: l.Digest, size: l.Size})
 	}
 	// Listed in Pulls until everything, clean-up included, is over.
@@ -291,16 +214,141 @@ func (s *Store) pullCandidate(ctx context.Context, sys *types.SystemContext, c c
 			}
 		}
 	}()
-	if err := s.fetchLayers(ctx, src, tr, layers, diffIDs, chain, leaseID, o, sp); err != nil {
+	if err := s.fetchLayers(ctx, src, tr, pi.layers, pi.diffIDs, rec.Layers, leaseID, o, sp); err != nil {
 		return nil, err
 	}
-	if err := s.writeBlob(manifestDigest, manifestBlob); err != nil {
+	if err := s.writeBlob(pi.manifestDigest, pi.manifest); err != nil {
 		return nil, err
 	}
-	if err := s.writeBlob(configDigest, configBlob); err != nil {
+	if err := s.writeBlob(pi.configDigest, pi.configBlob); err != nil {
 		return nil, err
 	}
 	return s.commit(rec)
+}
+
+// chooseInstance reads the top manifest and, for a manifest list or image
+// index, picks this node's platform: the top manifest's digest and the
+// instance (nil for a single image).
+func chooseInstance(ctx context.Context, sys *types.SystemContext, src types.ImageSource) (digest.Digest, *digest.Digest, error) {
+	top, topType, err := src.GetManifest(ctx, nil)
+	if err != nil {
+		return "", nil, err
+	}
+	topDigest, err := manifest.Digest(top)
+	if err != nil {
+		return "", nil, withKind(ErrBadImage, err)
+	}
+	if !manifest.MIMETypeIsMultiImage(manifest.NormalizedMIMEType(topType)) {
+		return topDigest, nil, nil
+	}
+	list, err := manifest.ListFromBlob(top, manifest.NormalizedMIMEType(topType))
+	if err != nil {
+		return "", nil, withKind(ErrBadImage, err)
+	}
+	d, err := list.ChooseInstance(sys)
+	if err != nil {
+		return "", nil, withKind(ErrPlatform, err)
+	}
+	return topDigest, &d, nil
+}
+
+// checkPolicy asks the signature policy (policy.json) whether the image
+// may run here.
+func (s *Store) checkPolicy(ctx context.Context, unparsed types.UnparsedImage) error {
+	pc, err := s.policyContext()
+	if err != nil {
+		return err
+	}
+	defer pc.Destroy()
+	if ok, err := pc.IsRunningImageAllowed(ctx, unparsed); !ok || err != nil {
+		return withKind(ErrBlocked, fmt.Errorf("rejected by signature policy %s: %w", s.opts.PolicyFile, err))
+	}
+	return nil
+}
+
+// pulledImage is one image's manifest, config and layer list as read
+// from the registry and checked, before any layer is fetched.
+type pulledImage struct {
+	manifest       []byte
+	manifestDigest digest.Digest
+	configBlob     []byte
+	configDigest   digest.Digest
+	created        *time.Time
+	layers         []types.BlobInfo
+	diffIDs        []digest.Digest
+}
+
+// readPulledImage reads the chosen image's manifest and config and checks
+// that they agree on the layers and that every digest is well formed.
+func readPulledImage(ctx context.Context, sys *types.SystemContext, unparsed *cimage.UnparsedImage) (*pulledImage, error) {
+	im, err := cimage.FromUnparsedImage(ctx, sys, unparsed)
+	if err != nil {
+		return nil, malformed(err)
+	}
+	pi := &pulledImage{}
+	if pi.manifest, _, err = im.Manifest(ctx); err != nil {
+		return nil, malformed(err)
+	}
+	if pi.manifestDigest, err = manifest.Digest(pi.manifest); err != nil {
+		return nil, withKind(ErrBadImage, err)
+	}
+	// ConfigBlob checks the config against its digest.
+	if pi.configBlob, err = im.ConfigBlob(ctx); err != nil {
+		return nil, malformed(err)
+	}
+	config, err := im.OCIConfig(ctx)
+	if err != nil {
+		return nil, withKind(ErrBadImage, err)
+	}
+	pi.created = config.Created
+	pi.configDigest = im.ConfigInfo().Digest
+	if pi.configDigest == "" {
+		pi.configDigest = digest.FromBytes(pi.configBlob)
+	}
+	pi.layers = im.LayerInfos()
+	pi.diffIDs = config.RootFS.DiffIDs
+	if len(pi.diffIDs) != len(pi.layers) {
+		return nil, withKind(ErrBadImage, fmt.Errorf("config lists %d layers, manifest %d", len(pi.diffIDs), len(pi.layers)))
+	}
+	for i, l := range pi.layers {
+		if err := l.Digest.Validate(); err != nil {
+			return nil, withKind(ErrBadImage, fmt.Errorf("manifest layer %d: digest %q: %w", i, l.Digest, err))
+		}
+		if err := pi.diffIDs[i].Validate(); err != nil {
+			return nil, withKind(ErrBadImage, fmt.Errorf("config diff_ids[%d] %q: %w", i, pi.diffIDs[i], err))
+		}
+	}
+	return pi, nil
+}
+
+// record is the store's record of the image: named as it was asked for
+// (and by the digests of its top and chosen manifests), identified by its
+// config's digest.
+func (pi *pulledImage) record(c candidate, topDigest digest.Digest) *Image {
+	names := []string{}
+	digests := []string{}
+	if c.name != "" {
+		if isDigested(c.name) {
+			digests = append(digests, c.name)
+		} else {
+			names = append(names, c.name)
+		}
+		digests = appendUnique(digests, repoDigest(c.name, topDigest), repoDigest(c.name, pi.manifestDigest))
+	} else {
+		names = append(names, c.src.Transport().Name()+":"+c.src.StringWithinTransport())
+	}
+	rec := &Image{
+		ID:          pi.configDigest.String(),
+		Names:       names,
+		RepoDigests: digests,
+		Manifest:    pi.manifestDigest,
+		Layers:      chainIDs(pi.diffIDs),
+		Pulled:      time.Now().UTC(),
+	}
+	if pi.created != nil {
+		rec.Created = *pi.created
+	}
+	return rec
 }
 
 // fetchLayers fetches every missing layer at once (bounded), reporting
@@ -399,13 +447,7 @@ func (s *Store) writeBlob(d digest.Digest, data []byte) error {
 	if _, err := os.Stat(path); err == nil {
 		return nil
 	}
-	tmp := s.path("tmp", "blob-"+newID())
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		os.Remove(tmp)
-		return storeIOError("store blob "+d.String(), err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
+	if err := writeFileSynced(s.path("tmp"), path, data); err != nil {
 		return storeIOError("store blob "+d.String(), err)
 	}
 	return nil
@@ -482,5 +524,3 @@ func appendUnique(list []string, items ...string) []string {
 	}
 	return list
 }
-
-func jsonUnmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }

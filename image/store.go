@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -264,7 +265,7 @@ func (s *Store) gcBlobs(tx *bolt.Tx) error {
 	keep := map[string]bool{}
 	err := tx.Bucket(bucketImages).ForEach(func(_, v []byte) error {
 		var img Image
-		if err := jsonUnmarshal(v, &img); err != nil {
+		if err := json.Unmarshal(v, &img); err != nil {
 			return err
 		}
 		keep[digest.Digest(img.ID).Encoded()] = true

@@ -222,12 +222,15 @@ func (c *Container) Processes() ([]int, error) {
 }
 
 // Stats reads the container's cgroup statistics.
-func (c *Container) Stats() (*libcontainer.Stats, error) {
+func (c *Container) Stats() (cgroups.Stats, error) {
 	s, err := c.c.Stats()
 	if err != nil {
-		return nil, fmt.Errorf("container %s: stats: %w", c.ID(), err)
+		return cgroups.Stats{}, fmt.Errorf("container %s: stats: %w", c.ID(), err)
 	}
-	return s, nil
+	if s.CgroupStats == nil {
+		return cgroups.Stats{}, fmt.Errorf("container %s: no cgroup statistics", c.ID())
+	}
+	return cgroups.FromLibrary(s.CgroupStats), nil
 }
 
 // Update changes the resource limits of a created, running or paused

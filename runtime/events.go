@@ -1,6 +1,8 @@
 package runtime
 
 import (
+	"fmt"
+
 	ocg "github.com/opencontainers/cgroups"
 	"github.com/opencontainers/runc/libcontainer"
 	"github.com/opencontainers/runc/types"
@@ -17,9 +19,9 @@ type (
 // EventStats reads the container's cgroup figures as runc's events
 // JSON has them; nil when the container has no cgroup statistics.
 func (c *Container) EventStats() (*EventStats, error) {
-	s, err := c.Stats()
+	s, err := c.c.Stats()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("container %s: stats: %w", c.ID(), err)
 	}
 	return convertStats(s), nil
 }

@@ -1,24 +1,21 @@
 package runtime
 
 import (
-	"bufio"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
 
+	"github.com/moby/sys/capability"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
-
-// capSysResource is CAP_SYS_RESOURCE's bit number.
-const capSysResource = 24
 
 var oomProbe = sync.OnceValues(func() (current int, canLower bool) {
 	data, err := os.ReadFile("/proc/self/oom_score_adj")
 	if err == nil {
 		current, _ = strconv.Atoi(strings.TrimSpace(string(data)))
 	}
-	return current, hasEffectiveCap(capSysResource)
+	return current, hasEffectiveCap(capability.CAP_SYS_RESOURCE)
 })
 
 var oomWarnOnce sync.Once
@@ -46,19 +43,12 @@ func (r *Runtime) restrictOOMScoreAdj(spec *specs.Spec) {
 	spec.Process = &p
 }
 
-// hasEffectiveCap reads the effective capability set of this process.
-func hasEffectiveCap(bit uint) bool {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
+// hasEffectiveCap reports whether this process has c in its effective
+// set.
+func hasEffectiveCap(c capability.Cap) bool {
+	self, err := capability.NewPid2(0)
+	if err != nil || self.Load() != nil {
 		return false
 	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		if v, ok := strings.CutPrefix(s.Text(), "CapEff:"); ok {
-			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			return err == nil && mask&(1<<bit) != 0
-		}
-	}
-	return false
+	return self.Get(capability.EFFECTIVE, c)
 }

@@ -9,9 +9,9 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
-// DefaultCapabilities is the capability set containerd, CRI-O and Docker
+// defaultCapabilities is the capability set containerd, CRI-O and Docker
 // give a container that asks for nothing special.
-var DefaultCapabilities = []string{
+var defaultCapabilities = []string{
 	"CAP_CHOWN",
 	"CAP_DAC_OVERRIDE",
 	"CAP_FSETID",
@@ -28,9 +28,9 @@ var DefaultCapabilities = []string{
 	"CAP_AUDIT_WRITE",
 }
 
-// DefaultMaskedPaths are made unreadable inside a container: they leak
+// defaultMaskedPaths are made unreadable inside a container: they leak
 // host information or allow attacks on the host kernel.
-var DefaultMaskedPaths = []string{
+var defaultMaskedPaths = []string{
 	"/proc/acpi",
 	"/proc/asound",
 	"/proc/interrupts",
@@ -45,14 +45,26 @@ var DefaultMaskedPaths = []string{
 	"/sys/devices/virtual/powercap",
 }
 
-// DefaultReadonlyPaths are mounted read-only inside a container.
-var DefaultReadonlyPaths = []string{
+// defaultReadonlyPaths are mounted read-only inside a container.
+var defaultReadonlyPaths = []string{
 	"/proc/bus",
 	"/proc/fs",
 	"/proc/irq",
 	"/proc/sys",
 	"/proc/sysrq-trigger",
 }
+
+// DefaultCapabilities returns a copy of the capability set containerd,
+// CRI-O and Docker give a container that asks for nothing special.
+func DefaultCapabilities() []string { return slices.Clone(defaultCapabilities) }
+
+// DefaultMaskedPaths returns a copy of the paths made unreadable inside a
+// container.
+func DefaultMaskedPaths() []string { return slices.Clone(defaultMaskedPaths) }
+
+// DefaultReadonlyPaths returns a copy of the paths mounted read-only
+// inside a container.
+func DefaultReadonlyPaths() []string { return slices.Clone(defaultReadonlyPaths) }
 
 // DefaultPath is the PATH of a container whose image sets none.
 const DefaultPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -75,7 +87,7 @@ func DefaultMounts() []specs.Mount {
 // default seccomp profile, no_new_privs, and fresh pid, mount, ipc, uts
 // and network namespaces. The process is an interactive `sh`, as runc's.
 func DefaultSpec() (*specs.Spec, error) {
-	caps := slices.Clone(DefaultCapabilities)
+	caps := DefaultCapabilities()
 	spec := &specs.Spec{
 		Version:  specs.Version,
 		Root:     &specs.Root{Path: "rootfs", Readonly: true},
@@ -97,8 +109,8 @@ func DefaultSpec() (*specs.Spec, error) {
 		},
 		Mounts: DefaultMounts(),
 		Linux: &specs.Linux{
-			MaskedPaths:   slices.Clone(DefaultMaskedPaths),
-			ReadonlyPaths: slices.Clone(DefaultReadonlyPaths),
+			MaskedPaths:   DefaultMaskedPaths(),
+			ReadonlyPaths: DefaultReadonlyPaths(),
 			Resources: &specs.LinuxResources{
 				Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}},
 			},

@@ -36,7 +36,7 @@ func TestDefaultSpecIsHardened(t *testing.T) {
 	}
 	// Fresh copies: callers may edit them.
 	s.Linux.MaskedPaths[0] = "x"
-	if DefaultMaskedPaths[0] == "x" {
+	if defaultMaskedPaths[0] == "x" {
 		t.Fatal("DefaultSpec shares its slices with the package defaults")
 	}
 }

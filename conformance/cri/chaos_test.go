@@ -20,6 +20,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-runtime/berth/conformance/internal/berthd"
+	"github.com/berth-runtime/berth/internal/testutil"
 )
 
 // chaosKills is how many times TestChaosKill kills berthd.
@@ -32,6 +33,7 @@ const chaosKills = 32
 // started still runs and logs, and once everything is removed the host is
 // as it was before.
 func TestChaosKill(t *testing.T) {
+	testutil.Slow(t)
 	d, bridge, ipamDir := bridgeDaemon(t, "bk", 216)
 	d.pull(t, suite.busybox)
 	// The first pod makes the bridge; it stays, so it is not compared.

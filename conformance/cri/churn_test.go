@@ -19,6 +19,7 @@ import (
 	"github.com/berth-runtime/berth/cgroups"
 	"github.com/berth-runtime/berth/conformance/internal/berthd"
 	"github.com/berth-runtime/berth/cri/adminapi"
+	"github.com/berth-runtime/berth/internal/testutil"
 )
 
 // churnPods is how many short-lived pods TestChurn runs.
@@ -30,6 +31,7 @@ const churnPods = 300
 // network namespace, IP or cgroup is left, and berthd's goroutines and
 // heap are back near where they were.
 func TestChurn(t *testing.T) {
+	testutil.Slow(t)
 	d, bridge, ipamDir := bridgeDaemon(t, "bu", 219)
 	d.pull(t, suite.busybox)
 	job := func(name string) error {

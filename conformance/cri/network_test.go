@@ -651,6 +651,7 @@ func TestPodNetworkCrash(t *testing.T) {
 // a time: no address is handed out twice while its pod exists, and the
 // host ends exactly as it began.
 func TestPodNetworkChurn(t *testing.T) {
+	testutil.Slow(t)
 	d, bridge, ipamDir := bridgeDaemon(t, "bc", 215)
 	// The first pod makes the bridge and portmap's node-wide chains.
 	warm := d.runPod(t, d.podConfig("warmup"))

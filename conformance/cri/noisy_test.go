@@ -15,6 +15,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-runtime/berth/cgroups"
+	"github.com/berth-runtime/berth/internal/testutil"
 )
 
 // TestNoisyNeighbours: while one pod's CNI plugin hangs, a container
@@ -23,6 +24,7 @@ import (
 // berthd keeps answering every other call, and each of them ends as it
 // should.
 func TestNoisyNeighbours(t *testing.T) {
+	testutil.Slow(t)
 	n := newFaultNetwork(t, "bn", 218)
 	d := startDaemon(t, daemonOptions{cniConfDir: n.confDir, extra: n.daemonExtra("1m")})
 	n.withFault(t, false)

@@ -96,6 +96,7 @@ func hardNofile(t *testing.T) string {
 }
 
 func TestPodmanUsesBerth(t *testing.T) {
+	testutil.Slow(t)
 	p := newPodman(t)
 
 	r := p.ok(append(p.runArgs("--rm"), "sh", "-c", "echo hello from podman; cat /proc/1/cmdline | tr '\\0' ' '")...)

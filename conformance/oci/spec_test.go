@@ -27,7 +27,7 @@ func TestSpecWritesHardenedDefault(t *testing.T) {
 	if err := json.Unmarshal(data, &s); err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(s.Process.Capabilities.Bounding, bruntime.DefaultCapabilities) {
+	if !slices.Equal(s.Process.Capabilities.Bounding, bruntime.DefaultCapabilities()) {
 		t.Errorf("bounding set %v", s.Process.Capabilities.Bounding)
 	}
 	if !s.Process.NoNewPrivileges {

@@ -76,7 +76,10 @@ type ExecRequest struct {
 // Response is what the shim answers.
 type Response struct {
 	Error string `json:"error,omitempty"`
-	Pid   int    `json:"pid,omitempty"`
+	// Code says what kind of error Error is, for the client to act on
+	// without reading the text.
+	Code ErrorCode `json:"code,omitempty"`
+	Pid  int       `json:"pid,omitempty"`
 	// Fds names the file descriptors attached to this response, in order:
 	// "stdin" (write end), "stdout", "stderr" (read ends) or "console".
 	Fds   []string       `json:"fds,omitempty"`
@@ -212,10 +215,7 @@ func readResponse(c *net.UnixConn, br **bufio.Reader) (*Response, []*os.File, er
 	}
 	if resp.Error != "" {
 		closeAll(files)
-		if strings.Contains(resp.Error, "not found in this shim") {
-			return &resp, nil, fmt.Errorf("%w: %s", ErrNotFound, resp.Error)
-		}
-		return &resp, nil, errors.New(resp.Error)
+		return &resp, nil, responseError(&resp)
 	}
 	if len(files) != len(resp.Fds) {
 		closeAll(files)
@@ -244,4 +244,45 @@ func closeAll(files []*os.File) {
 			f.Close()
 		}
 	}
+}
+
+// ErrorCode is the kind of a shim's error, carried across the socket so
+// that the client gets its sentinel back (errors.Is) rather than text.
+type ErrorCode string
+
+// CodeNotFound: the shim does not know the container or exec session
+// (ErrNotFound).
+const CodeNotFound ErrorCode = "notFound"
+
+// errorResponse is the shim's answer to a failed request.
+func errorResponse(err error) *Response {
+	r := &Response{Error: err.Error()}
+	if errors.Is(err, ErrNotFound) {
+		r.Code = CodeNotFound
+	}
+	return r
+}
+
+// remoteError is an error the shim answered: its text, and the sentinel
+// its code stands for (nil for none).
+type remoteError struct {
+	msg  string
+	kind error
+}
+
+func (e *remoteError) Error() string { return e.msg }
+func (e *remoteError) Unwrap() error { return e.kind }
+
+// responseError turns a shim's error answer back into an error.
+func responseError(r *Response) error {
+	var kind error
+	switch {
+	case r.Code == CodeNotFound:
+		kind = ErrNotFound
+	case r.Code == "" && strings.HasSuffix(r.Error, " not found in this shim"):
+		// A shim started by an earlier berthd (shims outlive berthd's
+		// upgrades) sends no code, only this text.
+		kind = ErrNotFound
+	}
+	return &remoteError{msg: r.Error, kind: kind}
 }

@@ -180,7 +180,7 @@ func (s *Server) handle(c *net.UnixConn) {
 		err = fmt.Errorf("unknown operation %q", req.Op)
 	}
 	if err != nil {
-		_ = writeJSON(c, &Response{Error: err.Error()})
+		_ = writeJSON(c, errorResponse(err))
 		closeAll(files)
 		return
 	}
@@ -592,7 +592,7 @@ func (s *Server) attach(req Request) (*Response, []*os.File, error) {
 	defer s.mu.Unlock()
 	p, ok := s.containers[req.ID]
 	if !ok {
-		return nil, nil, fmt.Errorf("container %s not found in this shim", req.ID)
+		return nil, nil, fmt.Errorf("container %s: %w", req.ID, ErrNotFound)
 	}
 	if p.status.Exit != nil {
 		return nil, nil, fmt.Errorf("container %s has exited", req.ID)
@@ -649,12 +649,12 @@ func (s *Server) lookup(id, execID string) (*proc, error) {
 		if p, ok := s.execs[execID]; ok {
 			return p, nil
 		}
-		return nil, fmt.Errorf("exec %s not found in this shim", execID)
+		return nil, fmt.Errorf("exec %s: %w", execID, ErrNotFound)
 	}
 	if p, ok := s.containers[id]; ok {
 		return p, nil
 	}
-	return nil, fmt.Errorf("container %s not found in this shim", id)
+	return nil, fmt.Errorf("container %s: %w", id, ErrNotFound)
 }
 
 func (s *Server) wait(c *net.UnixConn, req Request) (*Response, error) {

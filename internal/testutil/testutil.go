@@ -85,6 +85,16 @@ func RequireRoot(t testing.TB) {
 	}
 }
 
+// Slow marks a test that make test runs and make test-quick leaves out
+// (go test -short): chaos, churn, noisy neighbours and the like, which
+// take minutes and test what an edit rarely breaks.
+func Slow(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("slow: make test runs it, make test-quick (-short) does not")
+	}
+}
+
 // RequireCommand fails the test when a program the test drives is not
 // installed; `make test` installs them all.
 func RequireCommand(t T, name string) string {

@@ -1,0 +1,63 @@
+package cri
+
+import (
+	"context"
+	"errors"
+
+	"golang.org/x/sys/unix"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/cgroups"
+	"github.com/berth-runtime/berth/network"
+)
+
+// Version names the runtime.
+func (s *Server) Version(ctx context.Context, req *runtimeapi.VersionRequest) (*runtimeapi.VersionResponse, error) {
+	return &runtimeapi.VersionResponse{
+		Version: "0.1.0", RuntimeName: "berth", RuntimeVersion: s.version, RuntimeApiVersion: criAPIVersion,
+	}, nil
+}
+
+// criAPIVersion is the CRI version berth speaks.
+const criAPIVersion = "v1"
+
+// Status reports whether the runtime and the network are ready, and what
+// berth supports.
+func (s *Server) Status(ctx context.Context, req *runtimeapi.StatusRequest) (*runtimeapi.StatusResponse, error) {
+	netCond := &runtimeapi.RuntimeCondition{Type: runtimeapi.NetworkReady, Status: true}
+	if err := s.net.Status(); err != nil {
+		netCond.Status = false
+		netCond.Reason = "NetworkPluginNotReady"
+		if !errors.Is(err, network.ErrNotReady) {
+			netCond.Reason = "NetworkPluginError"
+		}
+		netCond.Message = err.Error()
+	}
+	features := &runtimeapi.RuntimeHandlerFeatures{RecursiveReadOnlyMounts: s.rroSupported, UserNamespaces: true}
+	resp := &runtimeapi.StatusResponse{
+		Status: &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{
+			{Type: runtimeapi.RuntimeReady, Status: true},
+			netCond,
+		}},
+		RuntimeHandlers: []*runtimeapi.RuntimeHandler{
+			{Name: "", Features: features},
+			{Name: defaultHandler, Features: features},
+		},
+		Features: &runtimeapi.RuntimeFeatures{SupplementalGroupsPolicy: true, MountOptions: true},
+	}
+	if req.Verbose {
+		cfg := s.cfg
+		resp.Info = map[string]string{
+			"config":  jsonString(cfg),
+			"podCIDR": s.currentPodCIDR(),
+			"cgroups": cgroups.HostMode().String(),
+		}
+	}
+	return resp, nil
+}
+
+// recursiveReadOnlySupported: rro mounts need mount_setattr (Linux 5.12).
+func recursiveReadOnlySupported() bool {
+	err := unix.MountSetattr(-1, "", unix.AT_EMPTY_PATH, &unix.MountAttr{})
+	return !errors.Is(err, unix.ENOSYS)
+}
