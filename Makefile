@@ -2,6 +2,7 @@
 #
 #   make build     binaries into bin/
 #   make test      install what the tests need, then every test (as root)
+#   make test-quick  lint, unit tests and the fast end-to-end tests
 #   make bench     benchmarks against runc, crun, skopeo+umoci and containerd
 #   make install   binaries into $(PREFIX)/bin
 #   make release   a release tarball and SHA256SUMS; make deb a Debian package
@@ -39,7 +40,7 @@ E2E_PKGS  := $(if $(SUITE),./conformance/$(SUITE)/,./conformance/...)
 
 BINARIES  := berth berth-shim pause berthd berthctl
 
-.PHONY: docs release deb all build deps test-deps cni-plugins kubelet kubernetes mkimage upstream-bins e2e-upstream e2e-upstream-node containerd cluster cluster-down gotestsum unit e2e race-bin e2e-race test lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
+.PHONY: docs release deb all build deps test-deps cni-plugins kubelet kubernetes mkimage upstream-bins e2e-upstream e2e-upstream-node containerd cluster cluster-down gotestsum unit e2e race-bin e2e-race test test-quick lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
 
 all: build
 
@@ -77,7 +78,8 @@ fmt:
 # each package's result and the output of failures, and ends with a
 # summary that lists every skipped test with its reason.
 GOTESTSUM := $(CURDIR)/.cache/gotestsum
-TESTRUNNER = $(GOTESTSUM) --format pkgname-and-test-fails --format-hide-empty-pkg --
+TESTFORMAT = --format pkgname-and-test-fails --format-hide-empty-pkg
+TESTRUNNER = $(GOTESTSUM) $(TESTFORMAT) --
 
 gotestsum:
 	@hack/gotestsum/build.sh $(GOTESTSUM)
@@ -151,12 +153,15 @@ UPSTREAM_EXCLUDE  ?=
 FLAKE_ATTEMPTS    ?=
 UPSTREAM_RUNTIMES ?= berth containerd
 UPSTREAM_RESULTS  ?= conformance/upstream
+# ginkgo processes: most specs wait (probes, periods), so more than the
+# cores; the longest specs (4 min of liveness probing) bound the run.
+UPSTREAM_PARALLEL ?= 8
 upstream-bins:
 	hack/kubernetes/build.sh $(K8S_DIR) e2e.test ginkgo agnhost
 
 e2e-upstream: build test-deps cni-plugins kubernetes upstream-bins mkimage $(if $(filter containerd,$(UPSTREAM_RUNTIMES)),containerd)
 	@set -e; for r in $(UPSTREAM_RUNTIMES); do \
-		$(CLUSTER_ENV) CLUSTER_RUNTIME=$$r UPSTREAM_EXCLUDE='$(UPSTREAM_EXCLUDE)' FLAKE_ATTEMPTS=$(FLAKE_ATTEMPTS) hack/upstream/run.sh $$r $(UPSTREAM_OUT) '$(UPSTREAM_FOCUS)'; \
+		$(CLUSTER_ENV) CLUSTER_RUNTIME=$$r PARALLEL=$(UPSTREAM_PARALLEL) UPSTREAM_EXCLUDE='$(UPSTREAM_EXCLUDE)' FLAKE_ATTEMPTS=$(FLAKE_ATTEMPTS) hack/upstream/run.sh $$r $(UPSTREAM_OUT) '$(UPSTREAM_FOCUS)'; \
 	done
 	$(GO) run $(GO_FLAGS) ./hack/upstream/results -focus '$(UPSTREAM_FOCUS)' -exclude '$(UPSTREAM_EXCLUDE)' -out $(UPSTREAM_RESULTS)/RESULTS.md -junit-dir $(UPSTREAM_RESULTS) \
 		-title "Kubernetes $$(cat $(K8S_DIR)/.version-kubeadm), two nodes, $$(uname -r), cgroup $$(if [ -f /sys/fs/cgroup/cgroup.controllers ]; then echo v2; else echo v1; fi), $$(date -u +%F)." \
@@ -167,14 +172,24 @@ e2e-upstream: build test-deps cni-plugins kubernetes upstream-bins mkimage $(if 
 # that fails is retried once (FLAKE_ATTEMPTS=2, reported as a flake in
 # ginkgo's log); the report is $(UPSTREAM_OUT)/RESULTS.md.
 e2e-upstream-node:
-	$(MAKE) e2e-upstream UPSTREAM_RUNTIMES=berth UPSTREAM_FOCUS='\[NodeConformance\]' \
-		UPSTREAM_EXCLUDE='\[Slow\]|\[Serial\]|\[Flaky\]' UPSTREAM_RESULTS=$(UPSTREAM_OUT) FLAKE_ATTEMPTS=2 || \
-		{ sed -n '/^| runtime/,/^## Where/p' $(UPSTREAM_OUT)/RESULTS.md; exit 1; }
-	@sed -n '/^| runtime/,/^## Where/p' $(UPSTREAM_OUT)/RESULTS.md
+	@rc=0; $(MAKE) e2e-upstream UPSTREAM_RUNTIMES=berth UPSTREAM_FOCUS='\[NodeConformance\]' \
+		UPSTREAM_EXCLUDE='\[Slow\]|\[Serial\]|\[Flaky\]' UPSTREAM_RESULTS=$(UPSTREAM_OUT) FLAKE_ATTEMPTS=2 || rc=$$?; \
+	sed -n '/^| runtime/,/^## Where/p' $(UPSTREAM_OUT)/RESULTS.md 2>/dev/null; exit $$rc
 
 e2e: build cni-plugins kubernetes mkimage gotestsum
 	hack/runtime-tools/build.sh $(RUNTIME_TOOLS)
-	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_RUNTIME_TOOLS=$(RUNTIME_TOOLS) BERTH_CNI_BIN=$(CNI_BIN) BERTH_KUBELET=$(KUBELET_DIR)/kubelet BERTH_K8S_DIR=$(K8S_DIR) BERTH_MKIMAGE=$(CURDIR)/.cache/mkimage $(TESTRUNNER) $(GO_FLAGS) -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TESTRUN) $(E2E_PKGS)
+	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_RUNTIME_TOOLS=$(RUNTIME_TOOLS) BERTH_CNI_BIN=$(CNI_BIN) BERTH_KUBELET=$(KUBELET_DIR)/kubelet BERTH_K8S_DIR=$(K8S_DIR) BERTH_MKIMAGE=$(CURDIR)/.cache/mkimage $(GOTESTSUM) $(TESTFORMAT) --jsonfile $(CURDIR)/.cache/e2e.json -- $(GO_FLAGS) -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TESTRUN) $(E2E_PKGS)
+	@echo "the slowest end-to-end tests (gotestsum tool slowest):"; $(GOTESTSUM) tool slowest --jsonfile $(CURDIR)/.cache/e2e.json --threshold 20s | head -25
+
+# The edit-test loop, a few minutes: lint, the unit tests with -race, and
+# the OCI and CRI suites without their slow tests (testutil.Slow, skipped
+# by go test -short). make test runs everything: the slow tests, the
+# kubelet, cluster and upstream suites, the fuzz budgets, the race pass.
+QUICK_PKGS := ./conformance/oci/ ./conformance/cri/
+
+test-quick: test-deps build lint gotestsum cni-plugins
+	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) $(TESTRUNNER) $(GO_FLAGS) -race -short -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v /conformance/)
+	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_CNI_BIN=$(CNI_BIN) $(TESTRUNNER) $(GO_FLAGS) -short -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TESTRUN) $(QUICK_PKGS)
 
 # The race pass: berthd and berth-shim built with the race detector (the
 # shim's races only show in the shim process), driven by the shim's tests
@@ -230,7 +245,7 @@ fuzz:
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz targets failed:$$failed"; exit 1; fi
 
-test: test-deps build lint unit fuzz-ci e2e e2e-race
+test: test-deps build lint unit fuzz-ci e2e e2e-race e2e-upstream-node
 
 # berthd renders the bridge template for the pod CIDR the kubelet gives;
 # until then, or without a kubelet, the default bridge network (10.88.0.0/16)
@@ -263,11 +278,11 @@ install: build cni-plugins install-cni-config
 # Debian package built with dpkg-deb.
 RELEASE_DIR ?= $(CURDIR)/.cache/release
 
-release: build cni-plugins
-	BIN_DIR=$(CURDIR)/$(BINDIR) CNI_BIN=$(CNI_BIN) VERSION=$(VERSION) hack/release/package.sh tarball $(RELEASE_DIR)
+release: build cni-plugins docs
+	BIN_DIR=$(CURDIR)/$(BINDIR) CNI_BIN=$(CNI_BIN) VERSION=$(VERSION) MAN_DIR=$(DOCS_DIR) hack/release/package.sh tarball $(RELEASE_DIR)
 
-deb: build
-	BIN_DIR=$(CURDIR)/$(BINDIR) VERSION=$(VERSION) hack/release/package.sh deb $(RELEASE_DIR)
+deb: build docs
+	BIN_DIR=$(CURDIR)/$(BINDIR) VERSION=$(VERSION) MAN_DIR=$(DOCS_DIR) hack/release/package.sh deb $(RELEASE_DIR)
 
 # Manual pages of berth, berthd and berthctl (roff, DOCS_DIR/<name>.8),
 # generated from their command definitions: man -l .cache/docs/berthctl.8
