@@ -52,9 +52,47 @@ type resolvedUser struct {
 // CRI config and berth's defaults, joining the pause process's
 // namespaces.
 func (s *Server) containerSpec(in specInput) (*specs.Spec, *resolvedUser, error) {
+	cfg := in.cfg
+	proc, usr, err := containerProcess(in)
+	if err != nil {
+		return nil, nil, err
+	}
+	spec := &specs.Spec{
+		Version: runtime.SpecVersion,
+		Root:    &specs.Root{Path: in.rootfs, Readonly: cfg.GetLinux().GetSecurityContext().GetReadonlyRootfs()},
+		Process: proc,
+		Linux: &specs.Linux{
+			CgroupsPath: s.cgroupsPath(in.sb.CgroupParent, in.id),
+			Resources:   &specs.LinuxResources{Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}}},
+		},
+		Annotations: containerAnnotations(in),
+	}
+	if err := s.containerMounts(spec, in); err != nil {
+		return nil, nil, err
+	}
+	if err := containerNamespaces(spec, in, in.sb.config.GetLinux().GetSecurityContext().GetNamespaceOptions()); err != nil {
+		return nil, nil, err
+	}
+	if uids, gids := podUserns(in.sb.config); uids != nil {
+		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace, Path: s.usernsFile(in.sb.ID)})
+		spec.Linux.UIDMappings, spec.Linux.GIDMappings = uids, gids
+	}
+	if err := s.containerSecurity(spec, in); err != nil {
+		return nil, nil, err
+	}
+	if err := addDevices(spec, cfg.Devices); err != nil {
+		return nil, nil, err
+	}
+	if err := applyResources(spec, cfg.GetLinux().GetResources()); err != nil {
+		return nil, nil, err
+	}
+	return spec, usr, nil
+}
+
+// containerProcess is the container's process: the command, environment,
+// working directory and user, from the request over the image's config.
+func containerProcess(in specInput) (*specs.Process, *resolvedUser, error) {
 	cfg, sbCfg := in.cfg, in.sb.config
-	sc := cfg.GetLinux().GetSecurityContext()
-	podNS := sbCfg.GetLinux().GetSecurityContext().GetNamespaceOptions()
 	args, err := processArgs(cfg, in.image)
 	if err != nil {
 		return nil, nil, err
@@ -74,56 +112,43 @@ func (s *Server) containerSpec(in specInput) (*specs.Spec, *resolvedUser, error)
 	if err != nil {
 		return nil, nil, err
 	}
-	spec := &specs.Spec{
-		Version: runtime.SpecVersion,
-		Root:    &specs.Root{Path: in.rootfs, Readonly: sc.GetReadonlyRootfs()},
-		Process: &specs.Process{
-			Terminal:        cfg.Tty,
-			Args:            args,
-			Env:             mergeEnv(env),
-			Cwd:             cwd,
-			User:            specs.User{UID: usr.UID, GID: usr.GID, AdditionalGids: usr.Groups},
-			NoNewPrivileges: sc.GetNoNewPrivs(),
-		},
-		Linux: &specs.Linux{
-			CgroupsPath: s.cgroupsPath(in.sb.CgroupParent, in.id),
-			Resources:   &specs.LinuxResources{Devices: []specs.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}}},
-		},
-		Annotations: map[string]string{},
-	}
-	if err := s.containerMounts(spec, in); err != nil {
-		return nil, nil, err
-	}
-	if err := containerNamespaces(spec, in, podNS); err != nil {
-		return nil, nil, err
-	}
-	if uids, gids := podUserns(in.sb.config); uids != nil {
-		spec.Linux.Namespaces = append(spec.Linux.Namespaces, specs.LinuxNamespace{Type: specs.UserNamespace, Path: s.usernsFile(in.sb.ID)})
-		spec.Linux.UIDMappings, spec.Linux.GIDMappings = uids, gids
-	}
+	return &specs.Process{
+		Terminal:        cfg.Tty,
+		Args:            args,
+		Env:             mergeEnv(env),
+		Cwd:             cwd,
+		User:            specs.User{UID: usr.UID, GID: usr.GID, AdditionalGids: usr.Groups},
+		NoNewPrivileges: cfg.GetLinux().GetSecurityContext().GetNoNewPrivs(),
+	}, usr, nil
+}
+
+// containerSecurity applies the security context: capabilities, masked
+// and read-only paths, and either the privileged set-up or a seccomp
+// profile.
+func (s *Server) containerSecurity(spec *specs.Spec, in specInput) error {
+	sc := in.cfg.GetLinux().GetSecurityContext()
 	caps, err := s.capabilities(sc)
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	spec.Process.Capabilities = caps
 	spec.Linux.MaskedPaths, spec.Linux.ReadonlyPaths = maskedPaths(sc, podUsesUserns(in.sb.config))
-	if err := addDevices(spec, cfg.Devices); err != nil {
-		return nil, nil, err
-	}
-	if err := applyResources(spec, cfg.GetLinux().GetResources()); err != nil {
-		return nil, nil, err
-	}
 	if sc.GetPrivileged() {
-		if err := makePrivileged(spec); err != nil {
-			return nil, nil, err
-		}
-	} else {
-		if spec.Linux.Seccomp, err = s.seccompProfile(spec, sc.GetSeccomp(), sc.GetSeccompProfilePath()); err != nil {
-			return nil, nil, err
-		}
+		return makePrivileged(spec)
 	}
-	maps.Copy(spec.Annotations, cfg.Annotations)
-	maps.Copy(spec.Annotations, map[string]string{
+	spec.Linux.Seccomp, err = s.seccompProfile(spec, sc.GetSeccomp(), sc.GetSeccompProfilePath())
+	return err
+}
+
+// containerAnnotations are the request's annotations and the ones
+// containerd sets, which tools made for containerd read.
+func containerAnnotations(in specInput) map[string]string {
+	cfg, sbCfg := in.cfg, in.sb.config
+	ann := maps.Clone(cfg.Annotations)
+	if ann == nil {
+		ann = map[string]string{}
+	}
+	maps.Copy(ann, map[string]string{
 		"io.kubernetes.cri.container-type":    "container",
 		"io.kubernetes.cri.container-name":    cfg.Metadata.Name,
 		"io.kubernetes.cri.sandbox-id":        in.sb.ID,
@@ -132,7 +157,7 @@ func (s *Server) containerSpec(in specInput) (*specs.Spec, *resolvedUser, error)
 		"io.kubernetes.cri.sandbox-uid":       sbCfg.Metadata.GetUid(),
 		"io.kubernetes.cri.image-name":        cfg.Image.GetImage(),
 	})
-	return spec, usr, nil
+	return ann
 }
 
 // processArgs merges command and args with the image's entrypoint and
