@@ -189,7 +189,8 @@ QUICK_PKGS := ./conformance/oci/ ./conformance/cri/
 
 test-quick: test-deps build lint gotestsum cni-plugins
 	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) $(TESTRUNNER) $(GO_FLAGS) -race -short -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v /conformance/)
-	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_CNI_BIN=$(CNI_BIN) $(TESTRUNNER) $(GO_FLAGS) -short -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TESTRUN) $(QUICK_PKGS)
+	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_CNI_BIN=$(CNI_BIN) $(GOTESTSUM) $(TESTFORMAT) --jsonfile $(CURDIR)/.cache/quick.json -- $(GO_FLAGS) -short -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TESTRUN) $(QUICK_PKGS)
+	@echo "the slowest of them:"; $(GOTESTSUM) tool slowest --jsonfile $(CURDIR)/.cache/quick.json --threshold 10s | head -15
 
 # The race pass: berthd and berth-shim built with the race detector (the
 # shim's races only show in the shim process), driven by the shim's tests

@@ -14,30 +14,14 @@ import (
 // RemoveContainer removes a container, killing it if it runs. An unknown
 // id is success.
 func (s *Server) RemoveContainer(ctx context.Context, req *runtimeapi.RemoveContainerRequest) (*runtimeapi.RemoveContainerResponse, error) {
-	if req.GetContainerId() == "" {
-		return nil, toStatus(invalidf("container_id is required"))
-	}
-	c, err := s.findContainer(req.GetContainerId())
-	if err != nil {
-		if errors.Is(err, errNotFound) {
-			return &runtimeapi.RemoveContainerResponse{}, nil
-		}
-		return nil, toStatus(err)
-	}
-	if err := s.removeContainer(ctx, c.ID); err != nil {
+	if err := s.removeContainer(ctx, req.GetContainerId()); err != nil {
 		return nil, toStatus(err)
 	}
 	return &runtimeapi.RemoveContainerResponse{}, nil
 }
 
 func (s *Server) removeContainer(ctx context.Context, id string) error {
-	unlock := s.locks.lock(id)
-	defer unlock()
-	c, ok := s.store.getContainer(id)
-	if !ok {
-		return nil
-	}
-	return s.removeContainerLocked(ctx, c)
+	return s.onContainer(id, func(c *container) error { return s.removeContainerLocked(ctx, c) })
 }
 
 func (s *Server) removeContainerLocked(ctx context.Context, c *container) error {

@@ -17,17 +17,7 @@ import (
 // StopContainer sends the stop signal, waits up to the timeout, then
 // kills. An unknown or stopped container is success.
 func (s *Server) StopContainer(ctx context.Context, req *runtimeapi.StopContainerRequest) (*runtimeapi.StopContainerResponse, error) {
-	if req.GetContainerId() == "" {
-		return nil, toStatus(invalidf("container_id is required"))
-	}
-	c, err := s.findContainer(req.GetContainerId())
-	if err != nil {
-		if errors.Is(err, errNotFound) {
-			return &runtimeapi.StopContainerResponse{}, nil
-		}
-		return nil, toStatus(err)
-	}
-	if err := s.stopContainer(ctx, c.ID, time.Duration(req.GetTimeout())*time.Second); err != nil {
+	if err := s.stopContainer(ctx, req.GetContainerId(), time.Duration(req.GetTimeout())*time.Second); err != nil {
 		return nil, toStatus(err)
 	}
 	return &runtimeapi.StopContainerResponse{}, nil
@@ -38,13 +28,7 @@ func (s *Server) StopContainer(ctx context.Context, req *runtimeapi.StopContaine
 const killWait = 10 * time.Second
 
 func (s *Server) stopContainer(ctx context.Context, id string, timeout time.Duration) error {
-	unlock := s.locks.lock(id)
-	defer unlock()
-	c, ok := s.store.getContainer(id)
-	if !ok {
-		return nil
-	}
-	return s.stopContainerLocked(ctx, c, timeout)
+	return s.onContainer(id, func(c *container) error { return s.stopContainerLocked(ctx, c, timeout) })
 }
 
 // stopContainerLocked stops a container whose lock the caller holds.

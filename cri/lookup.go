@@ -1,6 +1,9 @@
 package cri
 
-import "strings"
+import (
+	"errors"
+	"strings"
+)
 
 // Ids may be given in full or as a unique prefix, as crictl users type
 // them from its truncated output (containerd accepts the same).
@@ -45,4 +48,33 @@ func matchLabels(labels, selector map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// onSandbox and onContainer run f on the stored record an id (or a
+// unique prefix) names, under the record's lock. An unknown id, or a
+// record removed while the lock was awaited, is success: stop and remove
+// are idempotent, as the CRI says.
+func (s *Server) onSandbox(id string, f func(*sandbox) error) error {
+	return onRecord(s, id, s.findSandbox, s.store.getSandbox, func(sb *sandbox) string { return sb.ID }, f)
+}
+
+func (s *Server) onContainer(id string, f func(*container) error) error {
+	return onRecord(s, id, s.findContainer, s.store.getContainer, func(c *container) string { return c.ID }, f)
+}
+
+func onRecord[T any](s *Server, id string, find func(string) (*T, error), get func(string) (*T, bool), idOf func(*T) string, f func(*T) error) error {
+	v, err := find(id)
+	if errors.Is(err, errNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	full := idOf(v)
+	unlock := s.locks.lock(full)
+	defer unlock()
+	if v, ok := get(full); ok {
+		return f(v)
+	}
+	return nil
 }

@@ -2,7 +2,6 @@ package cri
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -14,23 +13,7 @@ import (
 // RemovePodSandbox removes a pod and everything in it, stopping it first.
 // An unknown sandbox is success.
 func (s *Server) RemovePodSandbox(ctx context.Context, req *runtimeapi.RemovePodSandboxRequest) (*runtimeapi.RemovePodSandboxResponse, error) {
-	if req.GetPodSandboxId() == "" {
-		return nil, toStatus(invalidf("pod_sandbox_id is required"))
-	}
-	sb, err := s.findSandbox(req.GetPodSandboxId())
-	if err != nil {
-		if errors.Is(err, errNotFound) {
-			return &runtimeapi.RemovePodSandboxResponse{}, nil
-		}
-		return nil, toStatus(err)
-	}
-	unlock := s.locks.lock(sb.ID)
-	defer unlock()
-	sb, ok := s.store.getSandbox(sb.ID)
-	if !ok {
-		return &runtimeapi.RemovePodSandboxResponse{}, nil
-	}
-	if err := s.removeSandboxLocked(ctx, sb); err != nil {
+	if err := s.onSandbox(req.GetPodSandboxId(), func(sb *sandbox) error { return s.removeSandboxLocked(ctx, sb) }); err != nil {
 		return nil, toStatus(err)
 	}
 	return &runtimeapi.RemovePodSandboxResponse{}, nil

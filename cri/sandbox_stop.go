@@ -15,23 +15,7 @@ import (
 // StopPodSandbox kills every process of the pod and releases its network.
 // An unknown or stopped sandbox is success.
 func (s *Server) StopPodSandbox(ctx context.Context, req *runtimeapi.StopPodSandboxRequest) (*runtimeapi.StopPodSandboxResponse, error) {
-	if req.GetPodSandboxId() == "" {
-		return nil, toStatus(invalidf("pod_sandbox_id is required"))
-	}
-	sb, err := s.findSandbox(req.GetPodSandboxId())
-	if err != nil {
-		if errors.Is(err, errNotFound) {
-			return &runtimeapi.StopPodSandboxResponse{}, nil
-		}
-		return nil, toStatus(err)
-	}
-	unlock := s.locks.lock(sb.ID)
-	defer unlock()
-	sb, ok := s.store.getSandbox(sb.ID)
-	if !ok {
-		return &runtimeapi.StopPodSandboxResponse{}, nil
-	}
-	if err := s.stopSandboxLocked(ctx, sb); err != nil {
+	if err := s.onSandbox(req.GetPodSandboxId(), func(sb *sandbox) error { return s.stopSandboxLocked(ctx, sb) }); err != nil {
 		return nil, toStatus(err)
 	}
 	return &runtimeapi.StopPodSandboxResponse{}, nil

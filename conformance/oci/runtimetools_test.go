@@ -156,6 +156,7 @@ func defaultCgroupsPath(config, path string) error {
 }
 
 func TestRuntimeToolsValidation(t *testing.T) {
+	testutil.Slow(t)
 	testutil.RequireRoot(t)
 	dir := os.Getenv("BERTH_RUNTIME_TOOLS")
 	if dir == "" {
