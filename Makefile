@@ -292,9 +292,9 @@ DOCS_DIR ?= $(CURDIR)/.cache/docs
 docs:
 	GO=$(GO) hack/docs/build.sh $(DOCS_DIR)
 
-bench: build cni-plugins
+bench: build cni-plugins containerd
 	@hack/install-deps.sh bench
-	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_CNI_BIN=$(CNI_BIN) $(GO) run $(GO_FLAGS) ./conformance/bench/cmd/berth-bench -out bench/results
+	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_CNI_BIN=$(CNI_BIN) $(GO) run $(GO_FLAGS) ./conformance/bench/cmd/berth-bench -peers $(CONTAINERD_DIR) -out bench/results
 
 # The main job: start berthd, pull an image with progress bars and run a
 # pod through berthctl; berthd keeps running. run-oci: the OCI CLI alone.

@@ -17,7 +17,9 @@ type daemonProcess struct {
 	err  error
 }
 
-func startProcess(log, bin string, args ...string) (*daemonProcess, error) {
+// startProcess starts bin with args, its output into the file log; env
+// nil is this process's environment.
+func startProcess(log, bin string, env []string, args ...string) (*daemonProcess, error) {
 	logf, err := os.Create(log)
 	if err != nil {
 		return nil, err
@@ -25,6 +27,7 @@ func startProcess(log, bin string, args ...string) (*daemonProcess, error) {
 	defer logf.Close()
 	p := &daemonProcess{cmd: exec.Command(bin, args...), log: log, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	p.cmd.Env = env
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
 		return nil, err
@@ -54,4 +57,10 @@ func (p *daemonProcess) stop(grace time.Duration) {
 func (p *daemonProcess) logText() string {
 	data, _ := os.ReadFile(p.log)
 	return string(data)
+}
+
+// kill ends the daemon at once, as a crash would.
+func (p *daemonProcess) kill() {
+	_ = p.cmd.Process.Kill()
+	<-p.done
 }

@@ -111,7 +111,7 @@ func (b *OCIBench) Run(ctx context.Context, res *Results) error {
 	}
 
 	runMin := &Case{Group: "OCI start", Name: "run /bin/true (runc's example spec, no seccomp)", Unit: "ms",
-		Target: "berth at or below crun; clearly below runc",
+		Target: "berth at most 1.5× crun and below runc, in every case of this group",
 		Note:   "`<runtime> run` of a busybox bundle whose process is /bin/true, from exec of the CLI to its exit. The spec is runc's `spec` example (no seccomp filter). `floor` is clone() into new pid, mount, uts, ipc and net namespaces + chroot + exec, by a C program of the benchmark's own."}
 	runHard := &Case{Group: "OCI start", Name: "run /bin/true (berth's hardened spec, default seccomp)", Unit: "ms",
 		Note: "The same with `berth spec`'s hardened default: the Docker/containerd seccomp profile (x86_64, x86 and x32), masked and read-only paths, no_new_privs."}

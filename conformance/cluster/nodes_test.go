@@ -2,12 +2,18 @@ package cluster_test
 
 import (
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/berth-runtime/berth/internal/testutil"
 )
 
 // TestNodes: both nodes registered and Ready with berth as their runtime
@@ -93,4 +99,53 @@ func ready(conds []corev1.NodeCondition) bool {
 		}
 	}
 	return false
+}
+
+// TestSecondClusterRefused: a second cluster on the machine (another
+// checkout's make test, say) stops at once and names the one that is up,
+// since the names a cluster takes are the machine's; and its down leaves
+// the first cluster running.
+func TestSecondClusterRefused(t *testing.T) {
+	requireCluster(t)
+	if os.Getenv("BERTH_CLUSTER_DIR") != "" {
+		t.Skip("BERTH_CLUSTER_DIR: the cluster is not the suite's own, its owner may be named otherwise")
+	}
+	other := t.TempDir()
+	env := append(slices.Clone(suite.env), "CLUSTER_DIR="+other)
+	run := func(args ...string) (string, error) {
+		cmd := exec.Command(filepath.Join(testutil.RepoRoot(), "hack", "cluster", "cluster.sh"), args...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := run("up", "1")
+	if err == nil {
+		t.Fatalf("a second cluster came up:\n%s", out)
+	}
+	first, err := filepath.EvalSymlinks(suite.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "another cluster is up on this machine (CLUSTER_DIR=" + first + ")"; !strings.Contains(out, want) {
+		t.Errorf("second up says:\n%s\nwant %q", out, want)
+	}
+	if out, err := run("down"); err != nil {
+		t.Fatalf("second cluster's down: %v\n%s", err, out)
+	}
+	// The first cluster is whole: its nodes' namespaces and its API.
+	for n := 1; n <= nodes; n++ {
+		if _, err := os.Stat(fmt.Sprintf("/run/berth-cluster/node%d.mnt", n)); err != nil {
+			t.Errorf("node %d's mount namespace after the second down: %v", n, err)
+		}
+	}
+	eventually(t, time.Minute, "nodes Ready after the second down", func() string {
+		var list corev1.NodeList
+		getJSON(t, &list, "nodes")
+		for _, n := range list.Items {
+			if !ready(n.Status.Conditions) {
+				return n.Name + " not Ready"
+			}
+		}
+		return ""
+	})
 }

@@ -82,6 +82,19 @@ node_cgroup() { echo "$CGROUP_PARENT/node$1"; }
 runtime() { cat "$CLUSTER_DIR/runtime" 2>/dev/null || echo "${CLUSTER_RUNTIME:-berth}"; }
 node_socket() { echo "$(node_run "$1")/$(runtime).sock"; }
 
+# The names up takes are the machine's, not the cluster directory's:
+# $RUN_DIR, the bridge's addresses, the API server's and etcd's ports.
+# $RUN_DIR/owner names the cluster directory that holds them, so that a
+# second cluster (another checkout's make test) stops at once with its
+# name instead of failing half way in kubeadm's preflight, and its down
+# leaves the first cluster alone.
+owner() { cat "$RUN_DIR/owner" 2>/dev/null || true; }
+other_owner() {
+	local o
+	o=$(owner)
+	[ -n "$o" ] && [ "$o" != "$(realpath -m "$CLUSTER_DIR")" ]
+}
+
 # in_node N CMD...: run CMD in node N's network and mount namespaces.
 in_node() {
 	local n=$1
@@ -229,16 +242,21 @@ note_missing_paths() {
 	return 0
 }
 
-# setup_mounts N: node N's mount namespace, pinned at $RUN_DIR/nodeN.mnt,
-# with the node's directories bound over the usual paths.
-setup_mounts() {
-	local n=$1 dir p
-	dir=$(node_dir "$n")
+# claim_run_dir: $RUN_DIR, a private mount, owned by this cluster.
+claim_run_dir() {
 	if ! mountpoint -q "$RUN_DIR"; then
 		mkdir -p "$RUN_DIR"
 		mount --bind "$RUN_DIR" "$RUN_DIR"
 		mount --make-private "$RUN_DIR"
 	fi
+	realpath -m "$CLUSTER_DIR" >"$RUN_DIR/owner"
+}
+
+# setup_mounts N: node N's mount namespace, pinned at $RUN_DIR/nodeN.mnt,
+# with the node's directories bound over the usual paths.
+setup_mounts() {
+	local n=$1 dir p
+	dir=$(node_dir "$n")
 	[ -e "$RUN_DIR/node$n.mnt" ] && mountpoint -q "$RUN_DIR/node$n.mnt" && return 0
 	touch "$RUN_DIR/node$n.mnt"
 	mkdir -p "$(node_run "$n")"
@@ -653,9 +671,13 @@ cmd_up() {
 	[ "$(id -u)" -eq 0 ] || die "run as root"
 	for b in kubeadm kubelet kubectl; do [ -x "$K8S_BIN_DIR/$b" ] || die "$K8S_BIN_DIR/$b missing (make cluster builds it)"; done
 	mkdir -p "$CLUSTER_DIR"
+	if other_owner; then
+		die "another cluster is up on this machine (CLUSTER_DIR=$(owner)); take it down first: CLUSTER_DIR=$(owner) $0 down"
+	fi
 	if [ -f "$CLUSTER_DIR/nodes" ]; then
 		die "a cluster is up already ($(cat "$CLUSTER_DIR/nodes") nodes); cluster.sh down first"
 	fi
+	claim_run_dir
 	echo "$nodes" >"$CLUSTER_DIR/nodes"
 	echo "${CLUSTER_RUNTIME:-berth}" >"$CLUSTER_DIR/runtime"
 	case "$(runtime)" in
@@ -719,6 +741,11 @@ cmd_env() {
 
 cmd_down() {
 	local nodes n d p
+	if other_owner; then
+		log "the machine's cluster is $(owner)'s, not $CLUSTER_DIR's: leaving it up"
+		find "$CLUSTER_DIR" -mindepth 1 -maxdepth 1 ! -name registry -exec rm -rf {} +
+		return 0
+	fi
 	nodes=$(cat "$CLUSTER_DIR/nodes" 2>/dev/null || echo 0)
 	for n in $(seq "$nodes" -1 1); do
 		local run dir

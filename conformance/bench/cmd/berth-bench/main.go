@@ -32,9 +32,11 @@ func main() {
 	rounds := flag.Int("rounds", 30, "rounds per figure")
 	binDir := flag.String("bin-dir", envOr("BERTH_BIN_DIR", "bin"), "directory holding the built berth binaries")
 	only := flag.String("only", strings.Join(allGroups, ","), "comma-separated benchmark groups to run: "+strings.Join(allGroups, ", "))
+	peers := flag.String("peers", envOr("BERTH_PEERS", ".cache/containerd"), "directory holding containerd 2.x, its runc shim and runc (make containerd)")
 	cniBin := flag.String("cni-bin", envOr("BERTH_CNI_BIN", ".cache/cni-bin"), "directory holding the CNI plugins (make cni-plugins)")
 	podRounds := flag.Int("pod-rounds", 20, "rounds of the pod benchmark")
-	density := flag.Int("density", 110, "pods the density benchmark starts per runtime (0: skip)")
+	density := flag.Int("density", 250, "pods the density benchmark starts per runtime (0: skip); memory per pod is read at 110 too")
+	densityRounds := flag.Int("density-rounds", 2, "rounds of the density benchmark")
 	parallel := flag.Int("parallel", 50, "pods the concurrency benchmark starts at once (0: skip)")
 	parallelRounds := flag.Int("parallel-rounds", 3, "rounds of the concurrency benchmark")
 	pullMB := flag.Int("pull-mb", 200, "unpacked size of the pull benchmark's image, in MiB")
@@ -61,8 +63,8 @@ func main() {
 			res.Partial = true
 		}
 	}
-	cfg := config{binDir: *binDir, rounds: *rounds, groups: groups, pullMB: *pullMB, pullRounds: *pullRounds,
-		cniBin: *cniBin, podRounds: *podRounds, density: *density, parallel: *parallel, parallelRounds: *parallelRounds}
+	cfg := config{binDir: *binDir, peers: bench.Peers{Dir: *peers}, rounds: *rounds, groups: groups, pullMB: *pullMB, pullRounds: *pullRounds,
+		cniBin: *cniBin, podRounds: *podRounds, density: *density, densityRounds: *densityRounds, parallel: *parallel, parallelRounds: *parallelRounds}
 	if err := run(ctx, res, cfg, log); err != nil {
 		fatal(err)
 	}
@@ -80,6 +82,7 @@ var allGroups = []string{"oci", "pull", "pod"}
 // config is what the command line chose.
 type config struct {
 	binDir     string
+	peers      bench.Peers
 	rounds     int
 	groups     map[string]bool
 	pullMB     int
@@ -87,7 +90,9 @@ type config struct {
 	cniBin     string
 	podRounds  int
 	density    int
-	parallel   int
+	// densityRounds of the density benchmark.
+	densityRounds int
+	parallel      int
 	// parallelRounds of the concurrency benchmark.
 	parallelRounds int
 }
@@ -133,23 +138,35 @@ func run(ctx context.Context, res *bench.Results, cfg config, log *slog.Logger) 
 		_ = cgroups.RemoveTree("/berth-test")
 	}()
 
-	berth, err := filepath.Abs(filepath.Join(binDir, "berth"))
+	absBin, err := filepath.Abs(binDir)
 	if err != nil {
 		return err
 	}
+	berth := filepath.Join(absBin, "berth")
 	if _, err := os.Stat(berth); err != nil {
 		return fmt.Errorf("%s: run `make build` first", berth)
 	}
-	runtimes := []bench.OCIRuntime{{Name: "berth", Bin: berth, Root: filepath.Join(stateRoot, "berth")}}
+	if cfg.peers.Dir, err = filepath.Abs(cfg.peers.Dir); err != nil {
+		return err
+	}
+	if err := cfg.peers.Check(); err != nil {
+		return err
+	}
+	// The current releases: runc as containerd 2.x pins it, built from the
+	// module proxy; crun is Debian's (C, no Go module to build it from).
+	runc := cfg.peers.Bin("runc")
+	runtimes := []bench.OCIRuntime{
+		{Name: "berth", Bin: berth, Root: filepath.Join(stateRoot, "berth")},
+		{Name: "runc", Bin: runc, Root: filepath.Join(stateRoot, "runc")},
+	}
 	res.Versions["berth"] = bench.Version(berth, "--version")
-	for _, name := range []string{"runc", "crun"} {
-		p, err := exec.LookPath(name)
-		if err != nil {
-			res.Note("%s is not installed: its figures are missing (`make bench` installs it)", name)
-			continue
-		}
-		runtimes = append(runtimes, bench.OCIRuntime{Name: name, Bin: p, Root: filepath.Join(stateRoot, name)})
-		res.Versions[name] = bench.Version(p, "--version")
+	res.Versions["runc"] = bench.Version(runc, "--version")
+	res.Versions["containerd"] = bench.Version(cfg.peers.Bin("containerd"), "--version")
+	if p, err := exec.LookPath("crun"); err == nil {
+		runtimes = append(runtimes, bench.OCIRuntime{Name: "crun", Bin: p, Root: filepath.Join(stateRoot, "crun")})
+		res.Versions["crun"] = bench.Version(p, "--version")
+	} else {
+		res.Note("crun is not installed: its figures are missing (`make bench` installs it)")
 	}
 	if mode := cgroups.HostMode(); mode == cgroups.Hybrid {
 		res.Note("This host's cgroups are v1 in hybrid mode. crun refuses hybrid mode while the v2 hierarchy holds a controller (here hugetlb), so all runtimes ran in a private mount namespace without /sys/fs/cgroup/unified: same conditions for each, v1 controllers only.")
@@ -167,14 +184,14 @@ func run(ctx context.Context, res *bench.Results, cfg config, log *slog.Logger) 
 		}
 	}
 	if cfg.groups["pull"] {
-		for _, name := range []string{"skopeo", "umoci", "containerd"} {
+		for _, name := range []string{"skopeo", "umoci"} {
 			if p, err := exec.LookPath(name); err == nil {
 				res.Versions[name] = bench.Version(p, "--version")
 			}
 		}
 		scratch := testutil.NewScratch(work)
 		defer scratch.Close()
-		pull := &bench.PullBench{Scratch: scratch, Rounds: cfg.pullRounds, SizeMB: cfg.pullMB,
+		pull := &bench.PullBench{Scratch: scratch, BinDir: absBin, Peers: cfg.peers, Rounds: cfg.pullRounds, SizeMB: cfg.pullMB,
 			Log: func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) }}
 		log.Info("pull benchmarks", "rounds", cfg.pullRounds, "MiB", cfg.pullMB)
 		if err := pull.Run(ctx, res); err != nil {
@@ -182,21 +199,14 @@ func run(ctx context.Context, res *bench.Results, cfg config, log *slog.Logger) 
 		}
 	}
 	if cfg.groups["pod"] {
-		if p, err := exec.LookPath("containerd"); err == nil {
-			res.Versions["containerd"] = bench.Version(p, "--version")
-		}
-		binDir, err := filepath.Abs(binDir)
-		if err != nil {
-			return err
-		}
 		cniBin, err := filepath.Abs(cfg.cniBin)
 		if err != nil {
 			return err
 		}
 		scratch := testutil.NewScratch(work)
 		defer scratch.Close()
-		pod := &bench.PodBench{Scratch: scratch, BinDir: binDir, CNIBin: cniBin, StateRoot: stateRoot, Rounds: cfg.podRounds,
-			Density: cfg.density, Parallel: cfg.parallel, ParallelRounds: cfg.parallelRounds,
+		pod := &bench.PodBench{Scratch: scratch, BinDir: absBin, Peers: cfg.peers, CNIBin: cniBin, StateRoot: stateRoot, Rounds: cfg.podRounds,
+			Density: cfg.density, DensityRounds: cfg.densityRounds, Parallel: cfg.parallel, ParallelRounds: cfg.parallelRounds,
 			Log: func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...)) }}
 		log.Info("pod benchmarks", "rounds", cfg.podRounds)
 		if err := pod.Run(ctx, res); err != nil {
