@@ -142,6 +142,8 @@ type daemonOptions struct {
 	rootSize string
 	// env is added to berthd's environment.
 	env []string
+	// root is berthd's root, a directory the test mounted.
+	root string
 }
 
 // startDaemon starts berthd; the test's clean-up removes every pod, stops
@@ -157,7 +159,7 @@ func startDaemon(t testing.TB, opts ...daemonOptions) *daemon {
 	}
 	return &daemon{t: t, Daemon: berthd.Start(t, berthd.Options{
 		Extra: o.extra, CNIConfDir: o.cniConfDir, CNIConfTemplate: o.cniConfTemplate, RegistriesConf: o.registriesConf,
-		RootSize: o.rootSize, Env: o.env,
+		RootSize: o.rootSize, Env: o.env, Root: o.root,
 	})}
 }
 

@@ -64,6 +64,9 @@ type Options struct {
 	RootSize string
 	// Env is added to berthd's environment (NOTIFY_SOCKET, say).
 	Env []string
+	// Root, if set, is berthd's root: a directory the test mounted (a
+	// file system of its own, say); default Dir/root.
+	Root string
 }
 
 // Start starts berthd; the test's clean-up removes every pod, stops the
@@ -96,6 +99,10 @@ func Start(t testing.TB, o Options) *Daemon {
 		}
 	}
 	d.ConfigFile = filepath.Join(d.Dir, "berth.toml")
+	root := o.Root
+	if root == "" {
+		root = filepath.Join(d.Dir, "root")
+	}
 	cfg := fmt.Sprintf(`root = %q
 state = %q
 socket = %q
@@ -110,7 +117,7 @@ log_level = "debug"
 stream_address = "127.0.0.1:0"
 pull_progress_interval = "1s"
 %s
-`, filepath.Join(d.Dir, "root"), d.State, d.Socket, d.CgroupParent, o.CNIConfDir, o.CNIConfTemplate, o.RegistriesConf,
+`, root, d.State, d.Socket, d.CgroupParent, o.CNIConfDir, o.CNIConfTemplate, o.RegistriesConf,
 		filepath.Join(d.Dir, "registries.d"), filepath.Join(d.Dir, "no-policy.json"), o.Extra)
 	if err := os.WriteFile(d.ConfigFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
