@@ -14,7 +14,7 @@ stage=${1:-build}
 
 build_pkgs=(libseccomp-dev pkg-config gcc libc6-dev make)
 test_pkgs=(busybox-static runc podman iproute2 iptables procps psmisc
-	docker-registry skopeo util-linux kmod curl debootstrap)
+	docker-registry skopeo util-linux kmod curl debootstrap e2fsprogs)
 bench_pkgs=(crun umoci)
 
 pkgs=("${build_pkgs[@]}")

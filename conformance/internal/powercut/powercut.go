@@ -54,6 +54,11 @@ type Disk struct {
 // the test's clean-up unmounts it.
 func New(t testing.TB, dir string, size int64) *Disk {
 	t.Helper()
+	for _, dev := range []string{"/dev/fuse", "/dev/loop-control"} {
+		if _, err := os.Stat(dev); err != nil {
+			t.Skipf("no %s on this host (%v): a disk whose power the test cuts needs FUSE and loop devices", dev, err)
+		}
+	}
 	durable, err := os.Create(filepath.Join(dir, "durable"))
 	if err != nil {
 		t.Fatal(err)
