@@ -101,15 +101,30 @@ func (s *Server) runPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandbo
 	}
 	u.add(func() { s.removePodDir(sb) })
 
-	if err := s.setupPodNetwork(ctx, sb, cfg, &u); err != nil {
-		return "", err
+	// The shim starts while the network is set up: neither needs the
+	// other, and each waits mostly on processes of its own (the shim's
+	// exec, the CNI plugins').
+	var client *shim.Client
+	var shimErr error
+	shimUp := make(chan struct{})
+	go func() {
+		defer close(shimUp)
+		client, shimErr = s.shims.start(ctx, sb.ID)
+	}()
+	u.add(func() {
+		<-shimUp
+		if shimErr == nil {
+			s.shims.stop(context.Background(), sb.ID)
+		}
+	})
+	netErr := s.setupPodNetwork(ctx, sb, cfg, &u)
+	<-shimUp
+	if netErr != nil {
+		return "", netErr
 	}
-
-	client, err := s.shims.start(ctx, sb.ID)
-	if err != nil {
-		return "", err
+	if shimErr != nil {
+		return "", shimErr
 	}
-	u.add(func() { s.shims.stop(context.Background(), sb.ID) })
 
 	if err := s.startPause(ctx, sb, cfg, client, &u); err != nil {
 		return "", err
