@@ -83,6 +83,7 @@ func TestListFilters(t *testing.T) {
 
 // TestSlowPullBlocksNothing: while a pull crawls, the other calls answer.
 func TestSlowPullBlocksNothing(t *testing.T) {
+	testutil.Slow(t)
 	big := make([]byte, 4<<20)
 	if _, err := rand.Read(big); err != nil {
 		t.Fatal(err)

@@ -37,6 +37,7 @@ func packageScript(t *testing.T, kind string) string {
 // TestReleaseTarball: the tarball of make release, laid out as
 // containerd's (extract at /), with its checksum, and binaries that run.
 func TestReleaseTarball(t *testing.T) {
+	testutil.Slow(t)
 	tarball := packageScript(t, "tarball")
 	sum := exec.Command("sha256sum", "-c", "SHA256SUMS")
 	sum.Dir = filepath.Dir(tarball)
@@ -84,6 +85,7 @@ func TestReleaseTarball(t *testing.T) {
 // files, keeps /etc/berth as conffiles, starts and enables nothing, and
 // purging it removes all of it.
 func TestDebianPackage(t *testing.T) {
+	testutil.Slow(t)
 	for _, tool := range []string{"dpkg", "dpkg-deb", "dpkg-query"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("%s is not installed: not a Debian system", tool)
@@ -153,6 +155,7 @@ func TestDebianPackage(t *testing.T) {
 // TestManPages: make docs' pages have a section for every command of
 // each binary, and the release binaries carry no generator.
 func TestManPages(t *testing.T) {
+	testutil.Slow(t)
 	script, err := filepath.Abs("../../hack/docs/build.sh")
 	if err != nil {
 		t.Fatal(err)

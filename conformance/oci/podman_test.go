@@ -20,7 +20,7 @@ type podman struct {
 	rootfs string
 }
 
-const podmanCgroup = testutil.CgroupParent + "/podman"
+var podmanCgroup = testutil.CgroupParent + "/podman"
 
 func newPodman(t *testing.T) *podman {
 	t.Helper()

@@ -30,7 +30,7 @@ const (
 // rtvCgroup holds the cgroups of validations that leave cgroupsPath to the
 // runtime; rtvRelCgroup is where validations with a relative cgroupsPath
 // run, so that their cgroups land below it.
-const (
+var (
 	rtvCgroup    = testutil.CgroupParent + "/rtv"
 	rtvRelCgroup = testutil.CgroupParent + "/rtv-rel"
 )

@@ -26,9 +26,15 @@ import (
 	bruntime "github.com/berth-runtime/berth/runtime"
 )
 
-// CgroupParent is the only cgroup the suites create cgroups under; Main
-// checks it is empty after the tests and removes it.
-const CgroupParent = "/berth-test"
+// CgroupRoot is the only cgroup the tests create cgroups under.
+const CgroupRoot = "/berth-test"
+
+// CgroupParent is this test process's own cgroup below CgroupRoot, named
+// by its binary and pid: suites running side by side (go test -p 2, or
+// two checkouts) never see or remove each other's cgroups. Main checks
+// it is empty after the tests and removes it, and CgroupRoot with it
+// once no other suite uses it.
+var CgroupParent = fmt.Sprintf("%s/%s-%d", CgroupRoot, filepath.Base(os.Args[0]), os.Getpid())
 
 // T is the part of testing.TB the helpers use, so that programs other
 // than tests (the benchmarks) can use them too.
@@ -389,8 +395,19 @@ func MainWith(m *testing.M, setup func(*Scratch) error) {
 				code = 1
 			}
 		}
+		RemoveCgroupIfUnused(CgroupRoot)
 	}
 	os.Exit(code)
+}
+
+// RemoveCgroupIfUnused removes the cgroup path in every hierarchy where
+// it has no child cgroup left (another suite's); rmdir refuses the others.
+func RemoveCgroupIfUnused(path string) {
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*" + path)
+	dirs = append(dirs, "/sys/fs/cgroup"+path)
+	for _, d := range dirs {
+		_ = os.Remove(d)
+	}
 }
 
 // checkCgroupLeaks lists cgroups left below CgroupParent in any hierarchy.

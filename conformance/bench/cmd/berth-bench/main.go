@@ -134,8 +134,10 @@ func run(ctx context.Context, res *bench.Results, cfg config, log *slog.Logger) 
 		if len(left) > 0 {
 			log.Warn("benchmark cgroups left behind", "paths", left)
 		}
-		// The shared test parent goes too, if nothing else is in it.
-		_ = cgroups.RemoveTree("/berth-test")
+		// This process's test parent goes too, and the shared root if
+		// nothing else is in it.
+		_ = cgroups.RemoveTree(testutil.CgroupParent)
+		testutil.RemoveCgroupIfUnused(testutil.CgroupRoot)
 	}()
 
 	absBin, err := filepath.Abs(binDir)
