@@ -41,7 +41,10 @@ func (e *kindError) Unwrap() []error { return []error{e.kind, e.err} }
 // that is missing or wrong is InvalidArgument, memory, pids, files or
 // disk running out ResourceExhausted, a refusal by the kernel
 // PermissionDenied, anything else FailedPrecondition. An error that has a
-// kind already keeps it.
+// kind already keeps it. By its text, because that is all there is: the
+// container's init reports its failure to libcontainer as a message over
+// its sync pipe, and no errno crosses it (runc and CRI-O read the same
+// messages).
 func runtimeFailure(err error) error {
 	if err == nil || hasKind(err) {
 		return err
