@@ -183,14 +183,14 @@ e2e: build cni-plugins kubernetes mkimage gotestsum
 
 # The edit-test loop, a few minutes: lint, the unit tests with -race, and
 # the OCI and CRI suites without their slow tests (testutil.Slow, skipped
-# by go test -short), the two side by side (-p 2: each suite's cgroups,
-# daemons and directories are its own). make test runs everything: the slow tests, the
+# by go test -short); one after the other, as some tests compare the
+# host's whole mount table before and after. make test runs everything: the slow tests, the
 # kubelet, cluster and upstream suites, the fuzz budgets, the race pass.
 QUICK_PKGS := ./conformance/oci/ ./conformance/cri/
 
 test-quick: test-deps build lint gotestsum cni-plugins
 	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) $(TESTRUNNER) $(GO_FLAGS) -race -short -count=1 -timeout $(TEST_TIMEOUT) $$($(GO) list ./... | grep -v /conformance/)
-	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_CNI_BIN=$(CNI_BIN) $(GOTESTSUM) $(TESTFORMAT) --jsonfile $(CURDIR)/.cache/quick.json -- $(GO_FLAGS) -short -count=1 -p 2 -timeout $(TEST_TIMEOUT) $(TESTRUN) $(QUICK_PKGS)
+	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_CNI_BIN=$(CNI_BIN) $(GOTESTSUM) $(TESTFORMAT) --jsonfile $(CURDIR)/.cache/quick.json -- $(GO_FLAGS) -short -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TESTRUN) $(QUICK_PKGS)
 	@echo "the slowest of them:"; $(GOTESTSUM) tool slowest --jsonfile $(CURDIR)/.cache/quick.json --threshold 10s | head -15
 
 # The race pass: berthd and berth-shim built with the race detector (the
