@@ -34,7 +34,20 @@ const CgroupRoot = "/berth-test"
 // two checkouts) never see or remove each other's cgroups. Main checks
 // it is empty after the tests and removes it, and CgroupRoot with it
 // once no other suite uses it.
-var CgroupParent = fmt.Sprintf("%s/%s-%d", CgroupRoot, filepath.Base(os.Args[0]), os.Getpid())
+var CgroupParent = cgroupParent()
+
+// cgroupParentEnv passes CgroupParent to the processes a test process
+// starts, itself re-executed as a helper among them.
+const cgroupParentEnv = "BERTH_TEST_CGROUP_PARENT"
+
+func cgroupParent() string {
+	if p := os.Getenv(cgroupParentEnv); p != "" {
+		return p
+	}
+	p := fmt.Sprintf("%s/%s-%d", CgroupRoot, filepath.Base(os.Args[0]), os.Getpid())
+	os.Setenv(cgroupParentEnv, p)
+	return p
+}
 
 // T is the part of testing.TB the helpers use, so that programs other
 // than tests (the benchmarks) can use them too.
