@@ -59,7 +59,7 @@ func (b *PullBench) Run(ctx context.Context, res *Results) error {
 	}
 	pullers := []puller{
 		&criPuller{daemon: "berth", scratch: s, start: func(ctx context.Context, dir string) (*criDaemon, error) {
-			return startBerthdCRI(ctx, b.BinDir, setup(dir, true))
+			return startBerthdCRI(ctx, b.BinDir, setup(dir, false)) // syncs its layers always
 		}},
 		&criPuller{daemon: "containerd", scratch: s, start: func(ctx context.Context, dir string) (*criDaemon, error) {
 			return startContainerdCRI(ctx, b.Peers, setup(dir, false))
