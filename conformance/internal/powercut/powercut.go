@@ -36,7 +36,6 @@ type write struct {
 type Disk struct {
 	size    int64
 	durable *os.File
-	server  *fuse.Server
 	path    string
 
 	mu sync.Mutex
@@ -79,7 +78,7 @@ func New(t testing.TB, dir string, size int64) *Disk {
 	if err != nil {
 		t.Fatalf("FUSE mount: %v", err)
 	}
-	d.server, d.path = server, filepath.Join(mnt, "disk")
+	d.path = filepath.Join(mnt, "disk")
 	t.Cleanup(func() {
 		if err := server.Unmount(); err != nil {
 			t.Errorf("powercut: FUSE unmount: %v", err)
