@@ -17,6 +17,7 @@ import (
 	"github.com/berth-runtime/berth/cgroups"
 	"github.com/berth-runtime/berth/internal/clidocs"
 	"github.com/berth-runtime/berth/internal/logging"
+	"github.com/berth-runtime/berth/internal/logging/logrusbridge"
 	"github.com/berth-runtime/berth/internal/version"
 	"github.com/berth-runtime/berth/runtime"
 )
@@ -111,6 +112,7 @@ func setup(ctx *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	logrusbridge.Bridge(l, level)
 	logger = l
 	logToStderr = ctx.GlobalString("log") == ""
 	slog.SetDefault(l)

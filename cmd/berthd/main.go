@@ -28,6 +28,7 @@ import (
 	"github.com/berth-runtime/berth/cri/adminapi"
 	"github.com/berth-runtime/berth/internal/clidocs"
 	"github.com/berth-runtime/berth/internal/logging"
+	"github.com/berth-runtime/berth/internal/logging/logrusbridge"
 	"github.com/berth-runtime/berth/internal/version"
 )
 
@@ -124,6 +125,7 @@ func serve(ctx *cli.Context) error {
 		return err
 	}
 	defer closeLog()
+	logrusbridge.Bridge(log, level)
 	// berthd's death must not take its pods along: no signal to its
 	// process group reaches the shims (they have sessions of their own),
 	// and a closed terminal is no reason to stop.

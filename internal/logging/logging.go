@@ -1,17 +1,15 @@
-// Package logging builds the slog logger every berth binary uses, and
-// routes libcontainer's logrus output into it so that one process writes
-// one log stream in one format.
+// Package logging builds the slog logger every berth binary uses. Binaries
+// that link libcontainer also route its logrus output into it
+// (logging/logrusbridge), so that one process writes one log stream in
+// one format; the shim does not, and stays without logrus.
 package logging
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"strings"
-
-	"github.com/sirupsen/logrus"
 )
 
 // Options selects where and how a binary logs.
@@ -27,7 +25,7 @@ type Options struct {
 }
 
 // New returns a logger for the options and a function that closes its
-// file. It also makes logrus (libcontainer's logger) write through it.
+// file.
 func New(o Options) (*slog.Logger, func() error, error) {
 	var (
 		w     io.Writer = os.Stderr
@@ -51,9 +49,7 @@ func New(o Options) (*slog.Logger, func() error, error) {
 		_ = close()
 		return nil, nil, fmt.Errorf("invalid log-format %q (want text or json)", o.Format)
 	}
-	l := slog.New(h)
-	Bridge(l, o.Level)
-	return l, close, nil
+	return slog.New(h), close, nil
 }
 
 func lowerLevel(groups []string, a slog.Attr) slog.Attr {
@@ -67,49 +63,4 @@ func lowerLevel(groups []string, a slog.Attr) slog.Attr {
 		}
 	}
 	return a
-}
-
-// Bridge sends every logrus entry to l at the matching level. logrus
-// itself then writes nothing.
-func Bridge(l *slog.Logger, level slog.Level) {
-	logrus.SetOutput(io.Discard)
-	logrus.SetLevel(toLogrus(level))
-	logrus.StandardLogger().ReplaceHooks(logrus.LevelHooks{})
-	logrus.AddHook(&hook{l: l})
-}
-
-func toLogrus(l slog.Level) logrus.Level {
-	switch {
-	case l <= slog.LevelDebug:
-		return logrus.DebugLevel
-	case l <= slog.LevelInfo:
-		return logrus.InfoLevel
-	case l <= slog.LevelWarn:
-		return logrus.WarnLevel
-	}
-	return logrus.ErrorLevel
-}
-
-type hook struct{ l *slog.Logger }
-
-func (h *hook) Levels() []logrus.Level { return logrus.AllLevels }
-
-func (h *hook) Fire(e *logrus.Entry) error {
-	var lv slog.Level
-	switch e.Level {
-	case logrus.PanicLevel, logrus.FatalLevel, logrus.ErrorLevel:
-		lv = slog.LevelError
-	case logrus.WarnLevel:
-		lv = slog.LevelWarn
-	case logrus.InfoLevel:
-		lv = slog.LevelInfo
-	default:
-		lv = slog.LevelDebug
-	}
-	attrs := make([]slog.Attr, 0, len(e.Data))
-	for k, v := range e.Data {
-		attrs = append(attrs, slog.Any(k, v))
-	}
-	h.l.LogAttrs(context.Background(), lv, e.Message, attrs...)
-	return nil
 }
