@@ -100,12 +100,17 @@ func (l *File) record(stream string, partial bool, content []byte) error {
 	return err
 }
 
+// CopyBuffer is the read size of one output stream: conmon's 8 KiB. Every
+// running container holds one per stream in its pod's shim, so it is
+// memory per pod; a busy writer costs a few more reads, not lost output.
+const CopyBuffer = 8 * 1024
+
 // Copy reads a stream of output and logs it until EOF; every extra writer
 // (attach clients) gets the raw bytes too, after the complete lines among
 // them are in the log, and is dropped once a write to it fails. It
 // returns when r is exhausted.
 func (l *File) Copy(stream string, r io.Reader, tee *Tee) error {
-	buf := make([]byte, 32*1024)
+	buf := make([]byte, CopyBuffer)
 	var line []byte
 	for {
 		n, err := r.Read(buf)
@@ -167,9 +172,9 @@ type Tee struct {
 	ws []*teeWriter
 }
 
-// teeQueue is how many chunks (up to 32 KiB each) a writer may fall
-// behind before it is dropped.
-const teeQueue = 64
+// teeQueue is how many chunks (up to CopyBuffer each) a writer may fall
+// behind before it is dropped: 2 MiB.
+const teeQueue = 2 << 20 / CopyBuffer
 
 type teeWriter struct {
 	ch     chan []byte

@@ -459,7 +459,7 @@ func (s *Server) copyOutput(p *proc, io *stdio, console *os.File) {
 }
 
 func discard(r *os.File, tee *crilog.Tee) {
-	buf := make([]byte, 32*1024)
+	buf := make([]byte, crilog.CopyBuffer)
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
