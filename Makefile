@@ -29,6 +29,10 @@ LDFLAGS   := -X github.com/berth-runtime/berth/internal/version.Version=$(VERSIO
 GO_FLAGS  := -trimpath -tags '$(TAGS)'
 # berth is linked statically: no dynamic loader at each of its two execs.
 STATIC    := -extldflags -static
+# pause runs in every pod: no libc, no start-up code, two pages.
+PAUSE_CFLAGS := -Os -static -nostdlib -ffreestanding -fno-pie -no-pie \
+	-fno-stack-protector -fno-asynchronous-unwind-tables -fcf-protection=none \
+	-Wl,--build-id=none -s -Wall -Werror
 # Per-test-binary timeout; the whole suite must stay well under CI's limit.
 TEST_TIMEOUT ?= 30m
 # Pass TEST=<regexp> to run a subset of the end-to-end tests.
@@ -54,7 +58,7 @@ build: deps
 	@mkdir -p $(BINDIR)
 	$(GO) build $(GO_FLAGS) -ldflags '$(LDFLAGS) $(STATIC)' -o $(BINDIR)/berth ./cmd/berth
 	CGO_ENABLED=0 $(GO) build $(GO_FLAGS) -ldflags '$(LDFLAGS)' -o $(BINDIR)/berth-shim ./cmd/berth-shim
-	$(CC) -Os -static -s -Wall -Werror -o $(BINDIR)/pause cmd/pause/pause.c
+	$(CC) $(PAUSE_CFLAGS) -o $(BINDIR)/pause cmd/pause/pause.c
 	$(GO) build $(GO_FLAGS) -ldflags '$(LDFLAGS)' -o $(BINDIR)/berthd ./cmd/berthd
 	$(GO) build $(GO_FLAGS) -ldflags '$(LDFLAGS)' -o $(BINDIR)/berthctl ./cmd/berthctl
 

@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -84,6 +85,24 @@ func TestNamespaces(t *testing.T) {
 		}
 		if pid1 := d.mustExec(t, a, "cat", "/proc/1/cmdline"); !strings.Contains(pid1, "pause") {
 			t.Errorf("pid 1 is %q, want the pause process", pid1)
+		}
+		// The pod's orphans are pause's to reap: a shell's background
+		// sleep outlives the shell, is adopted by pid 1, exits, and leaves
+		// no zombie.
+		d.mustExec(t, a, "sh", "-c", "sleep 1 </dev/null >/dev/null 2>&1 & exit 0")
+		adopted, stats := false, ""
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			stats = d.mustExec(t, a, "sh", "-c", "for f in /proc/[0-9]*/stat; do cat $f; echo; done 2>/dev/null")
+			orphan, zombie := strings.Contains(stats, "(sleep) S 1 "), strings.Contains(stats, ") Z ")
+			adopted = adopted || orphan
+			if adopted && !orphan && !zombie {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("orphan adopted by pid 1: %v; its processes after 10s:\n%s", adopted, stats)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	})
 
