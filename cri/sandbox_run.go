@@ -117,16 +117,52 @@ func (s *Server) runPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandbo
 			s.shims.stop(context.Background(), sb.ID)
 		}
 	})
-	netErr := s.setupPodNetwork(ctx, sb, cfg, &u)
-	<-shimUp
+	if err := s.makePodNetNS(sb, cfg, &u); err != nil {
+		<-shimUp
+		return "", err
+	}
+
+	// Once the namespace exists, CNI ADD and the pause's create run side
+	// by side too: the pause joins the namespace by its path and starts
+	// (execs) only once both are done. Not with net.* sysctls: the pause
+	// sets them as it is created, and they must come after CNI's own
+	// (the tuning plugin's), as they do in containerd.
+	var pauseUndo undo
+	var pausePid int
+	var pauseErr error
+	pauseCreated := make(chan struct{})
+	createPause := func() {
+		defer close(pauseCreated)
+		<-shimUp
+		if shimErr != nil {
+			pauseErr = shimErr
+			return
+		}
+		pausePid, pauseErr = s.createPause(ctx, sb, cfg, client, &pauseUndo)
+	}
+	overlap := !hasNetSysctl(cfg)
+	if overlap {
+		go createPause()
+	}
+	netErr := s.addPodNetwork(ctx, sb, cfg, &u)
+	if !overlap {
+		if netErr != nil {
+			<-shimUp
+			return "", netErr
+		}
+		createPause()
+	}
+	<-pauseCreated
+	// The pause's undo goes last, so that it runs first: its container
+	// leaves before the network it was in.
+	u = append(u, pauseUndo...)
 	if netErr != nil {
 		return "", netErr
 	}
-	if shimErr != nil {
-		return "", shimErr
+	if pauseErr != nil {
+		return "", pauseErr
 	}
-
-	if err := s.startPause(ctx, sb, cfg, client, &u); err != nil {
+	if err := s.startPause(sb, pausePid); err != nil {
 		return "", err
 	}
 	sb.State = sandboxReady
@@ -238,9 +274,9 @@ func resolvConf(dns *runtimeapi.DNSConfig) (string, error) {
 	return b.String(), nil
 }
 
-// setupPodNetwork gives the pod its network namespace and runs CNI ADD;
-// host-network pods get neither.
-func (s *Server) setupPodNetwork(ctx context.Context, sb *sandbox, cfg *runtimeapi.PodSandboxConfig, u *undo) error {
+// makePodNetNS gives the pod its network namespace (owned by the pod's
+// user namespace, if it has one); host-network pods get none.
+func (s *Server) makePodNetNS(sb *sandbox, cfg *runtimeapi.PodSandboxConfig, u *undo) error {
 	if cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE {
 		return nil
 	}
@@ -264,8 +300,15 @@ func (s *Server) setupPodNetwork(ctx context.Context, sb *sandbox, cfg *runtimea
 	}
 	sb.NetNS = ns.Path
 	u.add(func() { _ = s.net.RemoveNetNS(ns.Path) })
-	if err := s.store.putSandbox(sb); err != nil {
-		return err
+	return s.store.putSandbox(sb)
+}
+
+// addPodNetwork runs CNI ADD in the pod's network namespace. It writes
+// only the sandbox's network fields (CNIAdded, IPs): the pause's create
+// may read the others meanwhile.
+func (s *Server) addPodNetwork(ctx context.Context, sb *sandbox, cfg *runtimeapi.PodSandboxConfig, u *undo) error {
+	if sb.NetNS == "" {
+		return nil
 	}
 	if err := s.net.Status(); err != nil {
 		if errors.Is(err, network.ErrNotReady) {
@@ -293,6 +336,17 @@ func (s *Server) setupPodNetwork(ctx context.Context, sb *sandbox, cfg *runtimea
 	}
 	sb.IPs = ips
 	return s.store.putSandbox(sb)
+}
+
+// hasNetSysctl says whether the pod sets a sysctl of its network
+// namespace.
+func hasNetSysctl(cfg *runtimeapi.PodSandboxConfig) bool {
+	for k := range cfg.GetLinux().GetSysctls() {
+		if strings.HasPrefix(k, "net.") || strings.HasPrefix(k, "net/") {
+			return true
+		}
+	}
+	return false
 }
 
 // networkPod is what the network manager needs of a sandbox.
@@ -341,22 +395,27 @@ func (s *Server) cgroupsPath(parent, id string) string {
 	return filepath.Join(parent, "berth-"+id)
 }
 
-// startPause creates and starts the pause process of the sandbox.
-func (s *Server) startPause(ctx context.Context, sb *sandbox, cfg *runtimeapi.PodSandboxConfig, client *shim.Client, u *undo) error {
+// createPause creates the pause process of the sandbox; it waits for
+// startPause to exec it. It reads the sandbox and writes none of it.
+func (s *Server) createPause(ctx context.Context, sb *sandbox, cfg *runtimeapi.PodSandboxConfig, client *shim.Client, u *undo) (pid int, err error) {
 	spec, err := s.pauseSpec(sb, cfg)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	bundle := filepath.Join(s.cfg.podDir(sb.ID), "pause")
 	if err := writeSpec(bundle, spec); err != nil {
-		return err
+		return 0, err
 	}
 	// Registered first: a create that fails half-way leaves runtime state.
 	u.add(func() { s.deleteRuntimeContainer(sb.ID) })
-	pid, err := client.Create(ctx, sb.ID, shim.CreateRequest{Bundle: bundle})
-	if err != nil {
-		return runtimeFailure(fmt.Errorf("create pause: %w", err))
+	if pid, err = client.Create(ctx, sb.ID, shim.CreateRequest{Bundle: bundle}); err != nil {
+		return 0, runtimeFailure(fmt.Errorf("create pause: %w", err))
 	}
+	return pid, nil
+}
+
+// startPause execs the created pause process.
+func (s *Server) startPause(sb *sandbox, pid int) error {
 	c, err := s.rt.Load(sb.ID)
 	if err != nil {
 		return err
