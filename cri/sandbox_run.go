@@ -118,7 +118,6 @@ func (s *Server) runPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandbo
 		}
 	})
 	if err := s.makePodNetNS(sb, cfg, &u); err != nil {
-		<-shimUp
 		return "", err
 	}
 
@@ -147,7 +146,6 @@ func (s *Server) runPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandbo
 	netErr := s.addPodNetwork(ctx, sb, cfg, &u)
 	if !overlap {
 		if netErr != nil {
-			<-shimUp
 			return "", netErr
 		}
 		createPause()
