@@ -198,6 +198,10 @@ func (c *Config) Validate() error {
 		} else if _, err := os.Stat(*b.field); err != nil {
 			return fmt.Errorf("%s binary: %w", b.name, err)
 		}
+		// The shim runs the runtime by its path, from "/".
+		if *b.field, err = filepath.Abs(*b.field); err != nil {
+			return fmt.Errorf("%s binary: %w", b.name, err)
+		}
 	}
 	return nil
 }

@@ -5,10 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/berth-runtime/berth/internal/unixsock"
 )
 
 // Client talks to one shim.
@@ -62,17 +63,12 @@ var ErrUnavailable = errors.New("shim unavailable")
 // ErrNotFound: the shim does not know the container or exec session.
 var ErrNotFound = errors.New("unknown to the shim")
 
-func (c *Client) dial(ctx context.Context) (*net.UnixConn, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", c.Socket)
+func (c *Client) dial(ctx context.Context) (*unixsock.Conn, error) {
+	conn, err := unixsock.Dial(ctx, c.Socket)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
-	uc := conn.(*net.UnixConn)
-	if dl, ok := ctx.Deadline(); ok {
-		_ = uc.SetDeadline(dl)
-	}
-	return uc, nil
+	return conn, nil
 }
 
 // call sends one request and reads one response.

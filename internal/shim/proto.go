@@ -19,13 +19,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"strings"
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
+
+	"github.com/berth-runtime/berth/internal/unixsock"
 )
 
 // Operations.
@@ -145,7 +146,7 @@ func readJSON(r *bufio.Reader, v any) error {
 	}
 }
 
-func writeJSON(c *net.UnixConn, v any, fds ...*os.File) error {
+func writeJSON(c *unixsock.Conn, v any, fds ...*os.File) error {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -159,7 +160,7 @@ func writeJSON(c *net.UnixConn, v any, fds ...*os.File) error {
 		}
 		oob = unix.UnixRights(ints...)
 	}
-	n, oobn, err := c.WriteMsgUnix(data, oob, nil)
+	n, oobn, err := c.WriteMsg(data, oob)
 	if err != nil {
 		return err
 	}
@@ -177,14 +178,14 @@ func writeJSON(c *net.UnixConn, v any, fds ...*os.File) error {
 }
 
 // readResponse reads one response line and the descriptors sent with it.
-func readResponse(c *net.UnixConn, br **bufio.Reader) (*Response, []*os.File, error) {
+func readResponse(c *unixsock.Conn, br **bufio.Reader) (*Response, []*os.File, error) {
 	var files []*os.File
 	if *br == nil {
 		// The first read takes the ancillary data: descriptors travel with
 		// the first byte of the response.
 		buf := make([]byte, 64*1024)
 		oob := make([]byte, unix.CmsgSpace(4*8))
-		n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+		n, oobn, err := c.ReadMsg(buf, oob)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -199,7 +200,6 @@ func readResponse(c *net.UnixConn, br **bufio.Reader) (*Response, []*os.File, er
 					return nil, nil, err
 				}
 				for _, fd := range fds {
-					unix.CloseOnExec(fd)
 					files = append(files, os.NewFile(uintptr(fd), "shim-fd"))
 				}
 			}
@@ -226,7 +226,7 @@ func readResponse(c *net.UnixConn, br **bufio.Reader) (*Response, []*os.File, er
 
 type prefixReader struct {
 	prefix []byte
-	r      *net.UnixConn
+	r      *unixsock.Conn
 }
 
 func (p *prefixReader) Read(b []byte) (int, error) {
