@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-runtime/berth/internal/testutil"
@@ -76,7 +77,7 @@ func (b *PullBench) Run(ctx context.Context, res *Results) error {
 	note := fmt.Sprintf("An image of %d layers of many files, %d MiB unpacked (%.0f MB of gzip blobs), from docker-registry on 127.0.0.1. ", len(benchLayerSizes(b.SizeMB)), b.SizeMB, float64(compressed)/1e6)
 	cold := &Case{Group: "Image pull", Name: "pull + unpack, cold", Unit: "ms",
 		Target: "berth at most 0.5× containerd, syncing as containerd sync_fs does",
-		Note: note + "Cold: nothing of the image present. berth and containerd: CRI PullImage to a daemon started on an empty root (not timed), as a kubelet pulls; skopeo+umoci: `skopeo copy` to an OCI layout, then `umoci unpack`, for reference. " +
+		Note: note + "Cold: nothing of the image present. berth and containerd: CRI PullImage to a daemon started on an empty root (not timed), as a kubelet pulls, after a sync (not timed) so that no pull writes back what another left dirty; skopeo+umoci: `skopeo copy` to an OCI layout, then `umoci unpack`, for reference. " +
 			"What each keeps differs: berth keeps the unpacked layers only, each synced to disk (syncfs) before its record commits; containerd keeps the compressed blobs, fsynced as each is committed, and unpacks them into overlayfs snapshots, which it syncs only with `image_pull_with_sync_fs = true` (default off): the column `containerd sync_fs` is that setting, the durable pull berth does."}
 	warm := &Case{Group: "Image pull", Name: "pull again, layers present", Unit: "ms",
 		Note: "The same pull with every layer already stored: what a kubelet with imagePullPolicy Always costs. skopeo+umoci re-copies into the same layout (blobs skipped) and unpacks again, as umoci has no layer store."}
@@ -206,10 +207,16 @@ func (p *criPuller) close() {
 func pullOver(ctx context.Context, d *criDaemon, ref string) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
+	settleDisk()
 	start := time.Now()
 	_, err := d.img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
 	return time.Since(start), err
 }
+
+// settleDisk writes back what is dirty, untimed, before a timed pull:
+// otherwise a pull that syncs (berth's, containerd's with sync_fs) also
+// writes back what the runtime before it left unsynced, or removed.
+func settleDisk() { unix.Sync() }
 
 // skopeoPuller copies with skopeo, then unpacks with umoci.
 type skopeoPuller struct {
@@ -223,6 +230,7 @@ func (p *skopeoPuller) name() string { return "skopeo+umoci" }
 func (p *skopeoPuller) pull(ctx context.Context, ref, layout string) (time.Duration, error) {
 	bundle := filepath.Join(p.scratch.TempDir(), "bundle")
 	defer os.RemoveAll(filepath.Dir(bundle))
+	settleDisk()
 	start := time.Now()
 	if err := run(ctx, p.skopeo, "copy", "--insecure-policy", "--src-tls-verify=false", "docker://"+ref, "oci:"+layout+":v1"); err != nil {
 		return 0, err
