@@ -5,7 +5,8 @@
 // creates containers and runs exec'd processes through the berth OCI CLI,
 // keeps their stdio, writes CRI log files, records exit codes and times,
 // and hands stdio file descriptors to berthd for exec and attach streams.
-// It links no gRPC, no Kubernetes and no libcontainer: one runs per pod.
+// It links no gRPC, no Kubernetes, no libcontainer, and not net or os/exec
+// (make lint checks): one runs per pod, and each maps its binary whole.
 //
 // The protocol is one request per connection on a Unix socket: a JSON
 // line from the client, a JSON line back, with file descriptors attached
