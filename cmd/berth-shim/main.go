@@ -69,7 +69,18 @@ func main() {
 	}
 	// Signals meant for a terminal or a service manager must not stop the
 	// keeper of running containers; berthd stops it through its socket.
-	signal.Ignore(unix.SIGINT, unix.SIGHUP, unix.SIGTERM, unix.SIGPIPE)
+	// They are caught, not ignored: an ignored signal stays ignored across
+	// exec, in every container and exec'd process (SIGINT and SIGHUP even
+	// in Go programs), while a caught one is reset to its default. Caught
+	// here, SIGHUP and SIGINT are also no longer ignored if berthd (or
+	// nohup) ignored them.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGHUP, unix.SIGTERM, unix.SIGPIPE)
+	go func() {
+		for sig := range sigs {
+			logger.Debug("signal ignored", "signal", sig)
+		}
+	}()
 	if *readyFd >= 0 {
 		f := os.NewFile(uintptr(*readyFd), "ready")
 		_, _ = f.Write([]byte{1})

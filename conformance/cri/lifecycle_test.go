@@ -3,11 +3,15 @@ package cri_test
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/conformance/internal/berthd"
 )
 
 // TestPodAndContainerLifecycle runs a pod with a container through every
@@ -60,5 +64,60 @@ func TestPodAndContainerLifecycle(t *testing.T) {
 	}
 	if _, err := d.RT.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: podID}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSignalsNotIgnoredInContainers: a container's processes start with
+// the default action for the signals the shim and berthd keep from
+// stopping themselves. An ignored signal is inherited across exec, so a
+// shim that ignored SIGINT would have made every container, and every
+// shell exec'd into one, deaf to Ctrl-C.
+func TestSignalsNotIgnoredInContainers(t *testing.T) {
+	d := startDaemon(t)
+	podCfg := d.podConfig("signals")
+	podID := d.runPod(t, podCfg)
+	id := d.run(t, podID, podCfg, containerConfig("sleeper", "", "sleep", "3600"))
+	for _, c := range []struct{ who, path string }{
+		{"the container's init", "/proc/1/status"},
+		{"an exec'd process", "/proc/self/status"},
+	} {
+		out := d.mustExec(t, id, "cat", c.path)
+		var ignored uint64
+		for _, line := range strings.Split(out, "\n") {
+			if v, ok := strings.CutPrefix(line, "SigIgn:"); ok {
+				n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+				if err != nil {
+					t.Fatalf("%s: SigIgn %q: %v", c.who, v, err)
+				}
+				ignored = n
+			}
+		}
+		for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGPIPE} {
+			if ignored&(1<<(sig-1)) != 0 {
+				t.Errorf("%s ignores %v (SigIgn %x)", c.who, sig, ignored)
+			}
+		}
+	}
+
+	// And the shim still outlives those signals.
+	var shims []int
+	for _, p := range berthd.ProcessesMentioning(d.State) {
+		if cmd := readFile("/proc/" + strconv.Itoa(p) + "/cmdline"); strings.Contains(string(cmd), "berth-shim") && strings.Contains(string(cmd), podID) {
+			shims = append(shims, p)
+		}
+	}
+	if len(shims) != 1 {
+		t.Fatalf("shims of the pod: %v", shims)
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGPIPE} {
+		if err := syscall.Kill(shims[0], sig); err != nil {
+			t.Fatalf("signal %v to the shim: %v", sig, err)
+		}
+	}
+	if out := d.mustExec(t, id, "echo", "alive"); out != "alive\n" {
+		t.Errorf("exec after signals to the shim: %q", out)
+	}
+	if st := d.status(t, id); st.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
+		t.Errorf("after signals to the shim, the container is %v", st.State)
 	}
 }
