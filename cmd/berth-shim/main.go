@@ -9,10 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"runtime/debug"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/berth-runtime/berth/internal/logging"
 	"github.com/berth-runtime/berth/internal/shim"
@@ -67,20 +64,13 @@ func main() {
 		logger.Error("start", "error", err)
 		os.Exit(1)
 	}
-	// Signals meant for a terminal or a service manager must not stop the
-	// keeper of running containers; berthd stops it through its socket.
-	// They are caught, not ignored: an ignored signal stays ignored across
-	// exec, in every container and exec'd process (SIGINT and SIGHUP even
-	// in Go programs), while a caught one is reset to its default. Caught
-	// here, SIGHUP and SIGINT are also no longer ignored if berthd (or
-	// nohup) ignored them.
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, unix.SIGINT, unix.SIGHUP, unix.SIGTERM, unix.SIGPIPE)
-	go func() {
-		for sig := range sigs {
-			logger.Debug("signal ignored", "signal", sig)
-		}
-	}()
+	// No signal is caught or ignored here. A terminal's and berthd's
+	// process group's signals do not reach the shim, which has a session
+	// of its own, nor a service manager's stop (berthd.service:
+	// KillMode=process); a shim killed all the same is what berthd
+	// handles when one dies. Ignoring would be inherited by every
+	// container and exec'd process (SIGINT and SIGHUP even through Go
+	// programs), and catching costs the three threads of os/signal.
 	if *readyFd >= 0 {
 		f := os.NewFile(uintptr(*readyFd), "ready")
 		_, _ = f.Write([]byte{1})

@@ -128,8 +128,16 @@ func serve(ctx *cli.Context) error {
 	logrusbridge.Bridge(log, level)
 	// berthd's death must not take its pods along: no signal to its
 	// process group reaches the shims (they have sessions of their own),
-	// and a closed terminal is no reason to stop.
-	signal.Ignore(unix.SIGHUP, unix.SIGPIPE)
+	// and a closed terminal or log pipe is no reason to stop. Caught, not
+	// ignored: the shims and plugins berthd starts must not inherit an
+	// ignored SIGHUP, which every container would inherit from them.
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, unix.SIGHUP, unix.SIGPIPE)
+	go func() {
+		for sig := range sigs {
+			log.Debug("signal ignored", "signal", sig)
+		}
+	}()
 
 	if err := checkOverlay(); err != nil {
 		return err

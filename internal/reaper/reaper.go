@@ -5,6 +5,13 @@
 // A process that reaps with wait4(-1) must not also let os/exec reap with
 // wait4(pid): start children with Start, never call Wait, and take their
 // exit from Subscribe.
+//
+// Exits are noticed through a pidfd of each subscribed process, on Go's
+// poller, and by a sweep every few seconds for the rest (orphans nobody
+// waits for). Only where the kernel's pidfds cannot be polled (before
+// Linux 5.3) does it take SIGCHLD: os/signal costs a process three
+// threads (its signal-mask thread, the runtime's template thread and its
+// receiver), and one berth-shim runs per pod.
 package reaper
 
 import (
@@ -37,7 +44,16 @@ type Reaper struct {
 	waiters   map[int][]chan Exit
 	unclaimed map[int]Exit
 	observers []func(Exit)
+
+	// pidfds: exits are noticed through pidfds, not SIGCHLD.
+	pidfds bool
+	// kick asks the loop to reap now.
+	kick chan struct{}
 }
+
+// sweepInterval is how often every child is reaped whether or not an
+// exit was noticed: SIGCHLDs coalesce, and orphans have no pidfd watched.
+var sweepInterval = 5 * time.Second
 
 var (
 	once    sync.Once
@@ -53,26 +69,101 @@ func Start() (*Reaper, error) {
 			initErr = os.NewSyscallError("prctl(PR_SET_CHILD_SUBREAPER)", err)
 			return
 		}
-		global = &Reaper{waiters: map[int][]chan Exit{}, unclaimed: map[int]Exit{}}
-		sigs := make(chan os.Signal, 128)
-		signal.Notify(sigs, unix.SIGCHLD)
+		global = &Reaper{
+			waiters: map[int][]chan Exit{}, unclaimed: map[int]Exit{},
+			kick: make(chan struct{}, 1), pidfds: pidfdsPollable(),
+		}
+		var sigs chan os.Signal
+		if !global.pidfds {
+			sigs = make(chan os.Signal, 128)
+			signal.Notify(sigs, unix.SIGCHLD)
+		}
 		go global.loop(sigs)
 	})
 	return global, initErr
 }
 
 func (r *Reaper) loop(sigs chan os.Signal) {
-	// A periodic sweep as well: SIGCHLDs coalesce, and a missed one must
-	// not leave a zombie forever.
-	tick := time.NewTicker(5 * time.Second)
+	tick := time.NewTicker(sweepInterval)
 	defer tick.Stop()
 	for {
 		select {
 		case <-sigs:
+		case <-r.kick:
 		case <-tick.C:
 		}
 		r.reapAll()
 	}
+}
+
+// wake makes the loop reap soon.
+func (r *Reaper) wake() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// openPidfd opens a pollable (non-blocking) pidfd of pid: with
+// PIDFD_NONBLOCK from Linux 5.10, set by fcntl before that.
+func openPidfd(pid int) (*os.File, error) {
+	fd, err := unix.PidfdOpen(pid, unix.PIDFD_NONBLOCK)
+	if errors.Is(err, unix.EINVAL) {
+		if fd, err = unix.PidfdOpen(pid, 0); err == nil {
+			if err = unix.SetNonblock(fd, true); err != nil {
+				unix.Close(fd)
+			}
+		}
+	}
+	if err != nil {
+		return nil, os.NewSyscallError("pidfd_open", err)
+	}
+	f := os.NewFile(uintptr(fd), "pidfd")
+	// A file os.NewFile could not put on the poller takes no deadline.
+	if err := f.SetReadDeadline(time.Time{}); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// pidfdsPollable reports whether this kernel's pidfds can be polled.
+func pidfdsPollable() bool {
+	f, err := openPidfd(os.Getpid())
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
+// watch wakes the loop once pid has exited: a pidfd polls readable then.
+func (r *Reaper) watch(pid int) {
+	f, err := openPidfd(pid)
+	if err != nil {
+		// Gone, and reaped by a sweep meanwhile (the waiter has its exit
+		// then), or not to be watched: reap now, and the sweep stays.
+		r.wake()
+		return
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		r.wake()
+		return
+	}
+	go func() {
+		defer f.Close()
+		polled := false
+		// The first call reads nothing, so that Read waits for the
+		// poller; the second comes once the pidfd is readable.
+		_ = rc.Read(func(uintptr) bool {
+			done := polled
+			polled = true
+			return done
+		})
+		r.wake()
+	}()
 }
 
 func (r *Reaper) reapAll() {
@@ -144,6 +235,10 @@ func (r *Reaper) Subscribe(pid int) <-chan Exit {
 		}
 	}
 	r.waiters[pid] = append(r.waiters[pid], ch)
+	if r.pidfds {
+		// Registered first: an exit reaped from here on finds the waiter.
+		r.watch(pid)
+	}
 	return ch
 }
 

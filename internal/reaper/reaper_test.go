@@ -70,3 +70,34 @@ func TestSubscribeIgnoresExitOfReusedPid(t *testing.T) {
 		t.Fatal("no exit after the kill")
 	}
 }
+
+// TestExitNoticedThroughPidfd: a watched process's exit wakes the loop
+// through its pidfd, with no SIGCHLD and no sweep.
+func TestExitNoticedThroughPidfd(t *testing.T) {
+	if !pidfdsPollable() {
+		t.Skip("this kernel's pidfds cannot be polled (before Linux 5.3): exits come from SIGCHLD")
+	}
+	// No loop: what watch sends stays in kick.
+	r := &Reaper{kick: make(chan struct{}, 1), pidfds: true}
+	cmd := exec.Command("sh", "-c", "read x; exit 3")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Wait()
+	r.watch(cmd.Process.Pid)
+	select {
+	case <-r.kick:
+		t.Fatal("woken while the process runs")
+	case <-time.After(200 * time.Millisecond):
+	}
+	stdin.Close() // now it exits
+	select {
+	case <-r.kick:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the exit did not wake the reaper")
+	}
+}
