@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -58,20 +59,21 @@ func (b *PullBench) Run(ctx context.Context, res *Results) error {
 		return daemonSetup{dir: dir, cniBin: dir, cniConf: dir, registry: reg.Addr, regConf: conf,
 			pause: reg.Addr + "/bench/pause:none", syncLayers: sync, removeDir: true}
 	}
+	disk := newDiskMeter(s.TempDir())
 	pullers := []puller{
-		&criPuller{daemon: "berth", scratch: s, start: func(ctx context.Context, dir string) (*criDaemon, error) {
+		&criPuller{daemon: "berth", scratch: s, disk: disk, start: func(ctx context.Context, dir string) (*criDaemon, error) {
 			return startBerthdCRI(ctx, b.BinDir, setup(dir, false)) // syncs its layers always
 		}},
-		&criPuller{daemon: "containerd", scratch: s, start: func(ctx context.Context, dir string) (*criDaemon, error) {
+		&criPuller{daemon: "containerd", scratch: s, disk: disk, start: func(ctx context.Context, dir string) (*criDaemon, error) {
 			return startContainerdCRI(ctx, b.Peers, setup(dir, false))
 		}},
-		&criPuller{daemon: "containerd sync_fs", scratch: s, start: func(ctx context.Context, dir string) (*criDaemon, error) {
+		&criPuller{daemon: "containerd sync_fs", scratch: s, disk: disk, start: func(ctx context.Context, dir string) (*criDaemon, error) {
 			return startContainerdCRI(ctx, b.Peers, setup(dir, true))
 		}},
 	}
 	if p, err := exec.LookPath("skopeo"); err == nil {
 		if u, err := exec.LookPath("umoci"); err == nil {
-			pullers = append(pullers, &skopeoPuller{skopeo: p, umoci: u, scratch: s})
+			pullers = append(pullers, &skopeoPuller{skopeo: p, umoci: u, scratch: s, disk: disk})
 		}
 	}
 	note := fmt.Sprintf("An image of %d layers of many files, %d MiB unpacked (%.0f MB of gzip blobs), from docker-registry on 127.0.0.1. ", len(benchLayerSizes(b.SizeMB)), b.SizeMB, float64(compressed)/1e6)
@@ -81,10 +83,15 @@ func (b *PullBench) Run(ctx context.Context, res *Results) error {
 			"What each keeps differs: berth keeps the unpacked layers only, each synced to disk (syncfs) before its record commits; containerd keeps the compressed blobs, fsynced as each is committed, and unpacks them into overlayfs snapshots, which it syncs only with `image_pull_with_sync_fs = true` (default off): the column `containerd sync_fs` is that setting, the durable pull berth does."}
 	warm := &Case{Group: "Image pull", Name: "pull again, layers present", Unit: "ms",
 		Note: "The same pull with every layer already stored: what a kubelet with imagePullPolicy Always costs. skopeo+umoci re-copies into the same layout (blobs skipped) and unpacks again, as umoci has no layer store."}
+	written := &Case{Group: "Image pull: disk writes", Name: "written to disk by a cold pull", Unit: "MiB",
+		Note: "What the block device holding the daemons' roots wrote during the cold pull and the sync after it (/sys/dev/block/…/stat): the layers each runtime keeps, its metadata and journal. With the disk as the bound, the pull takes as long as this takes to write."}
 	for round := 0; round < b.Rounds && ctx.Err() == nil; round++ {
 		for _, p := range rotated(pullers, round) {
 			d, err := p.cold(ctx, ref)
 			record(cold.SeriesFor(p.name()), d, err, b.Log)
+			if n := p.written(); err == nil && n >= 0 {
+				written.SeriesFor(p.name()).AddValue(float64(n) / (1 << 20))
+			}
 		}
 	}
 	for round := 0; round < b.Rounds && ctx.Err() == nil; round++ {
@@ -97,6 +104,9 @@ func (b *PullBench) Run(ctx context.Context, res *Results) error {
 		p.close()
 	}
 	res.Cases = append(res.Cases, cold, warm)
+	if disk.stat != "" {
+		res.Cases = append(res.Cases, written)
+	}
 	return ctx.Err()
 }
 
@@ -161,7 +171,61 @@ type puller interface {
 	name() string
 	cold(ctx context.Context, ref string) (time.Duration, error)
 	warm(ctx context.Context, ref string) (time.Duration, error)
+	// written is what the last pull wrote to the disk, in bytes, or -1.
+	written() int64
 	close()
+}
+
+// diskMeter reads how much a block device has written: the device that
+// holds the pulls' directories, from /sys/dev/block/<major>:<minor>/stat.
+type diskMeter struct {
+	stat string // "" where the directory is on no block device
+	last int64
+}
+
+func newDiskMeter(dir string) *diskMeter {
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		return &diskMeter{}
+	}
+	p := fmt.Sprintf("/sys/dev/block/%d:%d/stat", unix.Major(st.Dev), unix.Minor(st.Dev))
+	if _, err := os.Stat(p); err != nil {
+		return &diskMeter{}
+	}
+	return &diskMeter{stat: p}
+}
+
+// sectors is the device's count of 512-byte sectors written, or -1.
+func (m *diskMeter) sectors() int64 {
+	if m.stat == "" {
+		return -1
+	}
+	data, err := os.ReadFile(m.stat)
+	f := strings.Fields(string(data))
+	if err != nil || len(f) < 7 {
+		return -1
+	}
+	n, err := strconv.ParseInt(f[6], 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// measure times pull after a sync, and records what it wrote to the disk,
+// its deferred writeback included (a sync after it, not timed).
+func (m *diskMeter) measure(pull func() error) (time.Duration, error) {
+	settleDisk()
+	before := m.sectors()
+	start := time.Now()
+	err := pull()
+	d := time.Since(start)
+	settleDisk()
+	m.last = -1
+	if after := m.sectors(); before >= 0 && after >= before {
+		m.last = (after - before) * 512
+	}
+	return d, err
 }
 
 // criPuller pulls through a CRI daemon's PullImage, as a kubelet does:
@@ -171,17 +235,19 @@ type criPuller struct {
 	daemon  string
 	start   func(ctx context.Context, dir string) (*criDaemon, error)
 	scratch *testutil.Scratch
+	disk    *diskMeter
 	warmD   *criDaemon
 }
 
-func (p *criPuller) name() string { return p.daemon }
+func (p *criPuller) name() string   { return p.daemon }
+func (p *criPuller) written() int64 { return p.disk.last }
 
 func (p *criPuller) cold(ctx context.Context, ref string) (time.Duration, error) {
 	d, err := p.start(ctx, p.scratch.TempDir())
 	if err != nil {
 		return 0, err
 	}
-	dur, err := pullOver(ctx, d, ref)
+	dur, err := pullOver(ctx, p.disk, d, ref)
 	if p.warmD == nil && err == nil {
 		p.warmD = d
 	} else {
@@ -194,7 +260,7 @@ func (p *criPuller) warm(ctx context.Context, ref string) (time.Duration, error)
 	if p.warmD == nil {
 		return 0, fmt.Errorf("%s: no cold pull succeeded", p.daemon)
 	}
-	return pullOver(ctx, p.warmD, ref)
+	return pullOver(ctx, p.disk, p.warmD, ref)
 }
 
 func (p *criPuller) close() {
@@ -204,13 +270,13 @@ func (p *criPuller) close() {
 }
 
 // pullOver times one CRI PullImage.
-func pullOver(ctx context.Context, d *criDaemon, ref string) (time.Duration, error) {
+func pullOver(ctx context.Context, disk *diskMeter, d *criDaemon, ref string) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	settleDisk()
-	start := time.Now()
-	_, err := d.img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
-	return time.Since(start), err
+	return disk.measure(func() error {
+		_, err := d.img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
+		return err
+	})
 }
 
 // settleDisk writes back what is dirty, untimed, before a timed pull:
@@ -222,23 +288,26 @@ func settleDisk() { unix.Sync() }
 type skopeoPuller struct {
 	skopeo, umoci string
 	scratch       *testutil.Scratch
+	disk          *diskMeter
 	warmLayout    string
 }
 
-func (p *skopeoPuller) name() string { return "skopeo+umoci" }
+func (p *skopeoPuller) name() string   { return "skopeo+umoci" }
+func (p *skopeoPuller) written() int64 { return p.disk.last }
 
 func (p *skopeoPuller) pull(ctx context.Context, ref, layout string) (time.Duration, error) {
 	bundle := filepath.Join(p.scratch.TempDir(), "bundle")
 	defer os.RemoveAll(filepath.Dir(bundle))
-	settleDisk()
-	start := time.Now()
-	if err := run(ctx, p.skopeo, "copy", "--insecure-policy", "--src-tls-verify=false", "docker://"+ref, "oci:"+layout+":v1"); err != nil {
+	d, err := p.disk.measure(func() error {
+		if err := run(ctx, p.skopeo, "copy", "--insecure-policy", "--src-tls-verify=false", "docker://"+ref, "oci:"+layout+":v1"); err != nil {
+			return err
+		}
+		return run(ctx, p.umoci, "unpack", "--image", layout+":v1", bundle)
+	})
+	if err != nil {
 		return 0, err
 	}
-	if err := run(ctx, p.umoci, "unpack", "--image", layout+":v1", bundle); err != nil {
-		return 0, err
-	}
-	return time.Since(start), nil
+	return d, nil
 }
 
 func (p *skopeoPuller) cold(ctx context.Context, ref string) (time.Duration, error) {
