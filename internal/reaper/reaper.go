@@ -9,9 +9,10 @@
 // Exits are noticed through a pidfd of each subscribed process, on Go's
 // poller, and by a sweep every few seconds for the rest (orphans nobody
 // waits for). Only where the kernel's pidfds cannot be polled (before
-// Linux 5.3) does it take SIGCHLD: os/signal costs a process three
-// threads (its signal-mask thread, the runtime's template thread and its
-// receiver), and one berth-shim runs per pod.
+// Linux 5.3) does it take SIGCHLD: os/signal cost berth-shim three of
+// its threads (the template thread that its signal-mask goroutine's
+// LockOSThread starts, and two that take over the P from that goroutine's
+// thread), and one shim runs per pod.
 package reaper
 
 import (
