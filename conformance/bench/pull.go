@@ -298,16 +298,12 @@ func (p *skopeoPuller) written() int64 { return p.disk.last }
 func (p *skopeoPuller) pull(ctx context.Context, ref, layout string) (time.Duration, error) {
 	bundle := filepath.Join(p.scratch.TempDir(), "bundle")
 	defer os.RemoveAll(filepath.Dir(bundle))
-	d, err := p.disk.measure(func() error {
+	return p.disk.measure(func() error {
 		if err := run(ctx, p.skopeo, "copy", "--insecure-policy", "--src-tls-verify=false", "docker://"+ref, "oci:"+layout+":v1"); err != nil {
 			return err
 		}
 		return run(ctx, p.umoci, "unpack", "--image", layout+":v1", bundle)
 	})
-	if err != nil {
-		return 0, err
-	}
-	return d, nil
 }
 
 func (p *skopeoPuller) cold(ctx context.Context, ref string) (time.Duration, error) {

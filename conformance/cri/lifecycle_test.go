@@ -79,16 +79,10 @@ func TestSignalsNotIgnoredInContainers(t *testing.T) {
 		{"the container's init", "/proc/1/status"},
 		{"an exec'd process", "/proc/self/status"},
 	} {
-		out := d.mustExec(t, id, "cat", c.path)
-		var ignored uint64
-		for _, line := range strings.Split(out, "\n") {
-			if v, ok := strings.CutPrefix(line, "SigIgn:"); ok {
-				n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-				if err != nil {
-					t.Fatalf("%s: SigIgn %q: %v", c.who, v, err)
-				}
-				ignored = n
-			}
+		v := parseStatus(d.mustExec(t, id, "cat", c.path))["SigIgn"]
+		ignored, err := strconv.ParseUint(v, 16, 64)
+		if err != nil {
+			t.Fatalf("%s: SigIgn %q: %v", c.who, v, err)
 		}
 		for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGPIPE} {
 			if ignored&(1<<(sig-1)) != 0 {
