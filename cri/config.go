@@ -14,6 +14,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/berth-runtime/berth/cgroups"
+	"github.com/berth-runtime/berth/image"
 )
 
 // Config is berthd's configuration: /etc/berth/berth.toml, every key
@@ -53,7 +54,8 @@ type Config struct {
 	CNITimeout Duration `toml:"cni_timeout"`
 
 	// Image pulls: registries.conf, its drop-in directory, auth.json and
-	// the signature policy.
+	// the signature policy. A registries.conf or policy missing at its
+	// default path means the defaults; one named elsewhere must exist.
 	RegistriesConf    string `toml:"registries_conf"`
 	RegistriesConfDir string `toml:"registries_conf_dir"`
 	AuthFile          string `toml:"auth_file"`
@@ -112,9 +114,9 @@ func DefaultConfig() Config {
 		CNIBinDirs:           []string{"/opt/cni/bin", "/usr/lib/cni"},
 		CNIConfTemplate:      "/etc/berth/cni-bridge.conflist.template",
 		CNITimeout:           Duration{time.Minute},
-		RegistriesConf:       "/etc/containers/registries.conf",
-		RegistriesConfDir:    "/etc/containers/registries.conf.d",
-		PolicyFile:           "/etc/containers/policy.json",
+		RegistriesConf:       image.DefaultRegistriesConf,
+		RegistriesConfDir:    image.DefaultRegistriesConfDir,
+		PolicyFile:           image.DefaultPolicyFile,
 		PullProgressInterval: Duration{5 * time.Second},
 		LogLevel:             "info",
 		LogFormat:            "text",
@@ -172,9 +174,11 @@ func (c *Config) Validate() error {
 			c.CgroupParent = "berth.slice"
 		}
 	}
-	if err := validateCgroupParent(c.CgroupParent, cgroups.Driver(c.CgroupDriver)); err != nil {
+	parent, err := cgroups.Driver(c.CgroupDriver).PodParent(c.CgroupParent)
+	if err != nil {
 		return fmt.Errorf("cgroup_parent: %w", err)
 	}
+	c.CgroupParent = parent
 	for name, p := range map[string]string{"root": c.Root, "state": c.State, "socket": c.Socket} {
 		if !filepath.IsAbs(p) {
 			return fmt.Errorf("%s %q must be an absolute path", name, p)
@@ -186,7 +190,6 @@ func (c *Config) Validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return fmt.Errorf("log_format %q: want text or json", c.LogFormat)
 	}
-	var err error
 	for _, b := range []struct {
 		field *string
 		name  string

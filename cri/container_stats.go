@@ -66,6 +66,7 @@ func (s *Server) containerStats(c *container) *runtimeapi.ContainerStats {
 	if c.State == containerRunning {
 		if cg, err := s.cgroupStats(c.ID); err == nil {
 			st.Cpu, st.Memory, st.Swap = s.usage(c.ID, cg, now)
+			st.Io = ioUsage(cg.IOPressure, now)
 		}
 	}
 	if b, i, err := s.writableUsage(c.ID); err == nil {

@@ -113,7 +113,7 @@ func (s *Server) recordExit(c *container, exit *shim.Exit, message string) error
 		c.StartedAt = c.FinishedAt
 	}
 	switch {
-	case s.oomKilled(c.ID):
+	case exit.OOMKilled || s.oomKilled(c.ID):
 		c.Reason = "OOMKilled"
 	case exit.Code == 0:
 		c.Reason = "Completed"
@@ -130,7 +130,10 @@ func (s *Server) recordExit(c *container, exit *shim.Exit, message string) error
 }
 
 // oomKilled reads the kernel's OOM kill count of the container's cgroup,
-// which stays until the container is deleted.
+// where it is still there: a shim older than the exit's OOMKilled, or a
+// container whose shim could not watch its cgroup. (Under the systemd
+// driver the cgroup is gone with the last process; the shim's watch is
+// what counts there.)
 func (s *Server) oomKilled(id string) bool {
 	rc, err := s.rt.Load(id)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/berth-runtime/berth/cgroups"
 	"github.com/berth-runtime/berth/network"
+	"github.com/berth-runtime/berth/runtime"
 )
 
 // Version names the runtime.
@@ -48,9 +49,13 @@ func (s *Server) Status(ctx context.Context, req *runtimeapi.StatusRequest) (*ru
 	if req.Verbose {
 		cfg := s.cfg
 		resp.Info = map[string]string{
-			"config":  jsonString(cfg),
-			"podCIDR": s.currentPodCIDR(),
-			"cgroups": cgroups.HostMode().String(),
+			"config":   jsonString(cfg),
+			"podCIDR":  s.currentPodCIDR(),
+			"cgroups":  cgroups.HostMode().String(),
+			"apparmor": "not enabled on this node",
+		}
+		if s.apparmor {
+			resp.Info["apparmor"] = "enabled; RuntimeDefault is " + runtime.DefaultAppArmorProfile
 		}
 	}
 	return resp, nil

@@ -35,7 +35,7 @@ func (s *Server) removeSandboxLocked(ctx context.Context, sb *sandbox) error {
 	s.deleteRuntimeContainer(sb.ID)
 	s.removePodDir(sb)
 	if parent := sb.CgroupParent; parent == s.defaultPodCgroupParent(sb.ID) {
-		if err := removePodCgroup(s.cfg.CgroupDriver, parent); err != nil {
+		if err := removePodCgroup(ctx, s.cfg.CgroupDriver, parent); err != nil {
 			return fmt.Errorf("remove pod cgroup %s: %w", parent, err)
 		}
 	}
@@ -61,11 +61,11 @@ func (s *Server) removeSandboxLocked(ctx context.Context, sb *sandbox) error {
 }
 
 // removePodCgroup removes the pod cgroup berth made when the kubelet gave
-// none (with the kubelet, the kubelet owns pod cgroups).
-func removePodCgroup(driver, parent string) error {
+// none (with the kubelet, the kubelet owns pod cgroups). Under systemd
+// that is a slice, which stays until it is stopped.
+func removePodCgroup(ctx context.Context, driver, parent string) error {
 	if cgroups.Driver(driver) == cgroups.Systemd {
-		// systemd removes an empty transient slice itself.
-		return nil
+		return cgroups.RemoveSlice(ctx, parent)
 	}
 	return cgroups.RemoveTree(parent)
 }

@@ -91,7 +91,10 @@ func (s *Server) runPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandbo
 	// failed create of it may have made it.
 	if sb.CgroupParent == s.defaultPodCgroupParent(sb.ID) {
 		u.add(func() {
-			if err := removePodCgroup(s.cfg.CgroupDriver, sb.CgroupParent); err != nil {
+			// An undo runs whether or not the caller is still there.
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+			defer cancel()
+			if err := removePodCgroup(ctx, s.cfg.CgroupDriver, sb.CgroupParent); err != nil {
 				log.Warn("undo pod cgroup", "error", err)
 			}
 		})
@@ -369,10 +372,14 @@ func (s *Server) networkPod(sb *sandbox, cfg *runtimeapi.PodSandboxConfig) netwo
 	return p
 }
 
-// podCgroupParent is the kubelet's pod cgroup, or one berth makes for
-// the pod under its configured parent.
+// podCgroupParent is the kubelet's pod cgroup (validated, in the form
+// the driver places cgroups by), or one berth makes for the pod under
+// its configured parent.
 func (s *Server) podCgroupParent(id string, cfg *runtimeapi.PodSandboxConfig) string {
 	if p := cfg.GetLinux().GetCgroupParent(); p != "" {
+		if parent, err := cgroups.Driver(s.cfg.CgroupDriver).PodParent(p); err == nil {
+			return parent
+		}
 		return p
 	}
 	return s.defaultPodCgroupParent(id)

@@ -81,6 +81,12 @@ func (s *Server) podStats(sb *sandbox) *runtimeapi.PodSandboxStats {
 	}
 	if sb.State == sandboxReady {
 		st.Linux.Cpu, st.Linux.Memory, _ = s.usage("pod:"+sb.ID, sum, now)
+		// Pressure is the pod cgroup's own: stalls do not add up.
+		if cpu, mem, io, err := cgroups.PodPressure(cgroups.Driver(s.cfg.CgroupDriver), sb.CgroupParent); err == nil {
+			st.Linux.Cpu.Psi, st.Linux.Memory.Psi, st.Linux.Io = psi(cpu), psi(mem), ioUsage(io, now)
+		} else {
+			s.log.Debug("pod pressure", "pod", sb.ID, "error", err)
+		}
 		st.Linux.Process = &runtimeapi.ProcessUsage{Timestamp: now.UnixNano(), ProcessCount: &runtimeapi.UInt64Value{Value: sum.Processes}}
 		if sb.PausePid > 0 && sb.NetNS != "" {
 			st.Linux.Network = netUsage(sb.PausePid, now)

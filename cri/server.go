@@ -66,6 +66,8 @@ type Server struct {
 
 	// rroSupported: the kernel can make mounts recursively read-only.
 	rroSupported bool
+	// apparmor: the kernel enforces AppArmor profiles.
+	apparmor bool
 
 	mu      sync.Mutex
 	podCIDR string
@@ -120,6 +122,7 @@ func New(cfg Config, log *slog.Logger, version string) (*Server, error) {
 		images: images, rt: rt, store: st, locks: newIDLocks(),
 		shims: newShimManager(&cfg, log), net: netm, events: newEventHub(),
 		metric: newMetrics(), stats: newStatsCache(), rroSupported: recursiveReadOnlySupported(),
+		apparmor: runtime.AppArmorEnabled(),
 	}
 	s.shims.onEvent = s.handleShimEvent
 	s.shims.onConnect = s.handleShimConnect
@@ -183,6 +186,14 @@ func (s *Server) Serve(ctx context.Context, extra ...func(*grpc.Server)) error {
 	errc := make(chan error, 1)
 	go func() { errc <- gs.Serve(ln) }()
 	s.log.Info("serving the CRI", "socket", s.cfg.Socket, "version", s.version, "streaming", streamLn.Addr().String())
+	// What a fresh node lacks, in one line each (the image store says
+	// so of registries.conf and policy.json).
+	if err := s.net.Status(); err != nil {
+		s.log.Info("pods get loopback only until a CNI network is configured", "reason", err)
+	}
+	if s.apparmor {
+		s.log.Info("AppArmor is enabled: containers without a profile of their own run under " + runtime.DefaultAppArmorProfile)
+	}
 	// Recovery ran in New, the socket listens: a caller that connects now
 	// is answered.
 	for _, f := range s.onReady {

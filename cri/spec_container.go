@@ -123,8 +123,8 @@ func containerProcess(in specInput) (*specs.Process, *resolvedUser, error) {
 }
 
 // containerSecurity applies the security context: capabilities, masked
-// and read-only paths, and either the privileged set-up or a seccomp
-// profile.
+// and read-only paths, the AppArmor profile, and either the privileged
+// set-up or a seccomp profile.
 func (s *Server) containerSecurity(spec *specs.Spec, in specInput) error {
 	sc := in.cfg.GetLinux().GetSecurityContext()
 	caps, err := s.capabilities(sc)
@@ -133,6 +133,9 @@ func (s *Server) containerSecurity(spec *specs.Spec, in specInput) error {
 	}
 	spec.Process.Capabilities = caps
 	spec.Linux.MaskedPaths, spec.Linux.ReadonlyPaths = maskedPaths(sc, podUsesUserns(in.sb.config))
+	if spec.Process.ApparmorProfile, err = s.apparmorProfile(sc); err != nil {
+		return err
+	}
 	if sc.GetPrivileged() {
 		return makePrivileged(spec)
 	}

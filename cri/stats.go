@@ -113,6 +113,7 @@ func (s *Server) usage(key string, cg cgroups.Stats, at time.Time) (*runtimeapi.
 	cpu := &runtimeapi.CpuUsage{
 		Timestamp: ts, UsageCoreNanoSeconds: &runtimeapi.UInt64Value{Value: cg.CPUNanos},
 		UsageNanoCores: s.stats.nanoCores(key, cg.CPUNanos, at),
+		Psi:            psi(cg.CPUPressure),
 	}
 	ws := cg.MemoryUsage - min(cg.MemoryUsage, cg.InactiveFile)
 	mem := &runtimeapi.MemoryUsage{
@@ -120,6 +121,7 @@ func (s *Server) usage(key string, cg cgroups.Stats, at time.Time) (*runtimeapi.
 		RssBytes:        &runtimeapi.UInt64Value{Value: cg.RSS},
 		PageFaults:      &runtimeapi.UInt64Value{Value: cg.PageFaults},
 		MajorPageFaults: &runtimeapi.UInt64Value{Value: cg.MajorPageFaults},
+		Psi:             psi(cg.MemoryPressure),
 	}
 	if limit := cg.MemoryLimit; limit > 0 && limit < 1<<62 {
 		mem.AvailableBytes = &runtimeapi.UInt64Value{Value: limit - min(limit, ws)}
@@ -132,4 +134,25 @@ func (s *Server) usage(key string, cg cgroups.Stats, at time.Time) (*runtimeapi.
 		}
 	}
 	return cpu, mem, swap
+}
+
+// ioUsage is the CRI's io figure: pressure alone, where the kernel keeps
+// it (cgroup v2); nil otherwise, as containerd reports.
+func ioUsage(p *cgroups.Pressure, at time.Time) *runtimeapi.IoUsage {
+	if p == nil {
+		return nil
+	}
+	return &runtimeapi.IoUsage{Timestamp: at.UnixNano(), Psi: psi(p)}
+}
+
+// psi converts pressure stall information; the CRI counts the total
+// stalled time in nanoseconds.
+func psi(p *cgroups.Pressure) *runtimeapi.PsiStats {
+	if p == nil {
+		return nil
+	}
+	conv := func(f cgroups.PressureFigures) *runtimeapi.PsiData {
+		return &runtimeapi.PsiData{Total: uint64(f.Total.Nanoseconds()), Avg10: f.Avg10, Avg60: f.Avg60, Avg300: f.Avg300}
+	}
+	return &runtimeapi.PsiStats{Some: conv(p.Some), Full: conv(p.Full)}
 }

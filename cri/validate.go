@@ -126,7 +126,7 @@ func validateDNS(d *runtimeapi.DNSConfig) error {
 }
 
 // validateCgroupParent checks the form of a pod's cgroup parent for the
-// driver: an absolute path for cgroupfs, a slice name for systemd.
+// driver (cgroups.Driver.PodParent).
 func validateCgroupParent(p string, driver cgroups.Driver) error {
 	if p == "" {
 		return nil
@@ -134,14 +134,8 @@ func validateCgroupParent(p string, driver cgroups.Driver) error {
 	if err := checkText("linux.cgroup_parent", p, 4096); err != nil {
 		return err
 	}
-	if driver == cgroups.Systemd {
-		if !strings.HasSuffix(p, ".slice") || strings.Contains(p, "/") {
-			return invalidf("linux.cgroup_parent %q: the systemd cgroup driver wants a slice name such as kubepods-besteffort-pod1234.slice", p)
-		}
-		return nil
-	}
-	if !filepath.IsAbs(p) || filepath.Clean(p) != p || strings.Contains(p, "..") {
-		return invalidf("linux.cgroup_parent %q: the cgroupfs driver wants a clean absolute path such as /kubepods/besteffort/pod1234", p)
+	if _, err := driver.PodParent(p); err != nil {
+		return invalidf("linux.cgroup_parent: %v", err)
 	}
 	return nil
 }
@@ -257,6 +251,34 @@ func validateProfile(field string, p *runtimeapi.SecurityProfile, deprecatedPath
 		}
 	default:
 		return invalidf("%s_profile_path %q: want runtime/default, unconfined or localhost/<path>", field, deprecatedPath)
+	}
+	return nil
+}
+
+// validateAppArmor checks the form of an AppArmor choice; whether the
+// node has the profile is apparmorProfile's question.
+func validateAppArmor(p *runtimeapi.SecurityProfile, deprecated string) error {
+	const field = "linux.security_context.apparmor"
+	if p == nil {
+		switch {
+		case deprecated == "", deprecated == "unconfined", deprecated == "runtime/default":
+		case strings.HasPrefix(deprecated, "localhost/") && len(deprecated) > len("localhost/"):
+		default:
+			return invalidf("%s_profile %q: want runtime/default, unconfined or localhost/<profile>", field, deprecated)
+		}
+		return nil
+	}
+	switch p.ProfileType {
+	case runtimeapi.SecurityProfile_RuntimeDefault, runtimeapi.SecurityProfile_Unconfined:
+		if p.LocalhostRef != "" {
+			return invalidf("%s: localhost_ref is for Localhost profiles only", field)
+		}
+	case runtimeapi.SecurityProfile_Localhost:
+		if strings.TrimPrefix(p.LocalhostRef, "localhost/") == "" {
+			return invalidf("%s: a Localhost profile needs localhost_ref, the name of a loaded profile", field)
+		}
+	default:
+		return invalidf("%s: unknown profile type %d", field, p.ProfileType)
 	}
 	return nil
 }
@@ -446,6 +468,9 @@ func validateContainerSecurity(cfg *runtimeapi.ContainerConfig, sandboxCfg *runt
 		}
 	}
 	if err := validateProfile("linux.security_context.seccomp", sc.GetSeccomp(), sc.GetSeccompProfilePath()); err != nil {
+		return err
+	}
+	if err := validateAppArmor(sc.GetApparmor(), sc.GetApparmorProfile()); err != nil {
 		return err
 	}
 	if err := validateNamespaceOptions("linux.security_context.namespace_options", sc.GetNamespaceOptions(), true); err != nil {

@@ -73,7 +73,7 @@ func (e *env) open() {
 func localStore(t *testing.T) *image.Store {
 	t.Helper()
 	testutil.RequireRoot(t)
-	s, err := image.Open(image.Options{Root: t.TempDir(), RegistriesConfDir: t.TempDir(), RegistriesConf: filepath.Join(t.TempDir(), "none.conf"),
+	s, err := image.Open(image.Options{Root: t.TempDir(), RegistriesConfDir: t.TempDir(), RegistriesConf: testutil.RegistriesConf(t, ""),
 		PolicyFile: writePolicy(t, `{"default":[{"type":"insecureAcceptAnything"}]}`)})
 	must(t, err)
 	t.Cleanup(func() { s.Close() })

@@ -615,3 +615,50 @@ func TestCancelledSharedPull(t *testing.T) {
 		t.Errorf("the caller that left got %d progress calls after it returned", n)
 	}
 }
+
+// A node without containers-common has no registries.conf and no
+// policy.json at their default paths: pulls use the defaults (and a
+// drop-in still applies). A file the operator named elsewhere and that
+// is missing stays an error.
+func TestMissingDefaultConfigFiles(t *testing.T) {
+	dir := t.TempDir()
+	defaultConf, defaultPolicy := filepath.Join(dir, "registries.conf"), filepath.Join(dir, "policy.json")
+	t.Cleanup(image.SetDefaultConfigPaths(defaultConf, defaultPolicy))
+
+	e := newEnv(t, testutil.RegistryOptions{})
+	ref := e.push("fresh:v1", simpleImage(testutil.File{Path: "f", Content: "f"}))
+	dropIns := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dropIns, "50-test.conf"), []byte("[[registry]]\nlocation = \""+e.reg.Addr+"\"\ninsecure = true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.reopen(func(o *image.Options) {
+		o.RegistriesConf, o.PolicyFile, o.RegistriesConfDir = defaultConf, defaultPolicy, dropIns
+	})
+	if img := e.pull(ref); !slices.Contains(img.Names, ref) {
+		t.Fatalf("pulled %v", img.Names)
+	}
+
+	// A registries.conf put at the default path later is read by the
+	// next pull: here, one whose search registry resolves a short name.
+	if err := os.WriteFile(defaultConf, []byte("unqualified-search-registries = [\""+e.reg.Addr+"\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if img := e.pull("fresh:v1"); !slices.Contains(img.Names, ref) {
+		t.Fatalf("short name through the registries.conf written later: %v", img.Names)
+	}
+
+	for name, edit := range map[string]func(*image.Options){
+		"registries.conf": func(o *image.Options) { o.RegistriesConf = filepath.Join(dir, "named.conf") },
+		"policy":          func(o *image.Options) { o.PolicyFile = filepath.Join(dir, "named.json") },
+	} {
+		opts := e.opts
+		opts.Root = t.TempDir()
+		edit(&opts)
+		if s, err := image.Open(opts); err == nil || !errors.Is(err, os.ErrNotExist) {
+			if s != nil {
+				s.Close()
+			}
+			t.Errorf("missing %s named explicitly: %v, want a not-exist error", name, err)
+		}
+	}
+}

@@ -26,7 +26,9 @@ type Options struct {
 	// Root is the store's directory; default /var/lib/berth.
 	Root string
 	// RegistriesConf is the registries.conf path; default
-	// /etc/containers/registries.conf.
+	// DefaultRegistriesConf. A missing file at the default path means
+	// containers/image's defaults (a fresh node has none unless
+	// containers-common is installed); any other path must exist.
 	RegistriesConf string
 	// RegistriesConfDir is the registries.conf.d drop-in directory;
 	// default /etc/containers/registries.conf.d.
@@ -35,8 +37,9 @@ type Options struct {
 	// (${XDG_RUNTIME_DIR}/containers/auth.json, ...).
 	AuthFile string
 	// PolicyFile is the signature policy path; default
-	// /etc/containers/policy.json. Where no policy file exists, every
-	// image is accepted (and a warning says so once).
+	// DefaultPolicyFile. Where no file exists at the default path, every
+	// image is accepted (and a line says so once); any other path must
+	// exist.
 	PolicyFile string
 	// ShortNameAliases is the short-name alias cache; default
 	// containers/image's.
@@ -57,6 +60,18 @@ type Options struct {
 
 // DefaultRoot is where the store lives unless Options.Root says otherwise.
 const DefaultRoot = "/var/lib/berth"
+
+// The configuration files of containers/image at their usual places,
+// which a node without containers-common lacks.
+const (
+	DefaultRegistriesConf    = "/etc/containers/registries.conf"
+	DefaultRegistriesConfDir = "/etc/containers/registries.conf.d"
+	DefaultPolicyFile        = "/etc/containers/policy.json"
+)
+
+// The paths whose absence means the defaults; variables for the tests,
+// as this host's may exist.
+var defaultRegistriesConf, defaultPolicyFile = DefaultRegistriesConf, DefaultPolicyFile
 
 // Store holds images, their layers, and containers' root filesystems. It
 // is safe for concurrent use; one process at a time may open a root
@@ -92,13 +107,16 @@ func Open(opts Options) (*Store, error) {
 		opts.Logger = slog.Default()
 	}
 	if opts.RegistriesConf == "" {
-		opts.RegistriesConf = "/etc/containers/registries.conf"
+		opts.RegistriesConf = DefaultRegistriesConf
 	}
 	if opts.RegistriesConfDir == "" {
-		opts.RegistriesConfDir = "/etc/containers/registries.conf.d"
+		opts.RegistriesConfDir = DefaultRegistriesConfDir
 	}
 	if opts.PolicyFile == "" {
-		opts.PolicyFile = "/etc/containers/policy.json"
+		opts.PolicyFile = DefaultPolicyFile
+	}
+	if err := checkConfigFiles(opts); err != nil {
+		return nil, err
 	}
 	root, err := filepath.Abs(opts.Root)
 	if err != nil {
@@ -294,7 +312,7 @@ func (s *Store) gcBlobs(tx *bolt.Tx) error {
 func (s *Store) systemContext(auth *types.DockerAuthConfig) *types.SystemContext {
 	mode := types.ShortNameModePermissive
 	sys := &types.SystemContext{
-		SystemRegistriesConfPath:    s.opts.RegistriesConf,
+		SystemRegistriesConfPath:    s.registriesConf(),
 		SystemRegistriesConfDirPath: s.opts.RegistriesConfDir,
 		AuthFilePath:                s.opts.AuthFile,
 		SignaturePolicyPath:         s.opts.PolicyFile,
@@ -316,11 +334,45 @@ func (s *Store) systemContext(auth *types.DockerAuthConfig) *types.SystemContext
 	return sys
 }
 
-// policyContext evaluates policy.json; without one, everything is allowed.
+// checkConfigFiles refuses a registries.conf or signature policy that the
+// operator named and that does not exist, and says in one line each what
+// a missing file at the default path means.
+func checkConfigFiles(opts Options) error {
+	for _, f := range []struct{ path, def, without string }{
+		{opts.RegistriesConf, defaultRegistriesConf, "containers/image's defaults: short names from docker.io, no mirrors, no blocked registries"},
+		{opts.PolicyFile, defaultPolicyFile, "every image is accepted (no signature policy)"},
+	} {
+		_, err := os.Stat(f.path)
+		switch {
+		case err == nil:
+		case errors.Is(err, os.ErrNotExist) && f.path == f.def:
+			opts.Logger.Info("no "+filepath.Base(f.path)+": "+f.without, "path", f.path)
+		default:
+			return fmt.Errorf("image store: %w", err)
+		}
+	}
+	return nil
+}
+
+// registriesConf is the registries.conf for a pull. A missing file at the
+// default path reads as an empty one: containers/image refuses a missing
+// file it was given by name, and without a name it would prefer a
+// registries.conf in $HOME, which a daemon should not. Checked at each
+// pull, so that a file put there later is used.
+func (s *Store) registriesConf() string {
+	if s.opts.RegistriesConf == defaultRegistriesConf {
+		if _, err := os.Stat(s.opts.RegistriesConf); errors.Is(err, os.ErrNotExist) {
+			return os.DevNull
+		}
+	}
+	return s.opts.RegistriesConf
+}
+
+// policyContext evaluates policy.json; without one at the default path,
+// everything is allowed.
 func (s *Store) policyContext() (*signature.PolicyContext, error) {
 	s.policyOnce.Do(func() {
-		if _, err := os.Stat(s.opts.PolicyFile); errors.Is(err, os.ErrNotExist) {
-			s.log.Warn("no signature policy file: accepting every image", "path", s.opts.PolicyFile)
+		if _, err := os.Stat(s.opts.PolicyFile); errors.Is(err, os.ErrNotExist) && s.opts.PolicyFile == defaultPolicyFile {
 			s.policy = &signature.Policy{Default: signature.PolicyRequirements{signature.NewPRInsecureAcceptAnything()}}
 			return
 		}

@@ -107,6 +107,11 @@ func followLog(path string, tail int, follow bool, w *logWriter, running func() 
 		for _, l := range lines {
 			w.line(l)
 		}
+		// Without follow, the last lines are all: reading on would add
+		// whatever the container wrote meanwhile.
+		if !follow {
+			return nil
+		}
 	}
 	r := bufio.NewReader(f)
 	var pending []byte

@@ -97,6 +97,9 @@ type Exit struct {
 	At   time.Time `json:"at"`
 	// Signal is the signal that killed it, or 0.
 	Signal int `json:"signal,omitempty"`
+	// OOMKilled: the kernel's OOM killer killed a process of the
+	// container's cgroup while the container ran (containers only).
+	OOMKilled bool `json:"oomKilled,omitempty"`
 }
 
 // ProcessStatus is one process the shim watches.

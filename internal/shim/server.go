@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/berth-runtime/berth/cgroups/oomwatch"
 	"github.com/berth-runtime/berth/internal/crilog"
 	"github.com/berth-runtime/berth/internal/reaper"
 	"github.com/berth-runtime/berth/internal/unixsock"
@@ -44,6 +45,7 @@ type Server struct {
 	log    *slog.Logger
 	reaper *reaper.Reaper
 	ln     *unixsock.Listener
+	oom    oomwatch.Watcher
 
 	mu         sync.Mutex
 	containers map[string]*proc
@@ -61,6 +63,8 @@ type proc struct {
 	// pidfd is the process's descriptor until it exits (-1 before it
 	// runs, after, or where the kernel has none): kill signals through it.
 	pidfd int
+	// oom counts OOM kills in a container's cgroup while it runs.
+	oom *oomwatch.Watch
 
 	// Container stdio, kept for logs and attach.
 	stdin     *os.File
@@ -410,8 +414,14 @@ func (s *Server) create(req Request) (*Response, error) {
 	// p is visible to state() and attach() since it was reserved: what
 	// they read is written under the lock.
 	pidfd := openPidfd(pid)
+	// Watched from now: once the container has exited, its cgroup may
+	// be gone (systemd removes an empty scope) before anyone reads it.
+	oom, err := s.oom.Watch(pid)
+	if err != nil {
+		s.log.Warn("no OOM watch: an OOM kill of this container will be reported as an error", "container", req.ID, "error", err)
+	}
 	s.mu.Lock()
-	p.status.Pid, p.status.Since, p.stdin, p.console, p.pidfd = pid, time.Now(), io.stdin, console, pidfd
+	p.status.Pid, p.status.Since, p.stdin, p.console, p.pidfd, p.oom = pid, time.Now(), io.stdin, console, pidfd, oom
 	s.mu.Unlock()
 	exitCh := s.reaper.Subscribe(pid)
 	s.copyOutput(p, io, console)
@@ -485,6 +495,15 @@ const drainTimeout = 2 * time.Second
 
 func (s *Server) monitor(p *proc, exitCh <-chan reaper.Exit) {
 	e := <-exitCh
+	// The OOM count first, before the output drains: under the systemd
+	// driver the scope goes as soon as systemd sees it empty, and its
+	// kill notification may still be held back by the kernel's rate
+	// limit then.
+	oomKilled := false
+	if p.oom != nil {
+		oomKilled = p.oom.Kills() > 0
+		p.oom.Close()
+	}
 	drained := make(chan struct{})
 	go func() { p.ioDone.Wait(); close(drained) }()
 	select {
@@ -492,7 +511,7 @@ func (s *Server) monitor(p *proc, exitCh <-chan reaper.Exit) {
 	case <-time.After(drainTimeout):
 	}
 	s.mu.Lock()
-	p.status.Exit = &Exit{Code: e.Status, At: e.Time, Signal: int(e.Signal)}
+	p.status.Exit = &Exit{Code: e.Status, At: e.Time, Signal: int(e.Signal), OOMKilled: oomKilled}
 	if p.stdin != nil {
 		p.stdin.Close()
 		p.stdin = nil
