@@ -11,6 +11,7 @@
 #   make run-oci   build, then run a container from a busybox bundle with berth
 #   make cluster   a Kubernetes cluster on berth (NODES=2 for two nodes);
 #                  make cluster-down removes it
+#   make test-vm   every suite in a VM with cgroup v2, systemd and AppArmor
 
 GO        ?= go
 CC        ?= gcc
@@ -44,7 +45,7 @@ E2E_PKGS  := $(if $(SUITE),./conformance/$(SUITE)/,./conformance/...)
 
 BINARIES  := berth berth-shim pause berthd berthctl
 
-.PHONY: docs release deb all build deps test-deps cni-plugins kubelet kubernetes mkimage upstream-bins e2e-upstream e2e-upstream-node containerd cluster cluster-down gotestsum unit e2e race-bin e2e-race test test-quick lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
+.PHONY: vm-image vm-stage test-vm test-vm-quick docs release deb all build deps test-deps cni-plugins kubelet kubernetes mkimage upstream-bins e2e-upstream e2e-upstream-node containerd cluster cluster-down gotestsum unit e2e race-bin e2e-race test test-quick lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
 
 all: build
 
@@ -192,6 +193,48 @@ e2e: build cni-plugins kubernetes mkimage gotestsum
 	BERTH_BIN_DIR=$(CURDIR)/$(BINDIR) BERTH_RUNTIME_TOOLS=$(RUNTIME_TOOLS) BERTH_CNI_BIN=$(CNI_BIN) BERTH_KUBELET=$(KUBELET_DIR)/kubelet BERTH_K8S_DIR=$(K8S_DIR) BERTH_MKIMAGE=$(CURDIR)/.cache/mkimage $(GOTESTSUM) $(TESTFORMAT) --jsonfile $(CURDIR)/.cache/e2e.json -- $(GO_FLAGS) -count=1 -p 1 -timeout $(TEST_TIMEOUT) $(TESTRUN) $(E2E_PKGS)
 	@echo "the slowest end-to-end tests (gotestsum tool slowest):"; $(GOTESTSUM) tool slowest --jsonfile $(CURDIR)/.cache/e2e.json --threshold 20s | head -25
 
+# The VM tier: the node users run (cgroup v2, systemd as PID 1, AppArmor),
+# which this machine kind is not. hack/vm/image.sh makes a Debian image
+# from Debian's packages (mmdebstrap, cached in VM_DIR/image); hack/vm/
+# run.sh boots it under qemu (KVM where a stock kernel boots under it,
+# else software emulation) and runs hack/vm/plan.VM_PLAN inside: the test
+# binaries built here (go test -c) and the builds they drive, shared over
+# virtio-9p with the checkout; results come back as test2json streams,
+# shown here through gotestsum like every other suite. make test runs
+# plan.quick, make test-vm plan.full.
+VM_DIR   := $(CURDIR)/.cache/vm
+VM_STAGE := $(VM_DIR)/stage
+VM_OUT   ?= $(VM_DIR)/out
+VM_PLAN  ?= full
+VM_PKGS  := ./cgroups ./cgroups/oomwatch ./runtime ./internal/shim ./conformance/oci ./conformance/cri ./conformance/kubelet
+
+vm-image:
+	@hack/install-deps.sh vm
+	hack/vm/image.sh $(VM_DIR)/image
+
+# What the guest copies onto its own disk: the binaries, the test
+# binaries and what they drive.
+vm-stage: build cni-plugins kubelet mkimage gotestsum
+	hack/runtime-tools/build.sh $(RUNTIME_TOOLS)
+	@rm -rf $(VM_STAGE) && mkdir -p $(VM_STAGE)/tests $(VM_STAGE)/kubernetes
+	$(GO) test -c $(GO_FLAGS) -o $(VM_STAGE)/tests/ $(VM_PKGS)
+	cp -a $(BINDIR) $(VM_STAGE)/bin
+	cp -a $(CNI_BIN) $(VM_STAGE)/cni-bin
+	cp -a $(RUNTIME_TOOLS) $(VM_STAGE)/runtime-tools
+	cp -a $(KUBELET_DIR)/kubelet $(VM_STAGE)/kubernetes/
+	cp -a $(CURDIR)/.cache/mkimage $(VM_STAGE)/mkimage
+	$(GO) build -o $(VM_STAGE)/test2json cmd/test2json
+
+test-vm: vm-image vm-stage
+	@rc=0; VM_OUT=$(VM_OUT) hack/vm/run.sh $(VM_PLAN) || rc=$$?; \
+	if ls $(VM_OUT)/*.json >/dev/null 2>&1; then \
+		$(GOTESTSUM) $(TESTFORMAT) --raw-command -- cat $(VM_OUT)/*.json || rc=1; \
+	fi; exit $$rc
+
+# make test's share of the VM tier.
+test-vm-quick:
+	@$(MAKE) --no-print-directory test-vm VM_PLAN=quick
+
 # The edit-test loop, a few minutes: lint, the unit tests with -race, and
 # the OCI and CRI suites without their slow tests (testutil.Slow, skipped
 # by go test -short); one after the other, as some tests compare the
@@ -258,7 +301,7 @@ fuzz:
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz targets failed:$$failed"; exit 1; fi
 
-test: test-deps build lint unit fuzz-ci e2e e2e-race e2e-upstream-node
+test: test-deps build lint unit fuzz-ci e2e e2e-race test-vm-quick e2e-upstream-node
 
 # berthd renders the bridge template for the pod CIDR the kubelet gives;
 # until then, or without a kubelet, the default bridge network (10.88.0.0/16)

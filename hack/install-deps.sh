@@ -4,6 +4,7 @@
 #   hack/install-deps.sh build   what `make build` needs (C headers for cgo)
 #   hack/install-deps.sh test    + what the end-to-end tests drive
 #   hack/install-deps.sh bench   + the peers the benchmarks compare with
+#   hack/install-deps.sh vm      + what makes and boots the VM tier's image
 #
 # Everything comes from Debian's package registry; nothing is downloaded
 # from anywhere else. Safe to run again: a stage that is complete costs
@@ -16,14 +17,16 @@ build_pkgs=(libseccomp-dev pkg-config gcc libc6-dev make)
 test_pkgs=(busybox-static runc podman iproute2 iptables procps psmisc
 	docker-registry skopeo util-linux kmod curl debootstrap e2fsprogs)
 bench_pkgs=(crun umoci)
+vm_pkgs=(qemu-system-x86 qemu-utils mmdebstrap)
 
 pkgs=("${build_pkgs[@]}")
 case "$stage" in
 build) ;;
 test) pkgs+=("${test_pkgs[@]}") ;;
 bench) pkgs+=("${test_pkgs[@]}" "${bench_pkgs[@]}") ;;
+vm) pkgs+=("${test_pkgs[@]}" "${vm_pkgs[@]}") ;;
 *)
-	echo "usage: $0 build|test|bench" >&2
+	echo "usage: $0 build|test|bench|vm" >&2
 	exit 2
 	;;
 esac

@@ -327,7 +327,7 @@ func checkHostMatchesLists(t *testing.T, d *daemon, ipamDir string) {
 	if len(ips) > 0 {
 		t.Errorf("IP allocations of no ready pod: %v", ips)
 	}
-	for _, cg := range berthd.CgroupChildren(d.CgroupParent) {
+	for _, cg := range berthd.CgroupChildren(d.CgroupPath) {
 		if owner(cg) == "" {
 			t.Errorf("cgroup %s of no listed pod or container", cg)
 		}

@@ -107,10 +107,10 @@ func TestChurn(t *testing.T) {
 	if procs := berthd.ProcessesMentioning(d.State); len(procs) > 0 {
 		t.Errorf("shims left: %v", procs)
 	}
-	if pids, _ := cgroups.Pids(d.CgroupParent); len(pids) > 0 {
+	if pids, _ := cgroups.Pids(d.CgroupPath); len(pids) > 0 {
 		t.Errorf("processes left in the pods' cgroups: %v", pids)
 	}
-	if left := berthd.CgroupChildren(d.CgroupParent); len(left) > 0 {
+	if left := berthd.CgroupChildren(d.CgroupPath); len(left) > 0 {
 		t.Errorf("cgroups left: %v", left)
 	}
 	for _, dir := range []string{d.State, d.Dir} {

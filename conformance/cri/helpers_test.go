@@ -144,6 +144,9 @@ type daemonOptions struct {
 	env []string
 	// root is berthd's root, a directory the test mounted.
 	root string
+	// imageDefaults leaves registries.conf and policy.json to berthd's
+	// defaults.
+	imageDefaults bool
 }
 
 // startDaemon starts berthd; the test's clean-up removes every pod, stops
@@ -159,7 +162,7 @@ func startDaemon(t testing.TB, opts ...daemonOptions) *daemon {
 	}
 	return &daemon{t: t, Daemon: berthd.Start(t, berthd.Options{
 		Extra: o.extra, CNIConfDir: o.cniConfDir, CNIConfTemplate: o.cniConfTemplate, RegistriesConf: o.registriesConf,
-		RootSize: o.rootSize, Env: o.env, Root: o.root,
+		RootSize: o.rootSize, Env: o.env, Root: o.root, ImageDefaults: o.imageDefaults,
 	})}
 }
 

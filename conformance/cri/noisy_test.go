@@ -218,7 +218,7 @@ func checkCRILogLine(t *testing.T, path, msg string) {
 // podCgroupPath is the pids hierarchy's directory of a pod's cgroup.
 func podCgroupPath(t *testing.T, d *daemon, pod string) string {
 	t.Helper()
-	rel := filepath.Join(d.CgroupParent, "pod"+pod[:16])
+	rel := d.PodCgroupPath(pod)
 	for _, p := range []string{"/sys/fs/cgroup/pids" + rel, "/sys/fs/cgroup" + rel} {
 		if _, err := os.Stat(filepath.Join(p, "pids.max")); err == nil {
 			return p

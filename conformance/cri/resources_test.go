@@ -1,7 +1,9 @@
 package cri_test
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -12,6 +14,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-runtime/berth/cgroups"
+	"github.com/berth-runtime/berth/internal/testutil"
 )
 
 // cgroupValue reads a cgroup file of the container from inside it: v1
@@ -29,7 +32,8 @@ func (d *daemon) cgroupValue(t *testing.T, id, v1, v2 string) string {
 func TestResources(t *testing.T) {
 	d := startDaemon(t)
 	podCfg := d.podConfig("resources")
-	podCfg.Linux.CgroupParent = d.CgroupParent + "/kubepods/burstable/pod" + podCfg.Metadata.Uid
+	var podCgroup string
+	podCfg.Linux.CgroupParent, podCgroup = d.KubeletPodParent("burstable", podCfg.Metadata.Uid)
 	pod := d.runPod(t, podCfg)
 
 	cfg := containerConfig("limited", "", "sleep", "3600")
@@ -59,8 +63,8 @@ func TestResources(t *testing.T) {
 		t.Errorf("oom_score_adj %s", got)
 	}
 	// The pod's cgroup is where the kubelet asked for it.
-	if !cgroups.Exists(podCfg.Linux.CgroupParent) {
-		t.Errorf("pod cgroup %s missing", podCfg.Linux.CgroupParent)
+	if !cgroups.Exists(podCgroup) {
+		t.Errorf("pod cgroup %s missing", podCgroup)
 	}
 
 	// A live update.
@@ -173,7 +177,7 @@ func TestResources(t *testing.T) {
 	if _, err := d.RT.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
 		t.Fatal(err)
 	}
-	if err := cgroups.RemoveTree(d.CgroupParent + "/kubepods"); err != nil {
+	if err := d.RemoveKubeletCgroups(); err != nil {
 		t.Errorf("remove the kubelet's cgroups: %v (a process left in them?)", err)
 	}
 }
@@ -240,4 +244,66 @@ func (d *daemon) waitLog(t *testing.T, podCfg *runtimeapi.PodSandboxConfig, name
 		}
 		return nil
 	})
+}
+
+// TestCgroupParentForms: a pod's cgroup parent in every form the kubelet,
+// CRI test clients and hand-written pod configs send for the driver, as
+// containerd and CRI-O take them; the pod's processes land in it. The
+// other driver's form is refused, saying what the driver wants.
+func TestCgroupParentForms(t *testing.T) {
+	d := startDaemon(t)
+	type form struct {
+		name, parent, path string
+		remove             func() error
+	}
+	var ok []form
+	var bad string
+	if d.Driver == cgroups.Systemd {
+		kubelet, kubeletPath := d.KubeletPodParent("besteffort", "forms-uid")
+		hand := testutil.SubSlice(fmt.Sprintf("hand%dx1", os.Getpid()))
+		bare := testutil.SubSlice(fmt.Sprintf("hand%dx2", os.Getpid()))
+		ok = []form{
+			{"the kubelet's expanded path", kubelet, kubeletPath, d.RemoveKubeletCgroups},
+			{"a path to a slice", "/" + hand, testutil.SlicePath(hand), func() error { return testutil.StopSlice(hand) }},
+			{"a slice name", bare, testutil.SlicePath(bare), func() error { return testutil.StopSlice(bare) }},
+		}
+		bad = "/kubepods/besteffort/podx"
+	} else {
+		parent, path := d.KubeletPodParent("besteffort", "forms-uid")
+		ok = []form{{"the kubelet's path", parent, path, d.RemoveKubeletCgroups}}
+		bad = "kubepods-besteffort-podx.slice"
+	}
+	for i, f := range ok {
+		podCfg := d.podConfig(fmt.Sprintf("forms%d", i))
+		podCfg.Linux.CgroupParent = f.parent
+		pod := d.runPod(t, podCfg)
+		c := d.run(t, pod, podCfg, containerConfig("c", "", "sleep", "3600"))
+		got, err := testutil.ProcessCgroup(d.ContainerPid(t, c))
+		if err != nil || !strings.HasPrefix(got, f.path+"/") {
+			t.Errorf("%s %q: the container's cgroup is %q (%v), want one under %s", f.name, f.parent, got, err, f.path)
+		}
+		if d.Driver == cgroups.Systemd {
+			// A scope of systemd's, its subtree delegated to the
+			// container (runc's and the kubelet's expectation).
+			unit := filepath.Base(got)
+			out, err := exec.Command("systemctl", "show", "-p", "Delegate", "-p", "ActiveState", unit).CombinedOutput()
+			if err != nil || !strings.HasSuffix(unit, ".scope") || !strings.Contains(string(out), "Delegate=yes") || !strings.Contains(string(out), "ActiveState=active") {
+				t.Errorf("%s: the container's unit %s: %v %q, want an active scope with Delegate=yes", f.name, unit, err, out)
+			}
+		}
+		if _, err := d.RT.RemovePodSandbox(ctxT(t), &runtimeapi.RemovePodSandboxRequest{PodSandboxId: pod}); err != nil {
+			t.Fatal(err)
+		}
+		// The parent is the kubelet's or the person's to remove.
+		if err := f.remove(); err != nil {
+			t.Error(err)
+		}
+	}
+	podCfg := d.podConfig("forms-bad")
+	podCfg.Linux.CgroupParent = bad
+	_, err := d.RT.RunPodSandbox(ctxT(t), &runtimeapi.RunPodSandboxRequest{Config: podCfg})
+	wantCode(t, err, codes.InvalidArgument, fmt.Sprintf("cgroup parent %q with the %s driver", bad, d.Driver))
+	if err != nil && !strings.Contains(err.Error(), "driver wants") {
+		t.Errorf("error for %q: %v", bad, err)
+	}
 }

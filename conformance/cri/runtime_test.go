@@ -18,7 +18,9 @@ import (
 	utilversion "k8s.io/apimachinery/pkg/util/version"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/berth-runtime/berth/cgroups"
 	"github.com/berth-runtime/berth/conformance/internal/berthd"
+	"github.com/berth-runtime/berth/image"
 	"github.com/berth-runtime/berth/internal/testutil"
 )
 
@@ -76,8 +78,12 @@ func TestVersionStatusAndRuntimeConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rc.Linux.GetCgroupDriver() != runtimeapi.CgroupDriver_CGROUPFS {
-		t.Errorf("cgroup driver %v", rc.Linux.GetCgroupDriver())
+	want := runtimeapi.CgroupDriver_CGROUPFS
+	if d.Driver == cgroups.Systemd {
+		want = runtimeapi.CgroupDriver_SYSTEMD
+	}
+	if rc.Linux.GetCgroupDriver() != want {
+		t.Errorf("cgroup driver %v, want %v", rc.Linux.GetCgroupDriver(), want)
 	}
 
 	// A usable configuration appears: the network becomes ready without a
@@ -196,5 +202,38 @@ func TestSocketGroup(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "permission denied") || !strings.Contains(string(out), "run berthctl as root") ||
 		strings.Count(strings.TrimSpace(string(out)), "\n") > 0 {
 		t.Errorf("berthctl as a user outside the socket's group: %v: %q", err, out)
+	}
+}
+
+// TestFreshNodeDefaults: a node without containers-common has no
+// registries.conf and no policy.json, and a node before its network
+// plugin no CNI configuration: berthd starts, pulls with the defaults (a
+// drop-in still adds its registry), runs pods on loopback, and says in
+// one line each what it defaulted.
+func TestFreshNodeDefaults(t *testing.T) {
+	for _, f := range []string{image.DefaultRegistriesConf, image.DefaultPolicyFile} {
+		if _, err := os.Stat(f); err == nil {
+			t.Skipf("this host has %s (containers-common); the VM tier's image has neither", f)
+		}
+	}
+	d := startDaemon(t, daemonOptions{imageDefaults: true})
+	dropIns := filepath.Join(d.Dir, "registries.d")
+	if err := os.MkdirAll(dropIns, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	conf := fmt.Sprintf("[[registry]]\nlocation = %q\ninsecure = true\n", suite.reg.Addr)
+	if err := os.WriteFile(filepath.Join(dropIns, "50-test.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	podCfg := d.podConfig("fresh")
+	c := d.run(t, d.runPod(t, podCfg), podCfg, containerConfig("fresh", "", "echo", "pulled and ran"))
+	if st := d.waitExited(t, c, time.Minute); st.ExitCode != 0 {
+		t.Fatalf("exit %d", st.ExitCode)
+	}
+	log := string(readFile(d.LogFile))
+	for _, line := range []string{"no registries.conf: ", "no policy.json: ", "pods get loopback only until a CNI network is configured"} {
+		if n := strings.Count(log, line); n != 1 {
+			t.Errorf("berthd's log says %q %d times, want once", line, n)
+		}
 	}
 }

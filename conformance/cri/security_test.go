@@ -239,10 +239,15 @@ func TestPrivilegesAndConfinement(t *testing.T) {
 
 	t.Run("seccomp", func(t *testing.T) {
 		// As root, with the default capabilities, in the tools image.
+		// Without AppArmor, whose default profile denies some of the
+		// same calls first (TestAppArmor).
+		noAppArmor := &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Unconfined}
 		def := containerConfig("seccomp-default", suite.tools, "sleep 3600")
+		def.Linux.SecurityContext.Apparmor = noAppArmor
 		def.Linux.SecurityContext.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_RuntimeDefault}
 		def.Linux.SecurityContext.RunAsUser = &runtimeapi.Int64Value{Value: 0}
 		unconfined := containerConfig("seccomp-unconfined", suite.tools, "sleep 3600")
+		unconfined.Linux.SecurityContext.Apparmor = noAppArmor
 		unconfined.Linux.SecurityContext.Seccomp = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Unconfined}
 		unconfined.Linux.SecurityContext.RunAsUser = &runtimeapi.Int64Value{Value: 0}
 		profile := filepath.Join(d.Dir, "no-mkdir.json")
@@ -314,6 +319,9 @@ func TestPrivilegesAndConfinement(t *testing.T) {
 			t.Fatalf("no maskable paths on this host: files %v dirs %v", files, dirs)
 		}
 		cfg := containerConfig("masked", "", "sleep", "3600")
+		// Masking alone: AppArmor's default profile, where the node has
+		// it, denies /proc/kcore too (TestAppArmor).
+		cfg.Linux.SecurityContext.Apparmor = &runtimeapi.SecurityProfile{ProfileType: runtimeapi.SecurityProfile_Unconfined}
 		cfg.Linux.SecurityContext.MaskedPaths = append(slices.Clone(files), dirs...)
 		cfg.Linux.SecurityContext.ReadonlyPaths = []string{"/proc/sys"}
 		id := d.run(t, pod, podCfg, cfg)

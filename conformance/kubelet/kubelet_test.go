@@ -5,16 +5,21 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	ocg "github.com/opencontainers/cgroups"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/cgroups"
+	"github.com/berth-runtime/berth/internal/testutil"
 )
 
 // TestKubelet runs static pods on berth through the real kubelet and
@@ -95,6 +100,30 @@ func TestKubelet(t *testing.T) {
 		Containers: []corev1.Container{{
 			Name: "app", Image: img, ImagePullPolicy: corev1.PullIfNotPresent, VolumeMounts: data,
 			Command: sh("touch /data/written-as-root && exec sleep 3600"),
+		}},
+	}})
+
+	// Guaranteed: the kubelet puts a pod cgroup with the pod's limits
+	// under its kubepods, and asks berth for the container's.
+	guaranteed := corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("200m"), corev1.ResourceMemory: resource.MustParse("64Mi")}
+	n.addPod(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "limits"}, Spec: corev1.PodSpec{
+		TerminationGracePeriodSeconds: ptr(int64(1)),
+		Containers: []corev1.Container{{
+			Name: "app", Image: img, ImagePullPolicy: corev1.PullIfNotPresent, Command: sh("exec sleep 3600"),
+			Resources: corev1.ResourceRequirements{Requests: guaranteed, Limits: guaranteed},
+		}},
+	}})
+
+	// Burstable: under LimitedSwap, a share of the node's swap in
+	// proportion to its memory request.
+	n.addPod(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "burstable"}, Spec: corev1.PodSpec{
+		TerminationGracePeriodSeconds: ptr(int64(1)),
+		Containers: []corev1.Container{{
+			Name: "app", Image: img, ImagePullPolicy: corev1.PullIfNotPresent, Command: sh("exec sleep 3600"),
+			Resources: corev1.ResourceRequirements{
+				Requests: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("256Mi")},
+				Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("512Mi")},
+			},
 		}},
 	}})
 
@@ -184,6 +213,76 @@ func TestKubelet(t *testing.T) {
 			}
 			return nil
 		})
+	})
+
+	t.Run("cgroup-v2", func(t *testing.T) {
+		if cgroups.HostMode() != cgroups.Unified {
+			t.Skipf("needs cgroup v2 (this host: %s); make test-vm runs it", cgroups.HostMode())
+		}
+		// The kubelet, left to its defaults, took berthd's driver.
+		if data, _ := os.ReadFile(n.log); !strings.Contains(string(data), "Using cgroup driver setting received from the CRI runtime") {
+			t.Error("the kubelet did not take its cgroup driver from berthd (RuntimeConfig)")
+		}
+		p := n.pod("limits", 2*time.Minute, "running", func(p corev1.Pod) error {
+			if cs := containerStatus(p, "app"); cs == nil || cs.State.Running == nil {
+				return fmt.Errorf("not running")
+			}
+			return nil
+		})
+		id := criID(containerStatus(p, "app"))
+		pid := n.d.ContainerPid(t, id)
+		rel, err := testutil.ProcessCgroup(pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctr := filepath.Join("/sys/fs/cgroup", rel)
+		pod := filepath.Dir(ctr)
+		if !strings.Contains(filepath.Base(pod), "pod") {
+			t.Fatalf("the container's cgroup %s is not in a pod cgroup", rel)
+		}
+		// 200m is 204 shares, 20 ms of every 100.
+		want := map[string]string{
+			pod + "/cpu.max":          "20000 100000",
+			pod + "/memory.max":       "67108864",
+			ctr + "/cpu.max":          "20000 100000",
+			ctr + "/cpu.weight":       strconv.FormatUint(ocg.ConvertCPUSharesToCgroupV2Value(204), 10),
+			ctr + "/memory.max":       "67108864",
+			ctr + "/memory.oom.group": "1", // singleProcessOOMKill: false, the v2 default
+		}
+		if testutil.CgroupDriver() == cgroups.Systemd && !strings.HasSuffix(ctr, ".scope") {
+			t.Errorf("under the systemd driver the container's cgroup is %s, not a scope", ctr)
+		}
+		// LimitedSwap: none for a Guaranteed pod's container, a share
+		// for a Burstable one's where the node has swap.
+		want[ctr+"/memory.swap.max"] = "0"
+		for f, v := range want {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Error(err)
+				continue
+			}
+			if got := strings.TrimSpace(string(data)); got != v {
+				t.Errorf("%s: %q, want %q", f, got, v)
+			}
+		}
+		if swaps, _ := os.ReadFile("/proc/swaps"); len(strings.Split(strings.TrimSpace(string(swaps)), "\n")) < 2 {
+			t.Log("no swap on this host: the Burstable pod's share is not checked")
+			return
+		}
+		b := n.pod("burstable", 2*time.Minute, "running", func(p corev1.Pod) error {
+			if cs := containerStatus(p, "app"); cs == nil || cs.State.Running == nil {
+				return fmt.Errorf("not running")
+			}
+			return nil
+		})
+		rel, err = testutil.ProcessCgroup(n.d.ContainerPid(t, criID(containerStatus(b, "app"))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", rel, "memory.swap.max"))
+		if swap, perr := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64); err != nil || perr != nil || swap <= 0 {
+			t.Errorf("a Burstable container's memory.swap.max under LimitedSwap: %q %v, want a share of the swap", data, err)
+		}
 	})
 
 	t.Run("user-namespace", func(t *testing.T) {

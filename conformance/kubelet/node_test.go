@@ -61,13 +61,16 @@ func kubeletBin(t *testing.T) string {
 
 // node is a kubelet in standalone mode on a berthd of its own.
 type node struct {
-	t            *testing.T
-	bin          string
-	d            *berthd.Daemon
-	dir          string // the kubelet's root, config, manifests and logs
-	manifests    string
-	podLogs      string
+	t         *testing.T
+	bin       string
+	d         *berthd.Daemon
+	dir       string // the kubelet's root, config, manifests and logs
+	manifests string
+	podLogs   string
+	// cgroupRoot is the kubelet's cgroupRoot (a path), berthdParent the
+	// same in the driver's form (a path, or the slice).
 	cgroupRoot   string
+	berthdParent string
 	config       string
 	log          string
 	port         int // read-only port, on 127.0.0.1
@@ -98,14 +101,26 @@ func startNode(t *testing.T) *node {
 		}
 	}
 	// The kubelet makes its QoS cgroups under a root that must exist.
-	n.cgroupRoot = fmt.Sprintf("%s/kubelet-%d", testutil.CgroupParent, os.Getpid())
-	if err := cgroups.Create(n.cgroupRoot); err != nil {
-		t.Fatal(err)
+	systemd := testutil.CgroupDriver() == cgroups.Systemd
+	if systemd {
+		// The kubelet names its cgroupRoot by the slice's parts
+		// (/a/b for a-b.slice), and joins its own with dashes.
+		n.berthdParent = testutil.SubSlice(fmt.Sprintf("kubelet%d", os.Getpid()))
+		n.cgroupRoot = "/" + strings.ReplaceAll(strings.TrimSuffix(n.berthdParent, ".slice"), "-", "/")
+		if err := testutil.StartSlice(n.berthdParent); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		n.cgroupRoot = fmt.Sprintf("%s/kubelet-%d", testutil.CgroupParent, os.Getpid())
+		n.berthdParent = n.cgroupRoot
+		if err := cgroups.Create(n.cgroupRoot); err != nil {
+			t.Fatal(err)
+		}
 	}
 	bridge := fmt.Sprintf("bk%d", os.Getpid()%100000)
 	confDir, _ := berthd.BridgeNetwork(t, bridge, fmt.Sprintf("10.221.%d.0/24", os.Getpid()%250))
 	n.d = berthd.Start(t, berthd.Options{
-		CNIConfDir: confDir, RegistriesConf: suite.regConf, CgroupParent: n.cgroupRoot,
+		CNIConfDir: confDir, RegistriesConf: suite.regConf, CgroupParent: n.berthdParent,
 		Extra: fmt.Sprintf("cni_bin_dirs = [%q]", berthd.CNIBinDir(t)),
 	})
 	// The kubelet's chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY, ...) and
@@ -125,11 +140,17 @@ func startNode(t *testing.T) *node {
 	t.Cleanup(n.cleanup)
 	n.port, n.healthzPort = freePort(t), freePort(t)
 	n.config = filepath.Join(n.dir, "kubelet.yaml")
+	// On cgroup v1 the kubelet must be told to run and which driver to
+	// use; on v2 it is left to its defaults, as a node's would be: it
+	// takes the driver from berthd (RuntimeConfig). Swap (NodeSwap) is
+	// for v2 nodes only: Burstable pods get their share of it.
+	nodeSettings := "failCgroupV1: false\ncgroupDriver: cgroupfs\n"
+	if cgroups.HostMode() == cgroups.Unified {
+		nodeSettings = "memorySwap:\n  swapBehavior: LimitedSwap\n"
+	}
 	cfg := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
-failCgroupV1: false
-failSwapOn: false
-cgroupDriver: cgroupfs
+%sfailSwapOn: false
 cgroupRoot: %q
 cgroupsPerQOS: true
 containerRuntimeEndpoint: unix://%s
@@ -161,7 +182,7 @@ evictionHard:
 localStorageCapacityIsolation: false
 serializeImagePulls: false
 volumePluginDir: %q
-`, n.cgroupRoot, n.d.Socket, n.manifests, n.podLogs, n.port, freePort(t), n.healthzPort, filepath.Join(n.dir, "volume-plugins"))
+`, nodeSettings, n.cgroupRoot, n.d.Socket, n.manifests, n.podLogs, n.port, freePort(t), n.healthzPort, filepath.Join(n.dir, "volume-plugins"))
 	if err := os.WriteFile(n.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -268,11 +289,18 @@ func (n *node) cleanup() {
 	for i := len(mounts) - 1; i >= 0; i-- {
 		_ = syscall.Unmount(mounts[i], syscall.MNT_DETACH)
 	}
-	// The kubelet's QoS cgroups; berthd's clean-up checks the rest.
-	for _, qos := range []string{"kubepods"} {
-		if err := cgroups.RemoveTree(n.cgroupRoot + "/" + qos); err != nil {
-			t.Errorf("clean-up: kubelet cgroups: %v", err)
+	// The kubelet's QoS cgroups; berthd's clean-up checks the rest. Its
+	// systemd slices stay until stopped: a process left in them is a
+	// leak, the slices themselves are not.
+	if testutil.CgroupDriver() == cgroups.Systemd {
+		if pids, _ := cgroups.Pids(testutil.SlicePath(n.berthdParent)); len(pids) > 0 {
+			t.Errorf("LEAK: processes left in the kubelet's cgroups: %v", pids)
 		}
+		if err := testutil.StopSlice(n.berthdParent); err != nil {
+			t.Errorf("clean-up: %v", err)
+		}
+	} else if err := cgroups.RemoveTree(n.cgroupRoot + "/kubepods"); err != nil {
+		t.Errorf("clean-up: kubelet cgroups: %v", err)
 	}
 	n.iptables.RemoveNew(t, "KUBE-")
 	// Symlinks into this test's log directory, in a directory the node

@@ -7,21 +7,25 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/berth-runtime/berth/cgroups"
 	"github.com/berth-runtime/berth/internal/testutil"
 )
 
 // TestBadInput feeds berth broken bundles and wrong requests. Each must
 // fail with exit code 1 and one clear line on stderr, and leave no state
 // directory, cgroup or mount behind.
+// badInputCase is one bundle TestBadInput breaks.
+type badInputCase struct {
+	name    string
+	id      string
+	prepare func(t *testing.T, bundle *testutil.Bundle) // may break the bundle
+	args    func(bundle *testutil.Bundle) []string
+	want    string
+}
+
 func TestBadInput(t *testing.T) {
 	b := newBerth(t)
-	cases := []struct {
-		name    string
-		id      string
-		prepare func(t *testing.T, bundle *testutil.Bundle) // may break the bundle
-		args    func(bundle *testutil.Bundle) []string
-		want    string
-	}{
+	cases := []badInputCase{
 		{
 			name:    "missing config.json",
 			prepare: func(t *testing.T, bd *testutil.Bundle) { must(t, os.Remove(filepath.Join(bd.Dir, "config.json"))) },
@@ -98,14 +102,7 @@ func TestBadInput(t *testing.T) {
 			},
 			want: "must be an absolute path",
 		},
-		{
-			name: "systemd cgroupsPath with the cgroupfs driver",
-			prepare: func(t *testing.T, bd *testutil.Bundle) {
-				bd.Spec.Linux.CgroupsPath = "system.slice:berth:x"
-				bd.Save(t)
-			},
-			want: "looks like a systemd slice:prefix:name",
-		},
+		mismatchedCgroupsPath(),
 		{
 			name: "unknown rlimit",
 			prepare: func(t *testing.T, bd *testutil.Bundle) {
@@ -200,6 +197,28 @@ func TestSystemdDriver(t *testing.T) {
 		t.Skip("systemd is not PID 1 on this host: only the error path of the systemd driver was tested")
 	}
 	b.ok("--systemd-cgroup", "run", "-b", bundle.Dir, "sysd")
+}
+
+// mismatchedCgroupsPath is a cgroupsPath of the other driver's form.
+func mismatchedCgroupsPath() badInputCase {
+	if testutil.CgroupDriver() == cgroups.Systemd {
+		return badInputCase{
+			name: "cgroupfs cgroupsPath with the systemd driver",
+			prepare: func(t *testing.T, bd *testutil.Bundle) {
+				bd.Spec.Linux.CgroupsPath = "/berth-test/x"
+				bd.Save(t)
+			},
+			want: "the systemd driver expects slice:prefix:name",
+		}
+	}
+	return badInputCase{
+		name: "systemd cgroupsPath with the cgroupfs driver",
+		prepare: func(t *testing.T, bd *testutil.Bundle) {
+			bd.Spec.Linux.CgroupsPath = "system.slice:berth:x"
+			bd.Save(t)
+		},
+		want: "looks like a systemd slice:prefix:name",
+	}
 }
 
 func fixed(args ...string) func(*testutil.Bundle) []string {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berth-runtime/berth/cgroups"
 	"github.com/berth-runtime/berth/internal/testutil"
 	bruntime "github.com/berth-runtime/berth/runtime"
 )
@@ -18,7 +19,7 @@ import (
 func TestMain(m *testing.M) { testutil.Main(m) }
 
 // cli runs one OCI runtime binary (berth, or runc for comparison) with its
-// own state root.
+// own state root, and the suite's cgroup driver (testutil.CgroupDriver).
 type cli struct {
 	t    *testing.T
 	bin  string
@@ -31,16 +32,25 @@ func newBerth(t *testing.T) *cli {
 	return &cli{t: t, bin: testutil.Bin(t, "berth"), root: t.TempDir()}
 }
 
-// run runs the binary with --root and args.
+// global are the flags before the command: the state root and the driver.
+func (c *cli) global(args []string) []string {
+	g := []string{"--root", c.root}
+	if testutil.CgroupDriver() == cgroups.Systemd {
+		g = append(g, "--systemd-cgroup")
+	}
+	return append(g, args...)
+}
+
+// run runs the binary with the global flags and args.
 func (c *cli) run(args ...string) testutil.Result {
 	c.t.Helper()
-	return testutil.Cmd{Path: c.bin, Args: append([]string{"--root", c.root}, args...)}.Run(c.t)
+	return testutil.Cmd{Path: c.bin, Args: c.global(args)}.Run(c.t)
 }
 
 // runIn is run with a working directory and stdin.
 func (c *cli) runIn(dir string, stdin []byte, args ...string) testutil.Result {
 	c.t.Helper()
-	return testutil.Cmd{Path: c.bin, Args: append([]string{"--root", c.root}, args...), Dir: dir, Stdin: stdin}.Run(c.t)
+	return testutil.Cmd{Path: c.bin, Args: c.global(args), Dir: dir, Stdin: stdin}.Run(c.t)
 }
 
 // ok runs a command that must succeed.
@@ -57,7 +67,7 @@ func (c *cli) ok(args ...string) testutil.Result {
 // or failed, so that no process, cgroup or state outlives it.
 func (c *cli) deleteOnCleanup(id string) {
 	c.t.Cleanup(func() {
-		testutil.Cmd{Path: c.bin, Args: []string{"--root", c.root, "delete", "--force", id}}.Run(c.t)
+		testutil.Cmd{Path: c.bin, Args: c.global([]string{"delete", "--force", id})}.Run(c.t)
 	})
 }
 
@@ -101,11 +111,21 @@ func (c *cli) waitFile(id, path string) {
 	}
 }
 
+// containerCgroup is the cgroup path of a container of the suite's
+// bundles (testutil.ContainerCgroupsPath): the systemd driver makes it a
+// scope, berth-<id>.scope, in the slice.
+func containerCgroup(id string) string {
+	if testutil.CgroupDriver() == cgroups.Systemd {
+		return testutil.SlicePath(testutil.SystemdSlice) + "/berth-" + id + ".scope"
+	}
+	return testutil.CgroupParent + "/" + id
+}
+
 // cgroupFile returns the path of a cgroup file of the container, for v1
 // (controller hierarchy) or v2 (unified).
 func cgroupFile(t *testing.T, id, v1Controller, v1File, v2File string) string {
 	t.Helper()
-	rel := testutil.CgroupParent + "/" + id
+	rel := containerCgroup(id)
 	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
 		return filepath.Join("/sys/fs/cgroup", rel, v2File)
 	}
@@ -128,8 +148,8 @@ func assertGone(t *testing.T, c *cli, id string) {
 	if _, err := os.Stat(filepath.Join(c.root, id)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("state directory of %s left behind (%v)", id, err)
 	}
-	matches, _ := filepath.Glob("/sys/fs/cgroup/*" + testutil.CgroupParent + "/" + id)
-	if m2, _ := filepath.Glob("/sys/fs/cgroup" + testutil.CgroupParent + "/" + id); len(m2) > 0 {
+	matches, _ := filepath.Glob("/sys/fs/cgroup/*" + containerCgroup(id))
+	if m2, _ := filepath.Glob("/sys/fs/cgroup" + containerCgroup(id)); len(m2) > 0 {
 		matches = append(matches, m2...)
 	}
 	if len(matches) > 0 {

@@ -14,19 +14,29 @@ import (
 // engine using berth the way it uses runc. Storage, run state, cgroups
 // and the network mode are the test's own.
 type podman struct {
-	t      *testing.T
-	bin    string
-	global []string
-	rootfs string
+	t            *testing.T
+	bin          string
+	global       []string
+	rootfs       string
+	cgroupParent string
 }
 
-var podmanCgroup = testutil.CgroupParent + "/podman"
+// podmanCgroup is the cgroup parent of podman's containers, as the
+// suite's driver wants it: a path, or a slice (podman's systemd cgroup
+// manager, which has berth use its own).
+func podmanCgroup() (parent, manager string) {
+	if testutil.CgroupDriver() == cgroups.Systemd {
+		return testutil.SubSlice("podman"), "systemd"
+	}
+	return testutil.CgroupParent + "/podman", "cgroupfs"
+}
 
 func newPodman(t *testing.T) *podman {
 	t.Helper()
 	testutil.RequireRoot(t)
 	berth := testutil.Bin(t, "berth")
 	dir := t.TempDir()
+	parent, manager := podmanCgroup()
 	p := &podman{
 		t:   t,
 		bin: testutil.RequireCommand(t, "podman"),
@@ -39,17 +49,21 @@ func newPodman(t *testing.T) *podman {
 			"--runroot", filepath.Join(dir, "run"),
 			"--tmpdir", filepath.Join(dir, "tmp"),
 			"--storage-driver", "vfs",
-			"--cgroup-manager", "cgroupfs",
+			"--cgroup-manager", manager,
 			"--events-backend", "file",
 		},
-		rootfs: filepath.Join(dir, "rootfs"),
+		rootfs:       filepath.Join(dir, "rootfs"),
+		cgroupParent: parent,
 	}
 	testutil.BusyboxRootfs(t, p.rootfs)
 	t.Cleanup(func() {
 		p.run("rm", "--force", "--all", "--time", "0")
-		// conmon's cgroup stays after its containers; remove the tree.
-		if err := cgroups.RemoveTree(podmanCgroup); err != nil {
-			t.Errorf("remove podman's cgroups: %v", err)
+		// conmon's cgroup stays after its containers; remove the tree
+		// (systemd removes its scopes and slices itself).
+		if manager == "cgroupfs" {
+			if err := cgroups.RemoveTree(parent); err != nil {
+				t.Errorf("remove podman's cgroups: %v", err)
+			}
 		}
 	})
 	return p
@@ -74,7 +88,7 @@ func (p *podman) ok(args ...string) testutil.Result {
 // CAP_SYS_RESOURCE to raise them).
 func (p *podman) runArgs(extra ...string) []string {
 	nofile := hardNofile(p.t)
-	args := []string{"run", "--network", "none", "--cgroup-parent", podmanCgroup,
+	args := []string{"run", "--network", "none", "--cgroup-parent", p.cgroupParent,
 		"--ulimit", "nofile=" + nofile + ":" + nofile, "--ulimit", "nproc=32768:32768"}
 	return append(append(args, extra...), "--rootfs", p.rootfs)
 }

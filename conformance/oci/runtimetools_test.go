@@ -158,6 +158,9 @@ func defaultCgroupsPath(config, path string) error {
 func TestRuntimeToolsValidation(t *testing.T) {
 	testutil.Slow(t)
 	testutil.RequireRoot(t)
+	if testutil.CgroupDriver() == cgroups.Systemd {
+		t.Skip("runtime-tools' cgroup validations read cgroupfs paths: it runs in the cgroupfs driver's pass")
+	}
 	dir := os.Getenv("BERTH_RUNTIME_TOOLS")
 	if dir == "" {
 		dir = filepath.Join(testutil.RepoRoot(), ".cache", "runtime-tools")

@@ -75,7 +75,7 @@ func TestForegroundTTY(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer slave.Close()
-	cmd := exec.Command(b.bin, "--root", b.root, "run", "-b", bundle.Dir, "tty-fg")
+	cmd := exec.Command(b.bin, b.global([]string{"run", "-b", bundle.Dir, "tty-fg"})...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = slave, slave, slave
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

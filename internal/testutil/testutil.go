@@ -229,7 +229,7 @@ func NewBundle(t testing.TB, id string, args ...string) *Bundle {
 	if len(args) > 0 {
 		spec.Process.Args = args
 	}
-	spec.Linux.CgroupsPath = CgroupParent + "/" + id
+	spec.Linux.CgroupsPath = ContainerCgroupsPath(id)
 	b := &Bundle{Dir: dir, ID: id, Spec: spec}
 	b.Save(t)
 	return b
@@ -423,12 +423,15 @@ func RemoveCgroupIfUnused(path string) {
 	}
 }
 
-// checkCgroupLeaks lists cgroups left below CgroupParent in any hierarchy.
+// checkCgroupLeaks lists cgroups left below CgroupParent in any hierarchy,
+// and below SystemdSlice.
 func checkCgroupLeaks() error {
 	var leaks []string
 	roots, _ := filepath.Glob("/sys/fs/cgroup/*" + CgroupParent)
-	if fi, err := os.Stat("/sys/fs/cgroup" + CgroupParent); err == nil && fi.IsDir() {
-		roots = append(roots, "/sys/fs/cgroup"+CgroupParent)
+	for _, p := range []string{CgroupParent, SlicePath(SystemdSlice)} {
+		if fi, err := os.Stat("/sys/fs/cgroup" + p); err == nil && fi.IsDir() {
+			roots = append(roots, "/sys/fs/cgroup"+p)
+		}
 	}
 	for _, root := range roots {
 		entries, err := os.ReadDir(root)

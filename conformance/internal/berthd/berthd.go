@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -27,12 +28,17 @@ import (
 
 // Daemon is a berthd started by a test.
 type Daemon struct {
-	T            testing.TB
-	Dir          string // holds root/, the config and the daemon's log
-	State        string // short: Unix socket paths are limited
-	ConfigFile   string
-	Socket       string
+	T          testing.TB
+	Dir        string // holds root/, the config and the daemon's log
+	State      string // short: Unix socket paths are limited
+	ConfigFile string
+	Socket     string
+	// Driver is the cgroup driver (testutil.CgroupDriver), CgroupParent
+	// the configuration's parent in the driver's form (a path, or a
+	// slice), CgroupPath that parent's cgroup path.
+	Driver       cgroups.Driver
 	CgroupParent string
+	CgroupPath   string
 	LogFile      string
 	RT           runtimeapi.RuntimeServiceClient
 	Img          runtimeapi.ImageServiceClient
@@ -67,6 +73,11 @@ type Options struct {
 	// Root, if set, is berthd's root: a directory the test mounted (a
 	// file system of its own, say); default Dir/root.
 	Root string
+	// ImageDefaults leaves registries_conf and signature_policy to
+	// berthd's defaults (the host's files, or none), as a node's
+	// configuration would; RegistriesConf is then ignored, and the
+	// drop-in directory Dir/registries.d stays the test's.
+	ImageDefaults bool
 }
 
 // Start starts berthd; the test's clean-up removes every pod, stops the
@@ -88,15 +99,29 @@ func Start(t testing.TB, o Options) *Daemon {
 	}
 	d.State = state
 	d.Socket = filepath.Join(state, "berth.sock")
-	d.CgroupParent = o.CgroupParent
-	if d.CgroupParent == "" {
+	d.Driver = testutil.CgroupDriver()
+	d.CgroupParent, d.CgroupPath = o.CgroupParent, o.CgroupParent
+	switch {
+	case d.Driver == cgroups.Systemd:
+		if d.CgroupParent == "" {
+			d.CgroupParent = testutil.SubSlice(fmt.Sprintf("cri%dx%d", os.Getpid(), seq.Add(1)))
+		}
+		d.CgroupPath = testutil.SlicePath(d.CgroupParent)
+	case d.CgroupParent == "":
 		d.CgroupParent = fmt.Sprintf("%s/cri-%d-%d", testutil.CgroupParent, os.Getpid(), seq.Add(1))
+		d.CgroupPath = d.CgroupParent
 	}
 	if o.CNIConfDir == "" {
 		o.CNIConfDir = filepath.Join(d.Dir, "cni")
 		if err := os.MkdirAll(o.CNIConfDir, 0o755); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// An accept-anything policy, as a node without one gets (a policy
+	// file named in the configuration must exist).
+	policy := filepath.Join(d.Dir, "policy.json")
+	if err := os.WriteFile(policy, []byte(`{"default":[{"type":"insecureAcceptAnything"}]}`), 0o644); err != nil {
+		t.Fatal(err)
 	}
 	d.ConfigFile = filepath.Join(d.Dir, "berth.toml")
 	root := o.Root
@@ -106,19 +131,17 @@ func Start(t testing.TB, o Options) *Daemon {
 	cfg := fmt.Sprintf(`root = %q
 state = %q
 socket = %q
-cgroup_driver = "cgroupfs"
+cgroup_driver = %q
 cgroup_parent = %q
 cni_conf_dir = %q
 cni_conf_template = %q
-registries_conf = %q
-registries_conf_dir = %q
-signature_policy = %q
-log_level = "debug"
+%sregistries_conf_dir = %q
+%slog_level = "debug"
 stream_address = "127.0.0.1:0"
 pull_progress_interval = "1s"
 %s
-`, root, d.State, d.Socket, d.CgroupParent, o.CNIConfDir, o.CNIConfTemplate, o.RegistriesConf,
-		filepath.Join(d.Dir, "registries.d"), filepath.Join(d.Dir, "no-policy.json"), o.Extra)
+`, root, d.State, d.Socket, d.Driver, d.CgroupParent, o.CNIConfDir, o.CNIConfTemplate, imageKey("registries_conf", o.RegistriesConf, o.ImageDefaults),
+		filepath.Join(d.Dir, "registries.d"), imageKey("signature_policy", policy, o.ImageDefaults), o.Extra)
 	if err := os.WriteFile(d.ConfigFile, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -136,6 +159,14 @@ pull_progress_interval = "1s"
 	t.Cleanup(d.cleanup)
 	d.Start()
 	return d
+}
+
+// imageKey is a TOML line setting key to path, or none with defaults.
+func imageKey(key, path string, defaults bool) string {
+	if defaults {
+		return ""
+	}
+	return fmt.Sprintf("%s = %q\n", key, path)
 }
 
 // Start runs berthd and waits until it answers.
@@ -302,20 +333,80 @@ func (d *Daemon) cleanup() {
 	if entries, _ := os.ReadDir(filepath.Join(d.State, "netns")); len(entries) > 0 {
 		t.Errorf("LEAK: network namespaces left: %d", len(entries))
 	}
-	if cgroups.Exists(d.CgroupParent) {
-		if pids, _ := cgroups.Pids(d.CgroupParent); len(pids) > 0 {
-			t.Errorf("LEAK: processes left in %s: %v", d.CgroupParent, pids)
+	if d.Driver == cgroups.Systemd {
+		// systemd removes a scope once its processes are gone and a
+		// slice once nothing is in it: give it a moment.
+		for i := 0; i < 50 && len(CgroupChildren(d.CgroupPath)) > 0; i++ {
+			time.Sleep(100 * time.Millisecond)
 		}
-		if leftover := CgroupChildren(d.CgroupParent); len(leftover) > 0 {
-			t.Errorf("LEAK: cgroups left under %s: %v", d.CgroupParent, leftover)
+	}
+	if cgroups.Exists(d.CgroupPath) {
+		if pids, _ := cgroups.Pids(d.CgroupPath); len(pids) > 0 {
+			t.Errorf("LEAK: processes left in %s: %v", d.CgroupPath, pids)
 		}
-		if err := cgroups.RemoveTree(d.CgroupParent); err != nil {
-			t.Errorf("clean-up: %v", err)
+		if leftover := CgroupChildren(d.CgroupPath); len(leftover) > 0 {
+			t.Errorf("LEAK: cgroups left under %s: %v", d.CgroupPath, leftover)
+		}
+		if d.Driver != cgroups.Systemd {
+			if err := cgroups.RemoveTree(d.CgroupPath); err != nil {
+				t.Errorf("clean-up: %v", err)
+			}
 		}
 	}
 	if err := os.RemoveAll(d.State); err != nil {
 		t.Errorf("clean-up: %v", err)
 	}
+}
+
+// ContainerPid is a running container's pid on the host, from berthd's
+// verbose status.
+func (d *Daemon) ContainerPid(t testing.TB, id string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := d.RT.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id, Verbose: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info struct{ Pid int }
+	if err := json.Unmarshal([]byte(resp.Info["info"]), &info); err != nil || info.Pid == 0 {
+		t.Fatalf("verbose status of %s: %v %q", id, err, resp.Info["info"])
+	}
+	return info.Pid
+}
+
+// PodCgroupPath is the cgroup path of the pod cgroup berthd makes for a
+// pod that comes without a parent of its own.
+func (d *Daemon) PodCgroupPath(podID string) string {
+	if d.Driver == cgroups.Systemd {
+		return testutil.SlicePath(strings.TrimSuffix(d.CgroupParent, ".slice") + "-pod" + podID[:16] + ".slice")
+	}
+	return d.CgroupParent + "/pod" + podID[:16]
+}
+
+// KubeletPodParent is a pod cgroup parent as the kubelet sends it, below
+// the daemon's parent, and its cgroup path. For cgroupfs both are the
+// path; for systemd the kubelet sends the slice's expanded path too
+// (/a.slice/a-kubepods.slice/.../a-kubepods-burstable-pod<uid>.slice, the
+// uid's dashes turned to underscores).
+func (d *Daemon) KubeletPodParent(qos, uid string) (parent, path string) {
+	if d.Driver == cgroups.Systemd {
+		slice := strings.TrimSuffix(d.CgroupParent, ".slice") + "-kubepods-" + qos + "-pod" + strings.ReplaceAll(uid, "-", "_") + ".slice"
+		return testutil.SlicePath(slice), testutil.SlicePath(slice)
+	}
+	parent = d.CgroupParent + "/kubepods/" + qos + "/pod" + uid
+	return parent, parent
+}
+
+// RemoveKubeletCgroups removes what KubeletPodParent's parents made, as
+// the kubelet removes its cgroups: the tree under kubepods (cgroupfs),
+// or the kubepods slice and the slices in it, which systemd keeps until
+// they are stopped.
+func (d *Daemon) RemoveKubeletCgroups() error {
+	if d.Driver == cgroups.Systemd {
+		return testutil.StopSlice(strings.TrimSuffix(d.CgroupParent, ".slice") + "-kubepods.slice")
+	}
+	return cgroups.RemoveTree(d.CgroupParent + "/kubepods")
 }
 
 // Eventually retries fn until it returns nil, and fails the test when
