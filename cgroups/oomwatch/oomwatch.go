@@ -4,10 +4,14 @@
 //
 // On v2 both of memory.events' counts are taken, as the larger change:
 // "oom" (the cgroup hit its limit and the OOM killer was invoked, the
-// count containerd's shim reports) comes first, which matters when the
-// whole cgroup dies at once (memory.oom.group) and systemd removes it
-// before the kill's own notification is read; "oom_kill" also counts a
-// victim of a limit higher up (the pod's).
+// count containerd's shim reports) comes first; "oom_kill" also counts a
+// victim of a limit higher up (the pod's). Where the whole cgroup dies at
+// once (memory.oom.group) systemd may remove it before either is read:
+// the kernel holds back a notification that follows another within
+// 10 ms, and drops it with the cgroup. v2 counts every event in the
+// parent too (the pod's cgroup, which outlives its containers), so a
+// container that died of SIGKILL with its cgroup gone and nothing seen
+// takes the parent's kills that no watch of its siblings counted.
 //
 // Reading the count once the container has exited is not enough: under
 // the systemd cgroup driver the container's cgroup is a transient scope,
@@ -45,6 +49,11 @@ type Watcher struct {
 	mu      sync.Mutex
 	inotify *os.File       // v2's, made by the first watch
 	byWD    map[int]*Watch // v2's watches by watch descriptor
+	// counted is, by parent cgroup, how many kills the watches of its
+	// children have counted (v2).
+	counted map[string]uint64
+	// noLoop: no inotify reader (tests of what Kills finds alone).
+	noLoop bool
 }
 
 // Watch follows one memory cgroup.
@@ -53,9 +62,14 @@ type Watch struct {
 	// (v2, oom and oom_kill) or memory.oom_control (v1, oom_kill).
 	file string
 
-	// v2: the Watcher's inotify instance and this watch's descriptor.
-	w  *Watcher
-	wd int
+	// v2: the Watcher's inotify instance and this watch's descriptor;
+	// the parent cgroup's memory.events, its counts when the watch
+	// started, and what the Watcher had counted of the parent by then.
+	w            *Watcher
+	wd           int
+	parent       string
+	parentBase   map[string]uint64
+	countedStart uint64
 	// v1: an eventfd registered on the open memory.oom_control, read by
 	// a goroutine of the watch's own.
 	efd, ctl *os.File
@@ -116,7 +130,7 @@ func memoryCgroup(procCgroup []byte, unified bool) (string, error) {
 }
 
 func (wr *Watcher) watchV2(dir string) (*Watch, error) {
-	w := &Watch{file: filepath.Join(dir, "memory.events"), w: wr}
+	w := &Watch{file: filepath.Join(dir, "memory.events"), w: wr, parent: filepath.Join(filepath.Dir(dir), "memory.events")}
 	wr.mu.Lock()
 	defer wr.mu.Unlock()
 	if wr.inotify == nil {
@@ -124,8 +138,10 @@ func (wr *Watcher) watchV2(dir string) (*Watch, error) {
 		if err != nil {
 			return nil, os.NewSyscallError("inotify_init1", err)
 		}
-		wr.inotify, wr.byWD = os.NewFile(uintptr(fd), "inotify"), map[int]*Watch{}
-		go wr.loop(wr.inotify)
+		wr.inotify, wr.byWD, wr.counted = os.NewFile(uintptr(fd), "inotify"), map[int]*Watch{}, map[string]uint64{}
+		if !wr.noLoop {
+			go wr.loop(wr.inotify)
+		}
 	}
 	var addErr error
 	if err := wr.control(func(fd int) { w.wd, addErr = unix.InotifyAddWatch(fd, w.file, unix.IN_MODIFY) }); err != nil {
@@ -135,6 +151,8 @@ func (wr *Watcher) watchV2(dir string) (*Watch, error) {
 		return nil, fmt.Errorf("oom watch %s: %w", w.file, addErr)
 	}
 	w.begin()
+	w.parentBase = readCounts(w.parent)
+	w.countedStart = wr.counted[w.parent]
 	wr.byWD[w.wd] = w
 	return w, nil
 }
@@ -213,14 +231,31 @@ var counts = []string{"oom", "oom_kill"}
 
 // begin takes the counts as they are when the watch starts.
 func (w *Watch) begin() {
-	w.base = map[string]uint64{}
-	if data, err := os.ReadFile(w.file); err == nil {
+	w.base = readCounts(w.file)
+}
+
+// readCounts reads the counts of a cgroup file; none where it cannot.
+func readCounts(file string) map[string]uint64 {
+	m := map[string]uint64{}
+	if data, err := os.ReadFile(file); err == nil {
 		for _, k := range counts {
 			if n, ok := field(data, k); ok {
-				w.base[k] = n
+				m[k] = n
 			}
 		}
 	}
+	return m
+}
+
+// change is the largest rise of a count from base to now.
+func change(base, now map[string]uint64) uint64 {
+	var c uint64
+	for k, n := range now {
+		if n > base[k] {
+			c = max(c, n-base[k])
+		}
+	}
+	return c
 }
 
 // loopV1 takes the eventfd's notifications.
@@ -258,16 +293,19 @@ func (w *Watch) read() bool {
 }
 
 func (w *Watch) readLocked() bool {
-	data, err := os.ReadFile(w.file)
-	if err != nil {
+	if _, err := os.Stat(w.file); err != nil {
 		return false
 	}
+	now := readCounts(w.file)
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, k := range counts {
-		if n, ok := field(data, k); ok && n > w.base[k] {
-			w.kills = max(w.kills, n-w.base[k])
-		}
+	rise := change(w.base, now)
+	more := rise - min(rise, w.kills)
+	w.kills = max(w.kills, rise)
+	w.mu.Unlock()
+	if more > 0 && w.w != nil {
+		w.w.mu.Lock()
+		w.w.counted[w.parent] += more
+		w.w.mu.Unlock()
 	}
 	return true
 }
@@ -289,11 +327,14 @@ const settleTimeout = time.Second
 
 // Kills is how many of the cgroup's processes the OOM killer has killed
 // since the watch started, as far as the watch saw (at least one where
-// the cgroup hit its limit and the OOM killer was invoked). Call it once the
-// container's process has exited: it waits until the notifications
-// queued by then are taken and the read under way is stored, then reads
-// the count once more if the cgroup is still there.
-func (w *Watch) Kills() uint64 {
+// the cgroup hit its limit and the OOM killer was invoked). Call it once
+// the container's process has exited, saying whether SIGKILL ended it
+// (as the OOM killer does): it waits until the notifications queued by
+// then are taken and the read under way is stored, then reads the count
+// once more if the cgroup is still there; if it is not, and a SIGKILL
+// ended the container with nothing seen, it takes the kills of the
+// parent that no watch of a sibling counted (v2).
+func (w *Watch) Kills(sigkilled bool) uint64 {
 	if w.w != nil {
 		deadline := time.Now().Add(settleTimeout)
 		for w.w.pending() > 0 && time.Now().Before(deadline) {
@@ -304,8 +345,29 @@ func (w *Watch) Kills() uint64 {
 		_ = w.efd.SetReadDeadline(time.Unix(1, 0))
 		<-w.done
 	}
-	w.read()
-	return w.seen()
+	there := w.read()
+	n := w.seen()
+	if n > 0 || there || !sigkilled || w.w == nil {
+		return n
+	}
+	return w.w.unclaimed(w)
+}
+
+// unclaimed takes for w the kills of its parent since w started that the
+// watches of its siblings did not count (nor another watch took).
+func (wr *Watcher) unclaimed(w *Watch) uint64 {
+	now := readCounts(w.parent)
+	wr.mu.Lock()
+	defer wr.mu.Unlock()
+	rise, counted := change(w.parentBase, now), wr.counted[w.parent]-w.countedStart
+	if rise <= counted {
+		return 0
+	}
+	wr.counted[w.parent] += rise - counted
+	w.mu.Lock()
+	w.kills = rise - counted
+	w.mu.Unlock()
+	return rise - counted
 }
 
 // seen is the count so far, without reading.

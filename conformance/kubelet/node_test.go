@@ -107,7 +107,7 @@ func startNode(t *testing.T) *node {
 		// (/a/b for a-b.slice), and joins its own with dashes.
 		n.berthdParent = testutil.SubSlice(fmt.Sprintf("kubelet%d", os.Getpid()))
 		n.cgroupRoot = "/" + strings.ReplaceAll(strings.TrimSuffix(n.berthdParent, ".slice"), "-", "/")
-		if err := testutil.StartSlice(n.berthdParent); err != nil {
+		if err := kubeletSlice(n.berthdParent); err != nil {
 			t.Fatal(err)
 		}
 	} else {
@@ -189,6 +189,38 @@ volumePluginDir: %q
 	n.log = filepath.Join(n.dir, "kubelet.log")
 	n.start()
 	return n
+}
+
+// kubeletSlice starts the slice a kubelet's cgroupRoot names, with every
+// controller the kubelet checks its root for, as the root cgroup has
+// them: the ones systemd manages through the slice's settings (cpu
+// through a CPUWeight, as accounting alone needs no controller since
+// Linux 4.15; cpuset through AllowedCPUs), hugetlb, which systemd
+// leaves alone, enabled on the way down by hand.
+func kubeletSlice(slice string) error {
+	if err := testutil.StartSlice(slice); err != nil {
+		return err
+	}
+	cpus, err := os.ReadFile("/sys/fs/cgroup/cpuset.cpus.effective")
+	if err != nil {
+		return err
+	}
+	out, err := exec.Command("systemctl", "set-property", "--runtime", slice, "CPUWeight=100", "MemoryAccounting=yes",
+		"IOAccounting=yes", "TasksAccounting=yes", "AllowedCPUs="+strings.TrimSpace(string(cpus))).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("systemctl set-property %s: %v: %s", slice, err, out)
+	}
+	// The root down to the slice, and the slice for the kubelet's own.
+	dirs := []string{"/sys/fs/cgroup"}
+	for _, part := range strings.Split(strings.TrimPrefix(testutil.SlicePath(slice), "/"), "/") {
+		dirs = append(dirs, filepath.Join(dirs[len(dirs)-1], part))
+	}
+	for _, dir := range dirs {
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte("+hugetlb"), 0); err != nil {
+			return fmt.Errorf("enable hugetlb below %s: %w", dir, err)
+		}
+	}
+	return nil
 }
 
 func freePort(t *testing.T) int {

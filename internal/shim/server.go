@@ -501,7 +501,7 @@ func (s *Server) monitor(p *proc, exitCh <-chan reaper.Exit) {
 	// limit then.
 	oomKilled := false
 	if p.oom != nil {
-		oomKilled = p.oom.Kills() > 0
+		oomKilled = p.oom.Kills(e.Signal == unix.SIGKILL) > 0
 		p.oom.Close()
 	}
 	drained := make(chan struct{})
