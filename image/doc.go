@@ -1,5 +1,5 @@
 // Package image is everything between a registry and a container's root
-// filesystem: pulling images (github.com/containers/image/v5 for
+// filesystem: pulling images (go.podman.io/image/v5 for
 // transports, registries.conf, credentials, signature policy and
 // manifests), a content-addressed store under one root directory
 // (metadata in bbolt, small blobs by digest, layers unpacked once per

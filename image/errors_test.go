@@ -9,8 +9,8 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/containers/image/v5/docker"
-	"github.com/containers/image/v5/signature"
+	"go.podman.io/image/v5/docker"
+	"go.podman.io/image/v5/signature"
 	"github.com/docker/distribution/registry/api/errcode"
 	v2 "github.com/docker/distribution/registry/api/v2"
 )

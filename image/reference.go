@@ -5,14 +5,14 @@ import (
 	"regexp"
 	"strings"
 
-	"github.com/containers/image/v5/docker"
-	dockerarchive "github.com/containers/image/v5/docker/archive"
-	"github.com/containers/image/v5/docker/reference"
-	_ "github.com/containers/image/v5/oci/archive"
-	_ "github.com/containers/image/v5/oci/layout"
-	"github.com/containers/image/v5/pkg/shortnames"
-	"github.com/containers/image/v5/transports"
-	"github.com/containers/image/v5/types"
+	"go.podman.io/image/v5/docker"
+	dockerarchive "go.podman.io/image/v5/docker/archive"
+	"go.podman.io/image/v5/docker/reference"
+	_ "go.podman.io/image/v5/oci/archive"
+	_ "go.podman.io/image/v5/oci/layout"
+	"go.podman.io/image/v5/pkg/shortnames"
+	"go.podman.io/image/v5/transports"
+	"go.podman.io/image/v5/types"
 	digest "github.com/opencontainers/go-digest"
 )
 

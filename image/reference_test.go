@@ -4,7 +4,7 @@ import (
 	"errors"
 	"testing"
 
-	"github.com/containers/image/v5/types"
+	"go.podman.io/image/v5/types"
 	digest "github.com/opencontainers/go-digest"
 )
 

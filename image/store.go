@@ -14,8 +14,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/containers/image/v5/signature"
-	"github.com/containers/image/v5/types"
+	"go.podman.io/image/v5/signature"
+	"go.podman.io/image/v5/types"
 	digest "github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sync/singleflight"

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # build.sh OUTDIR: containerd (the newest v2.4.x release: containerd,
-# containerd-shim-runc-v2, ctr) and the runc release that containerd pins
-# (script/setup/runc-version), from the Go module proxy into OUTDIR, unless
-# those versions are there already. berth's peers in the upstream tests
-# and the benchmarks.
+# containerd-shim-runc-v2, ctr) and runc, from the Go module proxy into
+# OUTDIR, unless those versions are there already. berth's peers in the
+# upstream tests and the benchmarks. runc is the newer of the release
+# containerd pins (script/setup/runc-version) and the one berth's
+# libcontainer comes from: runc's patch releases carry security fixes,
+# and the peer should have them as berth does.
 set -euo pipefail
 out=${1:?usage: build.sh OUTDIR}
 unset GOFLAGS
@@ -12,6 +14,8 @@ version=$(go list -m -versions github.com/containerd/containerd/v2 | tr ' ' '\n'
 [ -n "$version" ] || { echo "no containerd $series.x on the module proxy" >&2; exit 1; }
 dir=$(go mod download -json "github.com/containerd/containerd/v2@$version" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')
 runc=$(cat "$dir/script/setup/runc-version")
+berth_runc=$(cd "$(dirname "$0")/../.." && go list -m -f '{{.Version}}' github.com/opencontainers/runc)
+runc=$(printf '%s\n%s\n' "$runc" "$berth_runc" | sort -V | tail -1)
 want="containerd $version runc $runc"
 if [ -x "$out/containerd" ] && [ -x "$out/runc" ] && [ "$(cat "$out/.version" 2>/dev/null)" = "$want" ]; then
 	exit 0

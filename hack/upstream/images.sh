@@ -15,7 +15,34 @@ root=$(cd "$here/../.." && pwd)
 K8S_BIN_DIR=${K8S_BIN_DIR:-$root/.cache/kubernetes}
 MKIMAGE=${MKIMAGE:-$root/.cache/mkimage}
 cache=${UPSTREAM_CACHE:-$root/.cache/upstream}
-mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# apt_mirror: the Debian mirror this machine's apt uses for bookworm (one-
+# line sources.list files or deb822 .sources), so that this script works
+# wherever apt does and names no host itself.
+apt_mirror() {
+	local f
+	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+		[ -f "$f" ] || continue
+		# deb [options] URI SUITE COMPONENT...
+		awk '$1 == "deb" { i = 2; if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
+			if ($(i + 1) == "bookworm") { print $i; exit } }' "$f"
+	done
+	for f in /etc/apt/sources.list.d/*.sources; do
+		[ -f "$f" ] || continue
+		# Paragraphs of "Key: value" lines: Types deb, Suites with bookworm.
+		awk 'BEGIN { RS = ""; FS = "\n" }
+			{ types = uris = suites = ""
+			  for (i = 1; i <= NF; i++) {
+				if ($i ~ /^Types:/) types = $i
+				if ($i ~ /^URIs:/) uris = $i
+				if ($i ~ /^Suites:/) suites = $i
+			  }
+			  if (types ~ /[ \t]deb([ \t]|$)/ && suites ~ /[ \t]bookworm([ \t]|$)/) {
+				split(uris, u, /[ \t]+/); print u[2]; exit
+			  } }' "$f"
+	done
+}
+mirror=${DEBIAN_MIRROR:-$(apt_mirror | head -1)}
+[ -n "$mirror" ] || { echo "images.sh: no bookworm source in this machine's apt sources; set DEBIAN_MIRROR" >&2; exit 1; }
 mkdir -p "$cache"
 e2e=$registry/e2e-test-images
 

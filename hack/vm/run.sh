@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # run.sh PLAN: boot the VM tier's Debian image (hack/vm/image.sh) and run
-# the test plan hack/vm/plan.PLAN inside it (hack/vm/guest.sh); the guest
+# the test plan hack/vm/plan.PLAN (or the plan file PLAN names) inside it
+# (hack/vm/guest.sh); the guest
 # powers itself off when the plan is done. The checkout is shared with the
 # guest read-only over virtio-9p, at its own path; results come back in
 # $VM_OUT (test2json streams, the guest's log and journal, the console).
@@ -19,7 +20,9 @@ image=$vm/image
 mem=${VM_MEM:-6144}
 cpus=${VM_CPUS:-2}
 timeout=${VM_TIMEOUT:-3600}
-[ -f "$repo/hack/vm/plan.$plan" ] || { echo "run.sh: no plan hack/vm/plan.$plan" >&2; exit 2; }
+planfile=$repo/hack/vm/plan.$plan
+[ -f "$plan" ] && planfile=$plan
+[ -f "$planfile" ] || { echo "run.sh: no plan hack/vm/plan.$plan" >&2; exit 2; }
 
 qemu_common() {
 	echo -nographic -no-reboot -nic none -m "$mem" -smp "$cpus" \
@@ -48,7 +51,7 @@ choose_accel() {
 
 rm -rf "$out"
 mkdir -p "$out"
-cp "$repo/hack/vm/plan.$plan" "$out/plan"
+cp "$planfile" "$out/plan"
 disk=$vm/run.qcow2
 # Each run starts from the image as built: the guest writes to a
 # copy-on-write layer that is thrown away.
