@@ -409,8 +409,29 @@ func MainWith(m *testing.M, setup func(*Scratch) error) {
 			}
 		}
 		RemoveCgroupIfUnused(CgroupRoot)
+		if CgroupDriver() == bcgroups.Systemd {
+			if err := StopSlice(SystemdSlice); err != nil {
+				fmt.Fprintln(os.Stderr, "clean up:", err)
+				if code == 0 {
+					code = 1
+				}
+			}
+			// berthtest.slice too, once no other suite has a slice in it.
+			if entries, err := os.ReadDir("/sys/fs/cgroup/berthtest.slice"); err == nil && !hasDir(entries) {
+				_ = StopSlice("berthtest.slice")
+			}
+		}
 	}
 	os.Exit(code)
+}
+
+func hasDir(entries []os.DirEntry) bool {
+	for _, e := range entries {
+		if e.IsDir() {
+			return true
+		}
+	}
+	return false
 }
 
 // RemoveCgroupIfUnused removes the cgroup path in every hierarchy where

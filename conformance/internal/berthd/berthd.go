@@ -353,6 +353,13 @@ func (d *Daemon) cleanup() {
 			}
 		}
 	}
+	// The daemon's parent slice: started as the parent of its pods',
+	// systemd keeps it, as a node keeps berthd's.
+	if d.Driver == cgroups.Systemd {
+		if err := testutil.StopSlice(d.CgroupParent); err != nil {
+			t.Errorf("clean-up: %v", err)
+		}
+	}
 	if err := os.RemoveAll(d.State); err != nil {
 		t.Errorf("clean-up: %v", err)
 	}
