@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/berth-runtime/berth/cgroups"
 	"github.com/berth-runtime/berth/image"
@@ -82,6 +83,10 @@ type Config struct {
 	SeccompProfile string `toml:"seccomp_profile"`
 	// DenyDeviceNodes refuses image layers that contain device nodes.
 	DenyDeviceNodes bool `toml:"deny_device_nodes"`
+	// CDISpecDirs are where CDI specs are read from, the later ones
+	// taking precedence (device plugins and DRA drivers write to
+	// /var/run/cdi).
+	CDISpecDirs []string `toml:"cdi_spec_dirs"`
 }
 
 // Duration is a time.Duration written as "10s" in TOML.
@@ -122,6 +127,7 @@ func DefaultConfig() Config {
 		LogFormat:            "text",
 		StreamAddress:        "127.0.0.1:0",
 		StreamIdleTimeout:    Duration{4 * time.Hour},
+		CDISpecDirs:          slices.Clone(cdi.DefaultSpecDirs),
 	}
 }
 

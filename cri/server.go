@@ -35,6 +35,7 @@ import (
 	"google.golang.org/grpc"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	"k8s.io/cri-streaming/pkg/streaming"
+	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/berth-runtime/berth/cgroups"
 	"github.com/berth-runtime/berth/image"
@@ -68,6 +69,8 @@ type Server struct {
 	rroSupported bool
 	// apparmor: the kernel enforces AppArmor profiles.
 	apparmor bool
+	// cdi holds the CDI specs devices are injected from.
+	cdi *cdi.Cache
 
 	mu      sync.Mutex
 	podCIDR string
@@ -117,12 +120,18 @@ func New(cfg Config, log *slog.Logger, version string) (*Server, error) {
 		st.close()
 		return nil, err
 	}
+	cdiCache, err := newCDICache(cfg.CDISpecDirs)
+	if err != nil {
+		images.Close()
+		st.close()
+		return nil, err
+	}
 	s := &Server{
 		cfg: cfg, log: log, version: version,
 		images: images, rt: rt, store: st, locks: newIDLocks(),
 		shims: newShimManager(&cfg, log), net: netm, events: newEventHub(),
 		metric: newMetrics(), stats: newStatsCache(), rroSupported: recursiveReadOnlySupported(),
-		apparmor: runtime.AppArmorEnabled(),
+		apparmor: runtime.AppArmorEnabled(), cdi: cdiCache,
 	}
 	s.shims.onEvent = s.handleShimEvent
 	s.shims.onConnect = s.handleShimConnect

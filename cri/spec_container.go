@@ -83,6 +83,9 @@ func (s *Server) containerSpec(in specInput) (*specs.Spec, *resolvedUser, error)
 	if err := addDevices(spec, cfg.Devices); err != nil {
 		return nil, nil, err
 	}
+	if err := s.injectCDIDevices(spec, cfg); err != nil {
+		return nil, nil, err
+	}
 	if err := applyResources(spec, cfg.GetLinux().GetResources()); err != nil {
 		return nil, nil, err
 	}

@@ -418,8 +418,8 @@ func validateContainerDevices(cfg *runtimeapi.ContainerConfig, sandboxCfg *runti
 			return invalidf("devices[%d]: permissions %q: want a combination of r, w and m", i, d.Permissions)
 		}
 	}
-	if len(cfg.CDIDevices) > 0 {
-		return invalidf("CDI_devices: CDI devices are not supported by berth; pass device nodes in devices")
+	if _, err := cdiDeviceNames(cfg); err != nil {
+		return err
 	}
 	if _, ok := runtimeapi.Signal_name[int32(cfg.StopSignal)]; !ok {
 		return invalidf("stop_signal: unknown signal %d", cfg.StopSignal)
