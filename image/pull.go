@@ -458,7 +458,7 @@ func (s *Store) writeBlob(d digest.Digest, data []byte) error {
 func (s *Store) commit(rec *Image) (*Image, error) {
 	var out Image
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		images, names := tx.Bucket(bucketImages), tx.Bucket(bucketNames)
+		images := tx.Bucket(bucketImages)
 		var size int64
 		for _, l := range rec.Layers {
 			var lr layerRecord
@@ -485,15 +485,8 @@ func (s *Store) commit(rec *Image) (*Image, error) {
 			out = *rec
 		}
 		out.Size = size
-		for _, n := range append(slices.Clone(rec.Names), rec.RepoDigests...) {
-			if prev := names.Get([]byte(n)); prev != nil && string(prev) != out.ID {
-				if err := dropName(tx, string(prev), n); err != nil {
-					return err
-				}
-			}
-			if err := names.Put([]byte(n), []byte(out.ID)); err != nil {
-				return err
-			}
+		if err := putNames(tx, out.ID, append(slices.Clone(rec.Names), rec.RepoDigests...)); err != nil {
+			return err
 		}
 		return putJSON(images, out.ID, &out)
 	})
@@ -501,6 +494,23 @@ func (s *Store) commit(rec *Image) (*Image, error) {
 		return nil, storeIOError("record image", err)
 	}
 	return &out, nil
+}
+
+// putNames points names at the image id, taking each from the image that
+// had it.
+func putNames(tx *bolt.Tx, id string, list []string) error {
+	names := tx.Bucket(bucketNames)
+	for _, n := range list {
+		if prev := names.Get([]byte(n)); prev != nil && string(prev) != id {
+			if err := dropName(tx, string(prev), n); err != nil {
+				return err
+			}
+		}
+		if err := names.Put([]byte(n), []byte(id)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // dropName removes name from the image id's record.

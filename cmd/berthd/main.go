@@ -26,6 +26,7 @@ import (
 
 	"github.com/berth-runtime/berth/cri"
 	"github.com/berth-runtime/berth/cri/adminapi"
+	"github.com/berth-runtime/berth/image"
 	"github.com/berth-runtime/berth/internal/clidocs"
 	"github.com/berth-runtime/berth/internal/logging"
 	"github.com/berth-runtime/berth/internal/logging/logrusbridge"
@@ -196,8 +197,9 @@ func checkOverlay() error {
 	return errors.New("the kernel has no overlay file system, which every container's root filesystem needs: load its module (modprobe overlay; CONFIG_OVERLAY_FS)")
 }
 
-// serveAdmin serves GET /pulls (pulls in flight, per layer), GET /metrics
-// and Go's profiles (/debug/pprof/) on a root-only Unix socket.
+// serveAdmin serves GET /pulls (pulls in flight, per layer), POST
+// /images/import (image archives), GET /metrics and Go's profiles
+// (/debug/pprof/) on a root-only Unix socket.
 func serveAdmin(cfg cri.Config, srv *cri.Server, log *slog.Logger) (*http.Server, error) {
 	path := adminapi.SocketFor(cfg.Socket)
 	_ = os.Remove(path)
@@ -213,6 +215,19 @@ func serveAdmin(cfg cri.Config, srv *cri.Server, log *slog.Logger) (*http.Server
 	mux.HandleFunc("GET "+adminapi.PullsPath, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(srv.Pulls())
+	})
+	mux.HandleFunc("POST "+adminapi.ImportPath, func(w http.ResponseWriter, r *http.Request) {
+		imported, err := srv.ImportImages(r.Context(), r.Body, r.URL.Query().Get("name"))
+		if err != nil {
+			code := http.StatusInternalServerError
+			if errors.Is(err, image.ErrBadImage) || errors.Is(err, image.ErrInvalidReference) || errors.Is(err, image.ErrBlocked) {
+				code = http.StatusBadRequest
+			}
+			http.Error(w, err.Error(), code)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(imported)
 	})
 	mux.Handle("GET "+adminapi.MetricsPath, srv.MetricsHandler())
 	// Go's profiles, as containerd's debug socket has them: root only.

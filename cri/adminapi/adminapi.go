@@ -38,3 +38,16 @@ type Layer struct {
 	// State is waiting, downloading, finishing, done, exists or failed.
 	State string `json:"state"`
 }
+
+// ImportPath takes POST of an image archive (docker-archive or
+// oci-archive) as the body, and loads its images; the query's name names
+// an archive's only image where the archive does not. It answers with a
+// JSON []ImportedImage, or an error's text with 400 (the archive's
+// fault) or 500.
+const ImportPath = "/images/import"
+
+// ImportedImage is an image an import loaded.
+type ImportedImage struct {
+	ID    string   `json:"id"`
+	Names []string `json:"names"`
+}
