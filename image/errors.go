@@ -10,10 +10,10 @@ import (
 	"strings"
 	"syscall"
 
-	"go.podman.io/image/v5/docker"
-	"go.podman.io/image/v5/signature"
 	"github.com/docker/distribution/registry/api/errcode"
 	v2 "github.com/docker/distribution/registry/api/v2"
+	"go.podman.io/image/v5/docker"
+	"go.podman.io/image/v5/signature"
 )
 
 // Sentinel errors; the CRI layer turns them into gRPC status codes.

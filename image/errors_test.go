@@ -9,10 +9,10 @@ import (
 	"syscall"
 	"testing"
 
-	"go.podman.io/image/v5/docker"
-	"go.podman.io/image/v5/signature"
 	"github.com/docker/distribution/registry/api/errcode"
 	v2 "github.com/docker/distribution/registry/api/v2"
+	"go.podman.io/image/v5/docker"
+	"go.podman.io/image/v5/signature"
 )
 
 // classifyPullError gives each failure the libraries report its kind from

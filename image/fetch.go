@@ -7,11 +7,11 @@ import (
 	"io"
 	"os"
 
+	digest "github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
 	"go.podman.io/image/v5/pkg/blobinfocache/none"
 	"go.podman.io/image/v5/pkg/compression"
 	"go.podman.io/image/v5/types"
-	digest "github.com/opencontainers/go-digest"
-	bolt "go.etcd.io/bbolt"
 )
 
 // layerJob is one layer a pull needs.

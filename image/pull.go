@@ -12,11 +12,11 @@ import (
 	"strings"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
+	bolt "go.etcd.io/bbolt"
 	cimage "go.podman.io/image/v5/image"
 	"go.podman.io/image/v5/manifest"
 	"go.podman.io/image/v5/types"
-	digest "github.com/opencontainers/go-digest"
-	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sync/errgroup"
 )
 

@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strings"
 
+	digest "github.com/opencontainers/go-digest"
 	"go.podman.io/image/v5/docker"
 	dockerarchive "go.podman.io/image/v5/docker/archive"
 	"go.podman.io/image/v5/docker/reference"
@@ -13,7 +14,6 @@ import (
 	"go.podman.io/image/v5/pkg/shortnames"
 	"go.podman.io/image/v5/transports"
 	"go.podman.io/image/v5/types"
-	digest "github.com/opencontainers/go-digest"
 )
 
 // transports berth pulls from. docker:// is the default for a bare name.

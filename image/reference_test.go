@@ -4,8 +4,8 @@ import (
 	"errors"
 	"testing"
 
-	"go.podman.io/image/v5/types"
 	digest "github.com/opencontainers/go-digest"
+	"go.podman.io/image/v5/types"
 )
 
 func TestNormalize(t *testing.T) {

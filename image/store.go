@@ -14,10 +14,10 @@ import (
 	"sync"
 	"time"
 
-	"go.podman.io/image/v5/signature"
-	"go.podman.io/image/v5/types"
 	digest "github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
+	"go.podman.io/image/v5/signature"
+	"go.podman.io/image/v5/types"
 	"golang.org/x/sync/singleflight"
 )
 
