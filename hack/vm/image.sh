@@ -20,7 +20,12 @@ pkgs=(systemd systemd-sysv dbus udev linux-image-amd64 initramfs-tools
 	busybox-static docker-registry runc crun skopeo umoci podman psmisc curl
 	ca-certificates libseccomp2 conntrack ethtool socat gcc libc6-dev make)
 
-recipe=$( (cat "$0"; echo "$suite $size ${pkgs[*]}") | sha256sum | cut -c1-16)
+recipe=$( (cat "$0" "$here/customize.sh"; echo "$suite $size ${pkgs[*]}") | sha256sum | cut -c1-16)
+# One build at a time: make test starts one in the background, and the
+# tier's own run waits for it here.
+mkdir -p "$(dirname "$out")"
+exec 9>"$out.lock"
+flock 9
 if [ -f "$out/root.img" ] && [ "$(cat "$out/.recipe" 2>/dev/null)" = "$recipe" ]; then
 	exit 0
 fi
