@@ -11,7 +11,9 @@ import (
 
 	imgspec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/grpc/codes"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+	crierrors "k8s.io/cri-api/pkg/errors"
 
 	"github.com/berth-runtime/berth/image"
 	"github.com/berth-runtime/berth/internal/shim"
@@ -79,6 +81,9 @@ func (s *Server) createContainer(ctx context.Context, req *runtimeapi.CreateCont
 		return "", err
 	}
 	if in.rootfs, err = s.containerRootfs(c, sb, img, &u, log); err != nil {
+		return "", err
+	}
+	if in.imageVolumes, err = s.containerImageVolumes(c, &u, log); err != nil {
 		return "", err
 	}
 	if err := s.writeContainerBundle(c, in, &u); err != nil {
@@ -193,6 +198,50 @@ func (s *Server) containerRootfs(c *container, sb *sandbox, img *image.Image, u 
 		}
 	})
 	return rootfs.Path, nil
+}
+
+// containerImageVolumes mounts the images the container's image volumes
+// name (shared with every other container that uses them) and returns
+// the host path each mount binds, by its index in the config's mounts.
+// The kubelet pulled them; an error says ImageVolumeMountFailed first,
+// as the kubelet reads it.
+func (s *Server) containerImageVolumes(c *container, u *undo, log *slog.Logger) (map[int]string, error) {
+	out := map[int]string{}
+	for i, m := range c.config.GetMounts() {
+		ref := m.GetImage().GetImage()
+		if ref == "" {
+			continue
+		}
+		if len(out) == 0 {
+			u.add(func() {
+				if err := s.images.UnmountImages(c.ID); err != nil {
+					log.Warn("undo image volumes", "error", err)
+				}
+			})
+		}
+		im, err := s.images.MountImage(ref, c.ID)
+		if err != nil {
+			return nil, imageVolumeError(i, fmt.Errorf("image %s: %w (pull it first)", ref, err))
+		}
+		src := im.Path
+		if sub := m.GetImageSubPath(); sub != "" {
+			if src, err = im.SubPath(sub); err != nil {
+				return nil, imageVolumeError(i, invalidf("%v", err))
+			}
+		}
+		out[i] = src
+	}
+	return out, nil
+}
+
+// imageVolumeError says ImageVolumeMountFailed first, which the kubelet
+// reads, and keeps err's kind for its status code.
+func imageVolumeError(i int, err error) error {
+	wrapped := fmt.Errorf("%w: mounts[%d]: %w", crierrors.ErrImageVolumeMountFailed, i, err)
+	if codeOf(err) == codes.Unknown {
+		return &kindError{kind: errPrecondition, err: wrapped}
+	}
+	return wrapped
 }
 
 // writeContainerBundle writes the container's OCI bundle (its spec over

@@ -45,6 +45,9 @@ func (s *Server) finishRemoveContainer(c *container) error {
 	if err := s.images.RemoveRootfs(c.ID); err != nil {
 		return fmt.Errorf("remove root filesystem of %s: %w", c.ID, err)
 	}
+	if err := s.images.UnmountImages(c.ID); err != nil {
+		return fmt.Errorf("release the image volumes of %s: %w", c.ID, err)
+	}
 	if err := os.RemoveAll(s.cfg.containerDir(c.ID)); err != nil {
 		return err
 	}

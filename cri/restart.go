@@ -210,6 +210,14 @@ func (s *Server) removeOrphans() {
 			}
 		}
 	}
+	if users, err := s.images.ImageMountUsers(); err == nil {
+		for _, u := range users {
+			if !owned[u] {
+				s.log.Info("recovery: releasing the image volumes of a container that is gone", "container", u)
+				s.logErr("release image volumes", u, s.images.UnmountImages(u))
+			}
+		}
+	}
 	netns := map[string]bool{}
 	for _, sb := range s.store.listSandboxes() {
 		if sb.NetNS != "" {

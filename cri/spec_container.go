@@ -39,6 +39,9 @@ type specInput struct {
 	// joins; pausePid holds the pod's other namespaces.
 	pausePid int
 	nsPid    int
+	// imageVolumes are the host paths of the image volumes, by their
+	// index in the config's mounts.
+	imageVolumes map[int]string
 }
 
 // resolvedUser is who the container's process runs as.
@@ -364,9 +367,12 @@ func (s *Server) containerMounts(spec *specs.Spec, in specInput) error {
 	}
 	var criMounts []specs.Mount
 	for i, m := range cfg.Mounts {
-		src, err := hostPathSource(m.HostPath)
-		if err != nil {
-			return fmt.Errorf("mounts[%d]: %w", i, err)
+		src, ok := in.imageVolumes[i]
+		if !ok {
+			var err error
+			if src, err = hostPathSource(m.HostPath); err != nil {
+				return fmt.Errorf("mounts[%d]: %w", i, err)
+			}
 		}
 		var propagation string
 		switch m.Propagation {

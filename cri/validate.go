@@ -486,7 +486,24 @@ func validateContainerSecurity(cfg *runtimeapi.ContainerConfig, sandboxCfg *runt
 
 func validateMount(field string, m *runtimeapi.Mount, podUserns bool) error {
 	if m.GetImage().GetImage() != "" {
-		return invalidf("%s: image volumes are not supported by berth", field)
+		// An image volume: the image's files, read-only, as the kubelet
+		// asks for them (containerd checks the same).
+		if m.HostPath != "" {
+			return invalidf("%s: an image volume has no host_path (got %q)", field, m.HostPath)
+		}
+		if !m.Readonly {
+			return invalidf("%s: an image volume is read-only: readonly must be set", field)
+		}
+		if !filepath.IsAbs(m.ContainerPath) {
+			return invalidf("%s: container_path %q must be absolute", field, m.ContainerPath)
+		}
+		if len(m.UidMappings) > 0 || len(m.GidMappings) > 0 {
+			return invalidf("%s: id-mapped image volumes are not supported", field)
+		}
+		return nil
+	}
+	if m.ImageSubPath != "" {
+		return invalidf("%s: image_sub_path is for image volumes", field)
 	}
 	if len(m.UidMappings) > 0 || len(m.GidMappings) > 0 {
 		if !podUserns {

@@ -67,7 +67,7 @@ var (
 	bucketLeases = []byte("leases")
 )
 
-var allBuckets = [][]byte{bucketImages, bucketNames, bucketLayers, bucketRootfs, bucketLeases}
+var allBuckets = [][]byte{bucketImages, bucketNames, bucketLayers, bucketRootfs, bucketLeases, bucketImageMounts}
 
 func getJSON(b *bolt.Bucket, key string, v any) (bool, error) {
 	data := b.Get([]byte(key))
@@ -89,7 +89,7 @@ func putJSON(b *bolt.Bucket, key string, v any) error {
 }
 
 // layerRefs counts, per chain ID, what keeps a layer: images, container
-// root filesystems, and pulls in progress.
+// root filesystems, image mounts, and pulls in progress.
 func layerRefs(tx *bolt.Tx) (map[digest.Digest]int, error) {
 	refs := map[digest.Digest]int{}
 	err := tx.Bucket(bucketImages).ForEach(func(_, v []byte) error {
@@ -111,6 +111,19 @@ func layerRefs(tx *bolt.Tx) (map[digest.Digest]int, error) {
 			return err
 		}
 		for _, l := range r.Layers {
+			refs[l]++
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	err = tx.Bucket(bucketImageMounts).ForEach(func(_, v []byte) error {
+		var m imageMountRecord
+		if err := json.Unmarshal(v, &m); err != nil {
+			return err
+		}
+		for _, l := range m.Layers {
 			refs[l]++
 		}
 		return nil

@@ -88,6 +88,9 @@ type Store struct {
 	shared   map[string]*sharedPull  // pulls in progress, by reference and credentials
 	inflight map[string]*pullTracker // their progress, by pull id
 
+	// imageMountMu orders the mounts and unmounts of image mounts.
+	imageMountMu sync.Mutex
+
 	policyOnce sync.Once
 	policy     *signature.Policy
 	policyErr  error
