@@ -10,8 +10,8 @@ import (
 	"time"
 
 	imgspec "github.com/opencontainers/image-spec/specs-go/v1"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 	crierrors "k8s.io/cri-api/pkg/errors"
 
