@@ -150,6 +150,9 @@ func (s *Server) containerImage(c *container, cfg *runtimeapi.ContainerConfig) (
 	if err != nil {
 		return nil, nil, fmt.Errorf("image %s: %w (pull it first)", cfg.Image.GetImage(), err)
 	}
+	if img.Artifact {
+		return nil, nil, invalidf("image %s is an OCI artifact, not a runnable image: it can be an image volume, not a container's image", cfg.Image.GetImage())
+	}
 	imgCfg, err := s.images.Config(img)
 	if err != nil {
 		return nil, nil, err

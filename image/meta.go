@@ -29,6 +29,9 @@ type Image struct {
 	Created time.Time `json:"created"`
 	// Pulled is when berth stored the image.
 	Pulled time.Time `json:"pulled"`
+	// Artifact: an OCI artifact (artifact.go): its ID is its manifest's
+	// digest, its one layer holds its files, and it runs nowhere.
+	Artifact bool `json:"artifact,omitempty"`
 }
 
 // layerRecord is a stored, unpacked layer.

@@ -188,6 +188,11 @@ func (s *Store) pullCandidate(ctx context.Context, sys *types.SystemContext, c c
 	if err := s.checkPolicy(ctx, unparsed); err != nil {
 		return nil, err
 	}
+	if mb, mt, err := unparsed.Manifest(ctx); err == nil {
+		if m, ok := isArtifact(mb, manifest.NormalizedMIMEType(mt)); ok {
+			return s.pullArtifact(ctx, src, c, topDigest, mb, m, sp, o)
+		}
+	}
 	pi, err := readPulledImage(ctx, sys, unparsed)
 	if err != nil {
 		return nil, err

@@ -82,6 +82,9 @@ func (s *Store) List() ([]Image, error) {
 // Config returns the image's OCI config (entrypoint, command, env, user,
 // working directory, exposed ports, volumes, stop signal).
 func (s *Store) Config(img *Image) (*v1.Image, error) {
+	if img.Artifact {
+		return nil, fmt.Errorf("image %s: %w", img.ID, errArtifact)
+	}
 	data, err := os.ReadFile(s.blobPath(digest.Digest(img.ID)))
 	if err != nil {
 		return nil, fmt.Errorf("image %s config: %w", img.ID, err)

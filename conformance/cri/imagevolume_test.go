@@ -121,3 +121,28 @@ func imageMounts(d *daemon) int {
 	}
 	return n
 }
+
+// TestArtifactVolume: an OCI artifact (model weights, say) pulled through
+// the CRI and mounted as an image volume shows its files, named by their
+// titles; it cannot be a container's image.
+func TestArtifactVolume(t *testing.T) {
+	d := startDaemon(t)
+	layout := testutil.BuildOCIArtifact(t, t.TempDir(), "v1", "application/vnd.example.model",
+		testutil.ArtifactFile{Title: "weights.bin", Content: "0123456789"},
+		testutil.ArtifactFile{Title: "config.json", Content: `{"layers":2}`})
+	suite.reg.Push(t, layout, "model:v1")
+	ref := suite.reg.Addr + "/model:v1"
+	d.pull(t, ref)
+
+	podCfg := d.podConfig("artifact")
+	pod := d.runPod(t, podCfg)
+	cfg := containerConfig("reader", "", "sleep", "3600")
+	cfg.Mounts = []*runtimeapi.Mount{{ContainerPath: "/model", Image: &runtimeapi.ImageSpec{Image: ref}, Readonly: true}}
+	c := d.run(t, pod, podCfg, cfg)
+	if out := d.mustExec(t, c, "sh", "-c", "ls /model; cat /model/weights.bin"); out != "config.json\nweights.bin\n0123456789" {
+		t.Errorf("the artifact's files: %q", out)
+	}
+	_, err := d.RT.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: pod, SandboxConfig: podCfg,
+		Config: containerConfig("run-artifact", ref, "true")})
+	wantCode(t, err, codes.InvalidArgument, "an artifact as a container's image")
+}

@@ -263,6 +263,39 @@ func BuildOCI(t T, dir, tag string, spec ImageSpec) string {
 	return dir + ":" + tag
 }
 
+// ArtifactFile is one layer of an OCI artifact: a file, named by its
+// title annotation where Title is set.
+type ArtifactFile struct {
+	Title, Content, MediaType string
+}
+
+// BuildOCIArtifact writes an OCI layout with one artifact tagged tag (an
+// artifactType, the empty config, a layer per file), as model weights
+// and other non-image content are shipped, and returns "<dir>:<tag>".
+func BuildOCIArtifact(t T, dir, tag, artifactType string, files ...ArtifactFile) string {
+	t.Helper()
+	l := newOCILayout(t, dir)
+	empty := l.blob("application/vnd.oci.empty.v1+json", []byte("{}"))
+	var layers []v1.Descriptor
+	for _, f := range files {
+		mt := f.MediaType
+		if mt == "" {
+			mt = "application/octet-stream"
+		}
+		d := l.blob(mt, []byte(f.Content))
+		if f.Title != "" {
+			d.Annotations = map[string]string{v1.AnnotationTitle: f.Title}
+		}
+		layers = append(layers, d)
+	}
+	m := v1.Manifest{
+		Versioned: specsv.Versioned{SchemaVersion: 2}, MediaType: v1.MediaTypeImageManifest,
+		ArtifactType: artifactType, Config: empty, Layers: layers,
+	}
+	l.index(tag, l.jsonBlob(v1.MediaTypeImageManifest, m))
+	return dir + ":" + tag
+}
+
 // BuildOCIIndex writes an OCI layout whose tag is a multi-platform index
 // of the images.
 func BuildOCIIndex(t T, dir, tag string, specs ...ImageSpec) string {
