@@ -68,10 +68,10 @@ func TestChaosKill(t *testing.T) {
 	go func() { defer wg.Done(); c.loop(stop) }()
 
 	for kill := 0; kill < chaosKills; kill++ {
-		time.Sleep(time.Duration(200+rand.IntN(1300)) * time.Millisecond)
+		time.Sleep(testutil.Scaled(time.Duration(200+rand.IntN(1300)) * time.Millisecond))
 		d.Stop(syscall.SIGKILL)
 		// Sometimes the client finds berthd gone for a while.
-		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
+		time.Sleep(testutil.Scaled(time.Duration(rand.IntN(300)) * time.Millisecond))
 		d.Start()
 	}
 	close(stop)

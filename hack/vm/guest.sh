@@ -38,6 +38,8 @@ if [ ! -e /swapfile ]; then
 	fallocate -l 1G /swapfile && chmod 600 /swapfile && mkswap -q /swapfile && swapon /swapfile
 fi
 
+# Under emulation the tests whose timing matters wait longer.
+[ "$(cat "$out/accel" 2>/dev/null)" = tcg ] && export BERTH_TEST_TIME_SCALE=5
 export BERTH_BIN_DIR=$opt/bin BERTH_CNI_BIN=$opt/cni-bin BERTH_RUNTIME_TOOLS=$opt/runtime-tools \
 	BERTH_KUBELET=$opt/kubernetes/kubelet PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 

@@ -58,6 +58,7 @@ disk=$vm/run.qcow2
 qemu-img create -q -f qcow2 -b "$image/root.img" -F raw "$disk" 32G
 
 accel=$(choose_accel)
+echo "$accel" >"$out/accel"
 accel_args=(-accel kvm -cpu host)
 # One thread for all vCPUs was faster than multi-threaded TCG here.
 [ "$accel" = kvm ] || accel_args=(-accel tcg,thread=single -cpu max)

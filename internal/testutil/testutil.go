@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -489,4 +490,17 @@ func RemoveIfNew(paths ...string) func() error {
 		}
 		return errors.Join(errs...)
 	}
+}
+
+// timeScaleEnv stretches the waits of tests whose timing matters (a
+// chaos loop's kill intervals): the VM tier sets it where it emulates
+// the CPU (3 to 7 times slower for exec-heavy work).
+const timeScaleEnv = "BERTH_TEST_TIME_SCALE"
+
+// Scaled is d stretched by $BERTH_TEST_TIME_SCALE (1 unless set).
+func Scaled(d time.Duration) time.Duration {
+	if f, err := strconv.ParseFloat(os.Getenv(timeScaleEnv), 64); err == nil && f > 0 {
+		return time.Duration(float64(d) * f)
+	}
+	return d
 }
