@@ -92,6 +92,7 @@ func (a *admin) importArchive(body io.Reader, size int64, name string) ([]admina
 	return out, json.NewDecoder(resp.Body).Decode(&out)
 }
 
+// countingReader counts what the upload has sent, for its bar.
 type countingReader struct {
 	r io.Reader
 	n *atomic.Int64
