@@ -128,10 +128,11 @@ func TestChurn(t *testing.T) {
 	// one per pod is a leak.
 	var g1 int
 	var heap1 int64
-	berthd.Eventually(t, 30*time.Second, "berthd's goroutines and heap back near the start", func() error {
+	berthd.Eventually(t, testutil.Scaled(30*time.Second), "berthd's goroutines and heap back near the start", func() error {
 		g1, heap1 = daemonFootprint(t, d)
 		if g1 > g0+10 {
-			return fmt.Errorf("%d goroutines, %d before %d pods", g1, g0, churnPods)
+			return fmt.Errorf("%d goroutines, %d before %d pods; the most common:\n%s", g1, g0, churnPods,
+				goroutineSummary(adminGet(t, d, "/debug/pprof/goroutine?debug=1")))
 		}
 		if heap1 > heap0+heap0/2+4<<20 {
 			return fmt.Errorf("heap in use %d KiB, %d KiB before %d pods", heap1>>10, heap0>>10, churnPods)
@@ -159,6 +160,31 @@ func adminGet(t *testing.T, d *daemon, path string) string {
 		b.WriteString(sc.Text() + "\n")
 	}
 	return b.String()
+}
+
+// goroutineSummary is a goroutine profile (debug=1) in a line per stack
+// that more than one goroutine is in: the count and the innermost
+// functions.
+func goroutineSummary(profile string) string {
+	var out []string
+	for _, block := range strings.Split(profile, "\n\n") {
+		lines := strings.Split(strings.TrimSpace(block), "\n")
+		var n int
+		if len(lines) < 2 || strings.HasPrefix(lines[0], "goroutine profile") {
+			continue
+		}
+		if _, err := fmt.Sscanf(lines[0], "%d @", &n); err != nil || n < 2 {
+			continue
+		}
+		var funcs []string
+		for _, l := range lines[1:] {
+			if f := strings.Fields(l); len(f) >= 3 && f[0] == "#" && len(funcs) < 4 {
+				funcs = append(funcs, f[2])
+			}
+		}
+		out = append(out, fmt.Sprintf("%d: %s", n, strings.Join(funcs, " < ")))
+	}
+	return strings.Join(out, "\n")
 }
 
 // daemonFootprint is berthd's goroutines and live heap after a GC.
