@@ -7,6 +7,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"github.com/coreos/go-systemd/v22/dbus"
 	godbus "github.com/godbus/dbus/v5"
@@ -74,16 +75,42 @@ func (d Driver) PodParent(p string) (string, error) {
 	return p, nil
 }
 
+// sharedConn is berthd's one connection to systemd for the slices it
+// stops (a connection per pod would cost a handshake and goroutines).
+var sharedConn struct {
+	sync.Mutex
+	c *dbus.Conn
+}
+
+// systemdConn is the shared connection, made again if it was lost (a
+// systemd re-exec, say).
+func systemdConn(ctx context.Context) (*dbus.Conn, error) {
+	sharedConn.Lock()
+	defer sharedConn.Unlock()
+	if sharedConn.c != nil && sharedConn.c.Connected() {
+		return sharedConn.c, nil
+	}
+	if sharedConn.c != nil {
+		sharedConn.c.Close()
+		sharedConn.c = nil
+	}
+	c, err := dbus.NewWithContext(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sharedConn.c = c
+	return c, nil
+}
+
 // RemoveSlice stops a systemd slice that berth made for a pod (by naming
 // it as the parent of the pod's scopes): systemd keeps a slice it
 // started until someone stops it, empty or not, as the kubelet stops the
 // pod slices it makes. A slice that is gone already is not an error.
 func RemoveSlice(ctx context.Context, slice string) error {
-	conn, err := dbus.NewWithContext(ctx)
+	conn, err := systemdConn(ctx)
 	if err != nil {
 		return fmt.Errorf("stop %s: connect to systemd: %w", slice, err)
 	}
-	defer conn.Close()
 	done := make(chan string, 1)
 	if _, err := conn.StopUnitContext(ctx, slice, "replace", done); err != nil {
 		var dbusErr godbus.Error
