@@ -208,7 +208,15 @@ func TestRuntimeToolsValidation(t *testing.T) {
 	t.Cleanup(func() {
 		for _, cg := range []string{rtvCgroup, rtvRelCgroup} {
 			if err := cgroups.RemoveTree(cg); err != nil {
-				t.Errorf("remove %s: %v", cg, err)
+				// Say who is left: a validation's container that neither
+				// runtime removed.
+				pids, _ := cgroups.Pids(cg)
+				var who []string
+				for _, p := range pids {
+					cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p))
+					who = append(who, fmt.Sprintf("%d %q", p, strings.ReplaceAll(string(cmd), "\x00", " ")))
+				}
+				t.Errorf("remove %s: %v; processes in it: %v", cg, err, who)
 			}
 		}
 	})

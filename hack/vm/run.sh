@@ -8,9 +8,10 @@
 # The guest has no network card. Exits non-zero when any run failed.
 #
 # Environment: VM_DIR (.cache/vm), VM_OUT ($VM_DIR/out), VM_MEM (MiB),
-# VM_CPUS, VM_TIMEOUT (seconds for the whole boot and plan), VM_ACCEL
-# (kvm or tcg; default: KVM where a stock kernel boots under it, else
-# software emulation).
+# VM_CPUS, VM_TIMEOUT (seconds for the whole boot and plan; default the
+# plan's timeouts added up, and 10 minutes), VM_ACCEL (kvm or tcg;
+# default: KVM where a stock kernel boots under it, else software
+# emulation).
 set -euo pipefail
 plan=${1:?usage: run.sh PLAN}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -19,10 +20,27 @@ out=${VM_OUT:-$vm/out}
 image=$vm/image
 mem=${VM_MEM:-6144}
 cpus=${VM_CPUS:-2}
-timeout=${VM_TIMEOUT:-3600}
 planfile=$repo/hack/vm/plan.$plan
 [ -f "$plan" ] && planfile=$plan
 [ -f "$planfile" ] || { echo "run.sh: no plan hack/vm/plan.$plan" >&2; exit 2; }
+
+# seconds DURATION: a plan's timeout (90s, 20m, 2h) in seconds.
+seconds() {
+	case "$1" in
+	*h) echo $((${1%h} * 3600)) ;;
+	*m) echo $((${1%m} * 60)) ;;
+	*s) echo "${1%s}" ;;
+	*) echo "run.sh: timeout $1: want s, m or h" >&2 && exit 2 ;;
+	esac
+}
+timeout=${VM_TIMEOUT:-}
+if [ -z "$timeout" ]; then
+	timeout=600
+	while read -r name _ t _; do
+		case "$name" in '' | '#'*) continue ;; esac
+		timeout=$((timeout + $(seconds "$t")))
+	done <"$planfile"
+fi
 
 qemu_common() {
 	echo -nographic -no-reboot -nic none -m "$mem" -smp "$cpus" \
@@ -73,7 +91,7 @@ timeout -k 10 "$timeout" qemu-system-x86_64 $(qemu_common) "${accel_args[@]}" \
 	-virtfs "local,path=$out,mount_tag=out,security_model=passthrough" \
 	-serial "file:$out/console.log" -monitor none -display none </dev/null >"$out/qemu.log" 2>&1 &
 qpid=$!
-trap 'kill $qpid 2>/dev/null; wait $qpid 2>/dev/null; rm -f "$disk"' EXIT
+trap 'kill $qpid 2>/dev/null || true; wait $qpid 2>/dev/null || true; rm -f "$disk"' EXIT
 # The guest's progress lines, as they come.
 ( tail -s 2 --pid=$qpid -F "$out/console.log" 2>/dev/null | grep --line-buffered -a 'berth-vm: ' | sed -u 's/^.*berth-vm: /vm: /' ) &
 tpid=$!
