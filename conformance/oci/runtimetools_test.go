@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -250,6 +251,7 @@ func TestRuntimeToolsValidation(t *testing.T) {
 					cmd.Path = "/bin/sh"
 				}
 				r := cmd.Run(t)
+				rtvDeleteLeftovers(t, runtime, root)
 				return tapFailures(r.Stdout + r.Stderr), r.Stdout + r.Stderr
 			}
 			want, _ := run(runc, t.TempDir())
@@ -281,6 +283,24 @@ func TestRuntimeToolsValidation(t *testing.T) {
 				t.Logf("berth's output:\n%s", out)
 			}
 		})
+	}
+}
+
+// rtvDeleteLeftovers force-deletes the containers a validation left in
+// the runtime's root: one that stops half-way (delete_only_create_resources
+// on cgroup v2 does) leaves a created container, its process in the
+// suite's cgroup.
+func rtvDeleteLeftovers(t *testing.T, runtime, root string) {
+	t.Helper()
+	out, err := exec.Command(runtime, "--root", root, "list", "-q").Output()
+	if err != nil {
+		t.Errorf("%s --root %s list: %v", runtime, root, err)
+		return
+	}
+	for _, id := range strings.Fields(string(out)) {
+		if out, err := exec.Command(runtime, "--root", root, "delete", "--force", id).CombinedOutput(); err != nil {
+			t.Errorf("%s delete --force %s: %v: %s", runtime, id, err, out)
+		}
 	}
 }
 
