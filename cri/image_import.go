@@ -27,3 +27,17 @@ func (s *Server) ImportImages(ctx context.Context, r io.Reader, name string) ([]
 	}
 	return out, err
 }
+
+// ExportImages writes the images refs name to w as one archive (format:
+// docker-archive, the default, or oci-archive), for berthctl export on
+// the side channel.
+func (s *Server) ExportImages(ctx context.Context, w io.Writer, refs []string, format string) error {
+	start := time.Now()
+	err := s.images.Export(ctx, w, refs, image.ExportOptions{Format: format})
+	if err != nil {
+		s.log.Warn("export failed", "images", refs, "error", err)
+		return err
+	}
+	s.log.Info("exported", "images", refs, "format", format, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}

@@ -133,6 +133,24 @@ func (s *Store) fetchLayerOnce(ctx context.Context, job layerJob) (retErr error)
 		}
 		return malformed(s.unpackError(ctx, job.info.Digest, err))
 	}
+	// The tar's tar-split, for an export to give it back (tarsplit.go).
+	split := s.path("tmp", "tar-split-"+newID())
+	splitRec, err := newTarSplitRecorder(split)
+	if err != nil {
+		return storeIOError("record layer "+job.info.Digest.String(), err)
+	}
+	splitDone := false
+	finishSplit := func(err error) error {
+		splitDone = true
+		return splitRec.finish(err)
+	}
+	defer func() {
+		if !splitDone {
+			_ = finishSplit(errors.New("layer not stored"))
+		}
+		os.Remove(split)
+	}()
+	tarStream = io.TeeReader(tarStream, splitRec)
 	res, err := unpack(ctx, tmp, tarStream, unpackOptions{denyDevices: s.opts.DenyDevices})
 	if err != nil {
 		return failed(err)
@@ -141,6 +159,7 @@ func (s *Store) fetchLayerOnce(ctx context.Context, job layerJob) (retErr error)
 	if _, err := io.Copy(io.Discard, tarStream); err != nil {
 		return failed(err)
 	}
+	splitErr := finishSplit(nil)
 	if _, err := io.Copy(io.Discard, blob); err != nil {
 		return classifyPullError(fmt.Errorf("layer %s: %w", job.info.Digest, err))
 	}
@@ -170,7 +189,16 @@ func (s *Store) fetchLayerOnce(ctx context.Context, job layerJob) (retErr error)
 		ChainID: job.chainID, DiffID: diff.Digest(), Parent: job.parent,
 		Compressed: job.info.Digest, Size: res.size, Inodes: res.inodes,
 	}
+	if splitErr != nil {
+		// The layer works; only its export will be refused.
+		s.log.Warn("layer stored without its tar-split: it cannot be exported", "layer", job.info.Digest, "error", splitErr)
+	}
 	err = s.db.Update(func(tx *bolt.Tx) error {
+		if splitErr == nil {
+			if err := os.Rename(split, s.tarSplitPath(job.chainID)); err != nil {
+				return err
+			}
+		}
 		if err := os.Rename(tmp, s.layerPath(job.chainID)); err != nil {
 			return err
 		}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	goruntime "runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -126,7 +127,7 @@ func Open(opts Options) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{opts: opts, root: root, log: opts.Logger, inflight: map[string]*pullTracker{}, shared: map[string]*sharedPull{}}
-	for _, d := range []string{root, s.path("blobs", "sha256"), s.path("layers"), s.path("containers"), s.path("tmp")} {
+	for _, d := range []string{root, s.path("blobs", "sha256"), s.path("layers"), s.path("tar-split"), s.path("containers"), s.path("tmp")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, storeIOError("create store", err)
 		}
@@ -267,6 +268,19 @@ func (s *Store) GC() error {
 				return err
 			}
 			doomed = append(doomed, dst)
+		}
+		// A layer's tar-split goes with it (and one a crash left behind
+		// before its layer was stored).
+		splits, err := os.ReadDir(s.path("tar-split"))
+		if err != nil {
+			return err
+		}
+		for _, e := range splits {
+			if !known[strings.TrimSuffix(e.Name(), ".json.gz")] {
+				if err := os.Remove(s.path("tar-split", e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
+					return err
+				}
+			}
 		}
 		return s.gcBlobs(tx)
 	})

@@ -47,7 +47,7 @@ func main() {
 	}
 	app.Commands = []cli.Command{
 		versionCommand, infoCommand,
-		pullCommand, importCommand, imagesCommand, rmiCommand, inspectiCommand,
+		pullCommand, importCommand, exportCommand, imagesCommand, rmiCommand, inspectiCommand,
 		runpCommand, podsCommand, inspectpCommand, stoppCommand, rmpCommand,
 		createCommand, startCommand, psCommand, inspectCommand, updateCommand, stopCommand, rmCommand,
 		execCommand, attachCommand, portForwardCommand, logsCommand, statsCommand,

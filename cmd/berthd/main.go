@@ -198,7 +198,7 @@ func checkOverlay() error {
 }
 
 // serveAdmin serves GET /pulls (pulls in flight, per layer), POST
-// /images/import (image archives), GET /metrics and Go's profiles
+// /images/import and GET /images/export (image archives), GET /metrics and Go's profiles
 // (/debug/pprof/) on a root-only Unix socket.
 func serveAdmin(cfg cri.Config, srv *cri.Server, log *slog.Logger) (*http.Server, error) {
 	path := adminapi.SocketFor(cfg.Socket)
@@ -229,6 +229,26 @@ func serveAdmin(cfg cri.Config, srv *cri.Server, log *slog.Logger) (*http.Server
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(imported)
 	})
+	mux.HandleFunc("GET "+adminapi.ExportPath, func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		ew := &exportWriter{w: w}
+		w.Header().Set("Trailer", adminapi.ExportErrorTrailer)
+		err := srv.ExportImages(r.Context(), ew, q["ref"], q.Get("format"))
+		switch {
+		case err == nil:
+		case ew.started:
+			w.Header().Set(adminapi.ExportErrorTrailer, err.Error())
+		default:
+			code := http.StatusInternalServerError
+			switch {
+			case errors.Is(err, image.ErrNotFound):
+				code = http.StatusNotFound
+			case errors.Is(err, image.ErrBadImage) || errors.Is(err, image.ErrInvalidReference):
+				code = http.StatusBadRequest
+			}
+			http.Error(w, err.Error(), code)
+		}
+	})
 	mux.Handle("GET "+adminapi.MetricsPath, srv.MetricsHandler())
 	// Go's profiles, as containerd's debug socket has them: root only.
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -241,4 +261,20 @@ func serveAdmin(cfg cri.Config, srv *cri.Server, log *slog.Logger) (*http.Server
 		}
 	}()
 	return hs, nil
+}
+
+// exportWriter starts an export's response at its first byte: until
+// then an error can still be the response's status.
+type exportWriter struct {
+	w       http.ResponseWriter
+	started bool
+}
+
+func (e *exportWriter) Write(p []byte) (int, error) {
+	if !e.started {
+		e.started = true
+		e.w.Header().Set("Content-Type", "application/x-tar")
+		e.w.WriteHeader(http.StatusOK)
+	}
+	return e.w.Write(p)
 }

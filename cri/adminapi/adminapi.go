@@ -51,3 +51,14 @@ type ImportedImage struct {
 	ID    string   `json:"id"`
 	Names []string `json:"names"`
 }
+
+// ExportPath answers GET with an archive of the images the query's ref
+// values name (docker-archive, or the query's format: oci-archive). An
+// error found before the archive starts is its text, with 404 (no such
+// image), 400 (a bad request) or 500; one met while the archive is
+// written is the ExportErrorTrailer of a response cut short.
+const ExportPath = "/images/export"
+
+// ExportErrorTrailer carries an export's error that came after the
+// archive had started.
+const ExportErrorTrailer = "Berth-Export-Error"
