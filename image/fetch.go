@@ -198,6 +198,9 @@ func (s *Store) fetchLayerOnce(ctx context.Context, job layerJob) (retErr error)
 			if err := os.Rename(split, s.tarSplitPath(job.chainID)); err != nil {
 				return err
 			}
+			if err := syncDir(s.path("tar-split")); err != nil {
+				return err
+			}
 		}
 		if err := os.Rename(tmp, s.layerPath(job.chainID)); err != nil {
 			return err
