@@ -58,12 +58,15 @@ func newPodman(t *testing.T) *podman {
 	testutil.BusyboxRootfs(t, p.rootfs)
 	t.Cleanup(func() {
 		p.run("rm", "--force", "--all", "--time", "0")
-		// conmon's cgroup stays after its containers; remove the tree
-		// (systemd removes its scopes and slices itself).
+		// conmon's cgroup stays after its containers; remove the tree.
+		// systemd removes the scopes, and keeps a slice it started
+		// until it is stopped.
 		if manager == "cgroupfs" {
 			if err := cgroups.RemoveTree(parent); err != nil {
 				t.Errorf("remove podman's cgroups: %v", err)
 			}
+		} else if err := testutil.StopSlice(parent); err != nil {
+			t.Errorf("stop podman's slice: %v", err)
 		}
 	})
 	return p

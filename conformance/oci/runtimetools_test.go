@@ -207,7 +207,10 @@ func TestRuntimeToolsValidation(t *testing.T) {
 		must(t, os.WriteFile(filepath.Join(work, f), data, 0o755))
 	}
 	t.Cleanup(func() {
-		for _, cg := range []string{rtvCgroup, rtvRelCgroup} {
+		// On v2 a runtime takes a relative cgroupsPath (runtime-tools'
+		// testdir/cgrouptest/container) from the parent of its own cgroup,
+		// as runc does, and removes only the container's level of it.
+		for _, cg := range []string{rtvCgroup, rtvRelCgroup, testutil.CgroupParent + "/testdir"} {
 			if err := cgroups.RemoveTree(cg); err != nil {
 				// Say who is left: a validation's container that neither
 				// runtime removed.
