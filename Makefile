@@ -212,7 +212,7 @@ VM_DIR   := $(CURDIR)/.cache/vm
 VM_STAGE := $(VM_DIR)/stage
 VM_OUT   ?= $(VM_DIR)/out
 VM_PLAN  ?= full
-VM_PKGS  := ./cgroups ./cgroups/oomwatch ./runtime ./internal/shim ./conformance/oci ./conformance/cri ./conformance/kubelet
+VM_PKGS  := ./cgroups ./cgroups/oomwatch ./runtime ./runtime/ocicli ./internal/shim ./conformance/oci ./conformance/cri ./conformance/kubelet
 
 vm-image:
 	@hack/install-deps.sh vm

@@ -190,3 +190,60 @@ func parsePressure(data string) (*Pressure, error) {
 	}
 	return &p, nil
 }
+
+// ProcessPaths are the cgroup directories a running process is in, by
+// controller (v1) or under "" (v2), as libcontainer keeps them for its
+// own containers: how berth finds the cgroup of a container another OCI
+// runtime made.
+func ProcessPaths(pid int) (map[string]string, error) {
+	rel, err := ocg.ParseCgroupFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return nil, err
+	}
+	if HostMode() == Unified {
+		p, ok := rel[""]
+		if !ok {
+			return nil, fmt.Errorf("process %d: no cgroup v2 path", pid)
+		}
+		return map[string]string{"": filepath.Join("/sys/fs/cgroup", p)}, nil
+	}
+	paths := map[string]string{}
+	for subsys, p := range rel {
+		if subsys == "" || strings.HasPrefix(subsys, "name=") {
+			continue
+		}
+		// A comounted pair (cpu,cpuacct) is one directory for each.
+		for _, s := range strings.Split(subsys, ",") {
+			mnt, err := ocg.FindCgroupMountpoint("", s)
+			if err != nil {
+				continue
+			}
+			paths[s] = filepath.Join(mnt, p)
+		}
+	}
+	return paths, nil
+}
+
+// StatsOf reads the figures of a cgroup given its paths (ProcessPaths).
+func StatsOf(paths map[string]string) (Stats, error) {
+	var (
+		st  *ocg.Stats
+		err error
+	)
+	cfg := &ocg.Cgroup{Resources: &ocg.Resources{}}
+	if HostMode() == Unified {
+		var m *fs2.Manager
+		if m, err = fs2.NewManager(cfg, paths[""]); err == nil {
+			st, err = m.GetStats()
+		}
+	} else {
+		var m ocg.Manager
+		if m, err = fs.NewManager(cfg, paths); err == nil {
+			st, err = m.GetStats()
+		}
+	}
+	if err != nil {
+		return Stats{}, err
+	}
+	return FromLibrary(st), nil
+}

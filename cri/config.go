@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/berth-runtime/berth/cgroups"
@@ -87,6 +88,26 @@ type Config struct {
 	// taking precedence (device plugins and DRA drivers write to
 	// /var/run/cdi).
 	CDISpecDirs []string `toml:"cdi_spec_dirs"`
+
+	// Runtimes are runtime handlers besides berth's own ("berth", and
+	// the default ""): OCI runtimes such as runc or crun, by the name a
+	// RuntimeClass's handler gives ([runtimes.runc]).
+	Runtimes map[string]RuntimeConfig `toml:"runtimes"`
+}
+
+// RuntimeConfig is a runtime handler's OCI runtime.
+type RuntimeConfig struct {
+	// Path is the runtime's binary (runc's command line: create, start,
+	// state, kill, delete, exec, update, ps, list, features); a bare
+	// name is looked up in $PATH.
+	Path string `toml:"runtime_path"`
+	// Root is its state directory (--root); by default
+	// <state>/runtimes/<name>.
+	Root string `toml:"runtime_root"`
+	// OCIVersion, if set, is the ociVersion of the specs berthd writes
+	// for the handler, for a runtime that refuses the newer one berth
+	// writes (crun before 1.9 takes 1.0 and 1.1 only).
+	OCIVersion string `toml:"oci_version"`
 }
 
 // Duration is a time.Duration written as "10s" in TOML.
@@ -211,6 +232,34 @@ func (c *Config) Validate() error {
 		if *b.field, err = filepath.Abs(*b.field); err != nil {
 			return fmt.Errorf("%s binary: %w", b.name, err)
 		}
+	}
+	return c.validateRuntimes()
+}
+
+// validateRuntimes checks the [runtimes.NAME] handlers and fills in
+// their paths and roots.
+func (c *Config) validateRuntimes() error {
+	for name, rc := range c.Runtimes {
+		if name == defaultHandler || len(validation.IsDNS1123Label(name)) > 0 {
+			return fmt.Errorf("runtimes.%s: a handler's name is a DNS label (a RuntimeClass's handler), and not %q", name, defaultHandler)
+		}
+		if rc.Path == "" {
+			return fmt.Errorf("runtimes.%s: runtime_path is required", name)
+		}
+		p, err := exec.LookPath(rc.Path)
+		if err != nil {
+			return fmt.Errorf("runtimes.%s: %w", name, err)
+		}
+		if rc.Path, err = filepath.Abs(p); err != nil {
+			return fmt.Errorf("runtimes.%s: %w", name, err)
+		}
+		if rc.Root == "" {
+			rc.Root = filepath.Join(c.State, "runtimes", name)
+		}
+		if !filepath.IsAbs(rc.Root) {
+			return fmt.Errorf("runtimes.%s: runtime_root %q must be an absolute path", name, rc.Root)
+		}
+		c.Runtimes[name] = rc
 	}
 	return nil
 }

@@ -257,7 +257,7 @@ func (s *Server) writeContainerBundle(c *container, in specInput, u *undo) error
 	c.User = usr
 	bundle := s.cfg.containerDir(c.ID)
 	u.add(func() { _ = os.RemoveAll(bundle) })
-	if err := writeSpec(bundle, spec); err != nil {
+	if err := writeSpec(bundle, spec, s.podHandler(c.PodID), s.log); err != nil {
 		return err
 	}
 	if c.LogPath != "" {

@@ -82,7 +82,7 @@ func (s *Server) stopContainerLocked(ctx context.Context, c *container, timeout 
 
 // killAll kills the container's init and every process in its cgroup:
 // with a pod-wide pid namespace, its children do not die with it.
-func (s *Server) killAll(rc *runtime.Container) {
+func (s *Server) killAll(rc ociContainer) {
 	if err := rc.Signal(unix.SIGKILL); err != nil && !errors.Is(err, runtime.ErrNotRunning) {
 		s.log.Debug("kill container", "container", rc.ID(), "error", err)
 	}

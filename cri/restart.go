@@ -194,11 +194,19 @@ func (s *Server) removeOrphans() {
 	for _, c := range s.store.listContainers() {
 		owned[c.ID] = true
 	}
-	if states, err := s.rt.List(); err == nil {
+	// Each handler's own: an orphan has no record to name its pod's.
+	for _, h := range s.distinctHandlers() {
+		states, err := h.rt.List()
+		if err != nil {
+			s.log.Warn("recovery: list containers", "handler", h.name, "error", err)
+			continue
+		}
 		for _, st := range states {
 			if !owned[st.ID] {
-				s.log.Info("recovery: deleting an orphan container", "container", st.ID)
-				s.deleteRuntimeContainer(st.ID)
+				s.log.Info("recovery: deleting an orphan container", "container", st.ID, "handler", h.name)
+				if c, err := h.rt.Load(st.ID); err == nil {
+					s.logErr("delete orphan container", st.ID, c.Delete(true))
+				}
 			}
 		}
 	}

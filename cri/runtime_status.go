@@ -34,25 +34,26 @@ func (s *Server) Status(ctx context.Context, req *runtimeapi.StatusRequest) (*ru
 		}
 		netCond.Message = err.Error()
 	}
-	features := &runtimeapi.RuntimeHandlerFeatures{RecursiveReadOnlyMounts: s.rroSupported, UserNamespaces: true}
 	resp := &runtimeapi.StatusResponse{
 		Status: &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{
 			{Type: runtimeapi.RuntimeReady, Status: true},
 			netCond,
 		}},
-		RuntimeHandlers: []*runtimeapi.RuntimeHandler{
-			{Name: "", Features: features},
-			{Name: defaultHandler, Features: features},
-		},
-		Features: &runtimeapi.RuntimeFeatures{SupplementalGroupsPolicy: true, MountOptions: true},
+		RuntimeHandlers: s.runtimeHandlers(),
+		Features:        &runtimeapi.RuntimeFeatures{SupplementalGroupsPolicy: true, MountOptions: true},
 	}
 	if req.Verbose {
 		cfg := s.cfg
+		handlers := map[string]string{}
+		for _, h := range s.distinctHandlers() {
+			handlers[h.name] = h.version
+		}
 		resp.Info = map[string]string{
-			"config":   jsonString(cfg),
-			"podCIDR":  s.currentPodCIDR(),
-			"cgroups":  cgroups.HostMode().String(),
-			"apparmor": "not enabled on this node",
+			"runtimeHandlers": jsonString(handlers),
+			"config":          jsonString(cfg),
+			"podCIDR":         s.currentPodCIDR(),
+			"cgroups":         cgroups.HostMode().String(),
+			"apparmor":        "not enabled on this node",
 		}
 		if s.apparmor {
 			resp.Info["apparmor"] = "enabled; RuntimeDefault is " + runtime.DefaultAppArmorProfile
@@ -65,4 +66,13 @@ func (s *Server) Status(ctx context.Context, req *runtimeapi.StatusRequest) (*ru
 func recursiveReadOnlySupported() bool {
 	err := unix.MountSetattr(-1, "", unix.AT_EMPTY_PATH, &unix.MountAttr{})
 	return !errors.Is(err, unix.ENOSYS)
+}
+
+// runtimeHandlers lists every handler with what it supports.
+func (s *Server) runtimeHandlers() []*runtimeapi.RuntimeHandler {
+	var list []*runtimeapi.RuntimeHandler
+	for _, n := range s.handlerNames() {
+		list = append(list, &runtimeapi.RuntimeHandler{Name: n, Features: s.handlers[n].features})
+	}
+	return list
 }

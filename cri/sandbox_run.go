@@ -53,15 +53,18 @@ func (s *Server) runPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandbo
 	if err := validatePodConfig(cfg, cgroups.Driver(s.cfg.CgroupDriver)); err != nil {
 		return "", err
 	}
-	if h := req.GetRuntimeHandler(); h != "" && h != defaultHandler {
-		return "", invalidf("unknown runtime handler %q (berth has only %q)", h, defaultHandler)
+	h, err := s.handlerFor(req.GetRuntimeHandler())
+	if err != nil {
+		return "", err
+	}
+	if podUsesUserns(cfg) && !h.features.UserNamespaces {
+		return "", invalidf("runtime handler %q cannot run pods in user namespaces (its runtime has no idmapped mounts)", req.GetRuntimeHandler())
 	}
 	sb := &sandbox{
 		ID: newID(), Name: sandboxName(cfg.Metadata), RuntimeHandler: req.GetRuntimeHandler(),
 		State: sandboxCreating, CreatedAt: time.Now(), config: cfg,
 	}
 	sb.CgroupParent = s.podCgroupParent(sb.ID, cfg)
-	var err error
 	if sb.Config, err = proto.Marshal(cfg); err != nil {
 		return "", err
 	}
@@ -112,7 +115,7 @@ func (s *Server) runPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandbo
 	shimUp := make(chan struct{})
 	go func() {
 		defer close(shimUp)
-		client, shimErr = s.shims.start(ctx, sb.ID)
+		client, shimErr = s.shims.start(ctx, sb.ID, h.path, h.root)
 	}()
 	u.add(func() {
 		<-shimUp
@@ -408,7 +411,7 @@ func (s *Server) createPause(ctx context.Context, sb *sandbox, cfg *runtimeapi.P
 		return 0, err
 	}
 	bundle := filepath.Join(s.cfg.podDir(sb.ID), "pause")
-	if err := writeSpec(bundle, spec); err != nil {
+	if err := writeSpec(bundle, spec, s.handlers[sb.RuntimeHandler], s.log); err != nil {
 		return 0, err
 	}
 	// Registered first: a create that fails half-way leaves runtime state.

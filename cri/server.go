@@ -55,15 +55,18 @@ type Server struct {
 	version string
 
 	images *image.Store
-	rt     *runtime.Runtime
-	store  *store
-	locks  *idLocks
-	shims  *shimManager
-	net    *network.Manager
-	stream streaming.Server
-	events *eventHub
-	metric *metrics
-	stats  *statsCache
+	// rt is every handler's runtime, each container routed to its
+	// pod's (handlers.go).
+	rt       runtimes
+	handlers map[string]*handler
+	store    *store
+	locks    *idLocks
+	shims    *shimManager
+	net      *network.Manager
+	stream   streaming.Server
+	events   *eventHub
+	metric   *metrics
+	stats    *statsCache
 
 	// rroSupported: the kernel can make mounts recursively read-only.
 	rroSupported bool
@@ -128,11 +131,13 @@ func New(cfg Config, log *slog.Logger, version string) (*Server, error) {
 	}
 	s := &Server{
 		cfg: cfg, log: log, version: version,
-		images: images, rt: rt, store: st, locks: newIDLocks(),
+		images: images, store: st, locks: newIDLocks(),
 		shims: newShimManager(&cfg, log), net: netm, events: newEventHub(),
 		metric: newMetrics(), stats: newStatsCache(), rroSupported: recursiveReadOnlySupported(),
 		apparmor: runtime.AppArmorEnabled(), cdi: cdiCache,
 	}
+	s.rt = runtimes{s}
+	s.handlers = newHandlers(&s.cfg, rt, s.rroSupported)
 	s.shims.onEvent = s.handleShimEvent
 	s.shims.onConnect = s.handleShimConnect
 	s.shims.onGone = s.handleShimGone

@@ -106,8 +106,9 @@ func (m *shimManager) client(podID string) *shim.Client {
 	return &shim.Client{Socket: m.socket(podID)}
 }
 
-// start starts the pod's shim and waits until it serves.
-func (m *shimManager) start(ctx context.Context, podID string) (*shim.Client, error) {
+// start starts the pod's shim, which runs the OCI runtime at runtimePath
+// with runtimeRoot (the pod's handler's), and waits until it serves.
+func (m *shimManager) start(ctx context.Context, podID, runtimePath, runtimeRoot string) (*shim.Client, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, err
@@ -115,7 +116,7 @@ func (m *shimManager) start(ctx context.Context, podID string) (*shim.Client, er
 	defer r.Close()
 	args := []string{
 		"--id", podID, "--socket", m.socket(podID), "--state-dir", m.stateDir(podID),
-		"--runtime", m.cfg.RuntimePath, "--runtime-root", m.cfg.runtimeRoot(), "--ready-fd", "3",
+		"--runtime", runtimePath, "--runtime-root", runtimeRoot, "--ready-fd", "3",
 	}
 	if cgroups.Driver(m.cfg.CgroupDriver) == cgroups.Systemd {
 		args = append(args, "--systemd-cgroup")

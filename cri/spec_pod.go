@@ -2,6 +2,7 @@ package cri
 
 import (
 	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -100,8 +101,14 @@ func (s *Server) pauseSpec(sb *sandbox, cfg *runtimeapi.PodSandboxConfig) (*spec
 	return spec, nil
 }
 
-// writeSpec writes config.json into a bundle directory.
-func writeSpec(bundle string, spec *specs.Spec) error {
+// writeSpec writes config.json into a bundle directory for the handler's
+// runtime: its oom_score_adj one this node lets any OCI runtime set, its
+// ociVersion the handler's.
+func writeSpec(bundle string, spec *specs.Spec, h *handler, log *slog.Logger) error {
+	runtime.RestrictOOMScoreAdj(spec, log)
+	if h.ociVersion != "" {
+		spec.Version = h.ociVersion
+	}
 	if err := os.MkdirAll(bundle, 0o711); err != nil {
 		return err
 	}

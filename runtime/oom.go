@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -20,12 +21,16 @@ var oomProbe = sync.OnceValues(func() (current int, canLower bool) {
 
 var oomWarnOnce sync.Once
 
-// restrictOOMScoreAdj does what containerd's restrict_oom_score_adj does,
+// restrictOOMScoreAdj: see RestrictOOMScoreAdj.
+func (r *Runtime) restrictOOMScoreAdj(spec *specs.Spec) { RestrictOOMScoreAdj(spec, r.log) }
+
+// RestrictOOMScoreAdj does what containerd's restrict_oom_score_adj does,
 // found out at run time: without CAP_SYS_RESOURCE (nested and rootless
 // nodes) the kernel refuses an oom_score_adj below the caller's own, so
 // such a value is raised to the caller's, with one warning per process,
-// instead of failing the container.
-func (r *Runtime) restrictOOMScoreAdj(spec *specs.Spec) {
+// instead of failing the container. berthd applies it to the specs it
+// writes, for whichever OCI runtime runs them; berth's CLI again.
+func RestrictOOMScoreAdj(spec *specs.Spec, log *slog.Logger) {
 	if spec.Process == nil || spec.Process.OOMScoreAdj == nil {
 		return
 	}
@@ -35,7 +40,7 @@ func (r *Runtime) restrictOOMScoreAdj(spec *specs.Spec) {
 		return
 	}
 	oomWarnOnce.Do(func() {
-		r.log.Warn("no CAP_SYS_RESOURCE: raising oom_score_adj to this process's own value",
+		log.Warn("no CAP_SYS_RESOURCE: raising oom_score_adj to this process's own value",
 			"requested", want, "used", current)
 	})
 	p := *spec.Process

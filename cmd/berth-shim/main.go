@@ -19,7 +19,7 @@ func main() {
 	var (
 		socket      = flag.String("socket", "", "Unix socket to serve on")
 		stateDir    = flag.String("state-dir", "", "directory for the shim's temporary files")
-		runtimeBin  = flag.String("runtime", "/usr/local/bin/berth", "the berth OCI runtime binary")
+		runtimeBin  = flag.String("runtime", "/usr/local/bin/berth", "the OCI runtime binary: berth's, or a runtime handler's (runc, crun)")
 		runtimeRoot = flag.String("runtime-root", "/run/berth/runtime", "the runtime's --root")
 		systemd     = flag.Bool("systemd-cgroup", false, "pass --systemd-cgroup to the runtime")
 		logPath     = flag.String("log", "", "log file (default: <state-dir>/shim.log)")

@@ -436,6 +436,11 @@ registries_conf = "$dir/registries.conf"
 registries_conf_dir = "$dir/registries.conf.d"
 signature_policy = "$dir/policy.json"
 auth_file = "$dir/auth.json"
+
+# The runtime handler Kubernetes' RuntimeClass specs ask for
+# ([NodeFeature:RuntimeHandler]), as the kubelet's e2e nodes configure it.
+[runtimes.test-handler]
+runtime_path = "runc"
 EOF
 	echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$dir/policy.json"
 }
@@ -476,6 +481,11 @@ state = "$run/containerd"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = "$CONTAINERD_BIN_DIR/runc"
+        SystemdCgroup = false
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.test-handler]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.test-handler.options]
         BinaryName = "$CONTAINERD_BIN_DIR/runc"
         SystemdCgroup = false
   [plugins.'io.containerd.cri.v1.runtime'.cni]
