@@ -436,12 +436,12 @@ registries_conf = "$dir/registries.conf"
 registries_conf_dir = "$dir/registries.conf.d"
 signature_policy = "$dir/policy.json"
 auth_file = "$dir/auth.json"
-
-# The runtime handler Kubernetes' RuntimeClass specs ask for
-# ([NodeFeature:RuntimeHandler]), as the kubelet's e2e nodes configure it.
-[runtimes.test-handler]
-runtime_path = "runc"
 EOF
+	# The runtime handler Kubernetes' RuntimeClass specs ask for
+	# ([NodeFeature:RuntimeHandler]), as the kubelet's e2e nodes have it.
+	if command -v runc >/dev/null; then
+		printf '\n[runtimes.test-handler]\nruntime_path = "%s"\n' "$(command -v runc)" >>"$dir/berth.toml"
+	fi
 	echo '{"default":[{"type":"insecureAcceptAnything"}]}' >"$dir/policy.json"
 }
 
