@@ -83,8 +83,10 @@ var sharedConn struct {
 }
 
 // systemdConn is the shared connection, made again if it was lost (a
-// systemd re-exec, say).
-func systemdConn(ctx context.Context) (*dbus.Conn, error) {
+// systemd re-exec, say). It is made with a context of its own: godbus
+// closes a connection when the context it was made with ends, and the
+// caller's (one request's) would close it under the others.
+func systemdConn() (*dbus.Conn, error) {
 	sharedConn.Lock()
 	defer sharedConn.Unlock()
 	if sharedConn.c != nil && sharedConn.c.Connected() {
@@ -94,7 +96,7 @@ func systemdConn(ctx context.Context) (*dbus.Conn, error) {
 		sharedConn.c.Close()
 		sharedConn.c = nil
 	}
-	c, err := dbus.NewWithContext(ctx)
+	c, err := dbus.NewWithContext(context.Background())
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +109,7 @@ func systemdConn(ctx context.Context) (*dbus.Conn, error) {
 // started until someone stops it, empty or not, as the kubelet stops the
 // pod slices it makes. A slice that is gone already is not an error.
 func RemoveSlice(ctx context.Context, slice string) error {
-	conn, err := systemdConn(ctx)
+	conn, err := systemdConn()
 	if err != nil {
 		return fmt.Errorf("stop %s: connect to systemd: %w", slice, err)
 	}

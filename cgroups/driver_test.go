@@ -1,6 +1,10 @@
 package cgroups
 
-import "testing"
+import (
+	"context"
+	"testing"
+	"time"
+)
 
 // The forms of a pod's cgroup parent that the kubelet, CRI test clients
 // and hand-written pod configs send, as containerd and CRI-O take them.
@@ -36,5 +40,34 @@ func TestPodParent(t *testing.T) {
 		if err != nil || got != tc.want {
 			t.Errorf("%s PodParent(%q) = %q, %v; want %q", tc.driver, tc.in, got, err, tc.want)
 		}
+	}
+}
+
+// The shared connection to systemd outlives the context of the call
+// that made it: godbus closes a connection when its context ends, and
+// a request's context ending closed it under concurrent callers (the VM
+// tier's churn test saw "use of closed network connection").
+func TestSharedConnOutlivesCallerContext(t *testing.T) {
+	if !SystemdRunning() {
+		t.Skip("no systemd as init here: the VM tier runs this")
+	}
+	// A connection made by this call.
+	sharedConn.Lock()
+	if sharedConn.c != nil {
+		sharedConn.c.Close()
+		sharedConn.c = nil
+	}
+	sharedConn.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := RemoveSlice(ctx, "berthtest-neverstarted.slice"); err != nil {
+		t.Fatalf("stop a slice that was never started: %v", err)
+	}
+	sharedConn.Lock()
+	conn := sharedConn.c
+	sharedConn.Unlock()
+	cancel()
+	time.Sleep(200 * time.Millisecond)
+	if !conn.Connected() {
+		t.Fatal("the shared connection closed when the context of the call that made it ended")
 	}
 }
