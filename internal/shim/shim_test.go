@@ -205,8 +205,11 @@ func TestExecAttachAndReopen(t *testing.T) {
 	if !strings.HasPrefix(line, "/dev/pts/") {
 		t.Fatalf("tty exec printed %q", line)
 	}
+	// Closed after the exit: a console closed while tty has printed but
+	// not yet exited hangs it up (SIGHUP, 129).
+	exit, err := h.client.Wait(ctx(t), "shim-exec", "x2")
 	tio.Close()
-	if exit, err := h.client.Wait(ctx(t), "shim-exec", "x2"); err != nil || exit.Code != 0 {
+	if err != nil || exit.Code != 0 {
 		t.Fatalf("tty exec exit %+v %v", exit, err)
 	}
 
