@@ -1,8 +1,8 @@
 package cri
 
 import (
+	"maps"
 	"slices"
-	"sort"
 
 	"github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
@@ -102,14 +102,7 @@ func newHandlers(cfg *Config, native *runtime.Runtime, rro bool) map[string]*han
 }
 
 // handlerNames are the handlers Status lists: "" (the default) first.
-func (s *Server) handlerNames() []string {
-	names := make([]string, 0, len(s.handlers))
-	for n := range s.handlers {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
-}
+func (s *Server) handlerNames() []string { return slices.Sorted(maps.Keys(s.handlers)) }
 
 // handlerFor is a RunPodSandbox's handler; an unknown one is the
 // client's mistake.

@@ -43,9 +43,9 @@ type exportImage struct {
 }
 
 type exportLayer struct {
-	diffID digest.Digest
-	size   int64
-	write  func(io.Writer) error
+	chainID, diffID digest.Digest
+	size            int64
+	write           func(io.Writer) error
 }
 
 // Export writes the images refs name to w as one archive that Import,
@@ -107,11 +107,7 @@ func (s *Store) Export(ctx context.Context, w io.Writer, refs []string, o Export
 				if err := leaseLayer(tx, leaseID, chainID); err != nil {
 					return err
 				}
-				size, write, err := s.layerTar(chainID, lr.DiffID)
-				if err != nil {
-					return fmt.Errorf("export %s: %w", ref, err)
-				}
-				e.layers = append(e.layers, exportLayer{diffID: lr.DiffID, size: size, write: write})
+				e.layers = append(e.layers, exportLayer{chainID: chainID, diffID: lr.DiffID})
 			}
 			images = append(images, e)
 		}
@@ -119,6 +115,21 @@ func (s *Store) Export(ctx context.Context, w io.Writer, refs []string, o Export
 	})
 	if err != nil {
 		return err
+	}
+	// Each layer's tar-split read once, leased, outside the database's
+	// write lock.
+	tars := map[digest.Digest]exportLayer{}
+	for _, e := range images {
+		for i, l := range e.layers {
+			t, ok := tars[l.chainID]
+			if !ok {
+				if t.size, t.write, err = s.layerTar(l.chainID, l.diffID); err != nil {
+					return fmt.Errorf("export %s: %w", e.img.ID, err)
+				}
+				tars[l.chainID] = t
+			}
+			e.layers[i].size, e.layers[i].write = t.size, t.write
+		}
 	}
 	aw := &archiveWriter{tw: tar.NewWriter(w), ctx: ctx, written: map[string]bool{}}
 	if format == FormatOCIArchive {

@@ -21,9 +21,6 @@ var oomProbe = sync.OnceValues(func() (current int, canLower bool) {
 
 var oomWarnOnce sync.Once
 
-// restrictOOMScoreAdj: see RestrictOOMScoreAdj.
-func (r *Runtime) restrictOOMScoreAdj(spec *specs.Spec) { RestrictOOMScoreAdj(spec, r.log) }
-
 // RestrictOOMScoreAdj does what containerd's restrict_oom_score_adj does,
 // found out at run time: without CAP_SYS_RESOURCE (nested and rootless
 // nodes) the kernel refuses an oom_score_adj below the caller's own, so

@@ -108,7 +108,7 @@ func (r *Runtime) Create(id string, o CreateOptions) (*Container, error) {
 		return nil, withKind(ErrExist, fmt.Errorf("container %s already exists", id))
 	}
 	spec = resolvePaths(spec, bundle)
-	r.restrictOOMScoreAdj(spec)
+	RestrictOOMScoreAdj(spec, r.log)
 	if err := checkDriverPath(r.driver, spec); err != nil {
 		return nil, err
 	}

@@ -198,8 +198,8 @@ func checkOverlay() error {
 }
 
 // serveAdmin serves GET /pulls (pulls in flight, per layer), POST
-// /images/import and GET /images/export (image archives), GET /metrics and Go's profiles
-// (/debug/pprof/) on a root-only Unix socket.
+// /images/import and GET /images/export (image archives), GET /metrics
+// and Go's profiles (/debug/pprof/) on a root-only Unix socket.
 func serveAdmin(cfg cri.Config, srv *cri.Server, log *slog.Logger) (*http.Server, error) {
 	path := adminapi.SocketFor(cfg.Socket)
 	_ = os.Remove(path)
