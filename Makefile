@@ -24,8 +24,9 @@ VERSION   ?= $(RELEASE)+$(shell git describe --always --dirty 2>/dev/null || ech
 # seccomp: link libseccomp for seccomp profiles (as runc's release builds do).
 # The others keep berth lean, since every container start runs the binary
 # twice (the CLI and the container's init): no man-page generator in the
-# CLI library, no CRIU client, pure-Go user and host lookups.
-TAGS      := seccomp urfave_cli_no_docs runc_nocriu netgo osusergo containers_image_openpgp
+# CLI library, pure-Go user and host lookups. libcontainer's CRIU client
+# is in (checkpoint and restore): 0.9 MB of the binary, 8 µs of its start.
+TAGS      := seccomp urfave_cli_no_docs netgo osusergo containers_image_openpgp
 LDFLAGS   := -X github.com/berth-runtime/berth/internal/version.Version=$(VERSION)
 GO_FLAGS  := -trimpath -tags '$(TAGS)'
 # berth is linked statically: no dynamic loader at each of its two execs.
@@ -45,7 +46,7 @@ E2E_PKGS  := $(if $(SUITE),./conformance/$(SUITE)/,./conformance/...)
 
 BINARIES  := berth berth-shim pause berthd berthctl
 
-.PHONY: deps-check vm-image vm-image-background vm-stage test-vm test-vm-quick docs release deb all build deps test-deps cni-plugins kubelet kubernetes mkimage upstream-bins e2e-upstream e2e-upstream-node containerd cluster cluster-down gotestsum unit e2e race-bin e2e-race test test-quick lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
+.PHONY: deps-check vm-image vm-image-background vm-stage test-vm test-vm-quick docs release deb all build deps test-deps cni-plugins kubelet kubernetes mkimage upstream-bins e2e-upstream e2e-upstream-node containerd cluster cluster-down gotestsum checkpointctl unit e2e race-bin e2e-race test test-quick lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
 
 all: build
 
@@ -101,6 +102,12 @@ TESTRUNNER = $(GOTESTSUM) $(TESTFORMAT) --
 
 gotestsum:
 	@hack/gotestsum/build.sh $(GOTESTSUM)
+
+# checkpointctl reads checkpoint archives; the VM tier's CRI suite has it
+# read berth's (CRIU runs there).
+CHECKPOINTCTL := $(CURDIR)/.cache/checkpointctl
+checkpointctl:
+	@hack/checkpointctl/build.sh $(CHECKPOINTCTL)
 
 # Unit tests: everything outside conformance/, with the race detector.
 # Some (the shim's) drive the built binaries too.
@@ -227,7 +234,7 @@ vm-image-background:
 
 # What the guest copies onto its own disk: the binaries, the test
 # binaries and what they drive.
-vm-stage: build cni-plugins kubelet mkimage gotestsum
+vm-stage: build cni-plugins kubelet mkimage gotestsum checkpointctl
 	hack/runtime-tools/build.sh $(RUNTIME_TOOLS)
 	@rm -rf $(VM_STAGE) && mkdir -p $(VM_STAGE)/tests $(VM_STAGE)/kubernetes
 	$(GO) test -c $(GO_FLAGS) -o $(VM_STAGE)/tests/ $(VM_PKGS)
@@ -236,10 +243,11 @@ vm-stage: build cni-plugins kubelet mkimage gotestsum
 	cp -a $(RUNTIME_TOOLS) $(VM_STAGE)/runtime-tools
 	cp -a $(KUBELET_DIR)/kubelet $(VM_STAGE)/kubernetes/
 	cp -a $(CURDIR)/.cache/mkimage $(VM_STAGE)/mkimage
+	cp -a $(CHECKPOINTCTL) $(VM_STAGE)/checkpointctl
 	$(GO) build -o $(VM_STAGE)/test2json cmd/test2json
 
 test-vm: vm-image vm-stage
-	@rc=0; VM_OUT=$(VM_OUT) hack/vm/run.sh $(VM_PLAN) || rc=$$?; \
+	@rc=0; VM_DIR=$(VM_DIR) VM_OUT=$(VM_OUT) hack/vm/run.sh $(VM_PLAN) || rc=$$?; \
 	if ls $(VM_OUT)/*.json >/dev/null 2>&1; then \
 		$(GOTESTSUM) $(TESTFORMAT) --raw-command -- cat $(VM_OUT)/*.json || rc=1; \
 	fi; exit $$rc

@@ -72,6 +72,12 @@ func (s *Server) createContainer(ctx context.Context, req *runtimeapi.CreateCont
 	if err != nil {
 		return "", err
 	}
+	if archive, ok := checkpointArchive(cfg.GetImage().GetImage()); ok {
+		if err := s.unpackCheckpoint(c, archive, &u); err != nil {
+			return "", err
+		}
+		cfg = c.config
+	}
 	img, imgCfg, err := s.containerImage(c, cfg)
 	if err != nil {
 		return "", err
@@ -83,13 +89,24 @@ func (s *Server) createContainer(ctx context.Context, req *runtimeapi.CreateCont
 	if in.rootfs, err = s.containerRootfs(c, sb, img, &u, log); err != nil {
 		return "", err
 	}
+	if c.Restore != "" {
+		if err := s.applyCheckpointRootfs(c); err != nil {
+			return "", err
+		}
+	}
 	if in.imageVolumes, err = s.containerImageVolumes(c, &u, log); err != nil {
 		return "", err
 	}
 	if err := s.writeContainerBundle(c, in, &u); err != nil {
 		return "", err
 	}
-	if err := s.createInShim(ctx, c, &u); err != nil {
+	if c.Restore != "" {
+		// StartContainer restores its process.
+		c.State = containerCreated
+		if err := s.store.putContainer(c); err != nil {
+			return "", err
+		}
+	} else if err := s.createInShim(ctx, c, &u); err != nil {
 		return "", err
 	}
 	log.Info("container created", "pid", c.Pid, "image", cfg.Image.GetImage())

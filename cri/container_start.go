@@ -23,6 +23,12 @@ func (s *Server) StartContainer(ctx context.Context, req *runtimeapi.StartContai
 	if c.State != containerCreated {
 		return nil, toStatus(preconditionf("container %s is %s, not created", c.ID, c.State))
 	}
+	if c.Restore != "" {
+		if err := s.restoreInShim(ctx, c); err != nil {
+			return nil, toStatus(err)
+		}
+		return &runtimeapi.StartContainerResponse{}, nil
+	}
 	rc, err := s.rt.Load(c.ID)
 	if err != nil {
 		return nil, toStatus(fmt.Errorf("start container %s: %w", c.ID, err))

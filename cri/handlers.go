@@ -31,6 +31,7 @@ type ociContainer interface {
 	Stats() (cgroups.Stats, error)
 	CgroupPaths() map[string]string
 	Processes() ([]int, error)
+	Checkpoint(runtime.CheckpointOptions) error
 }
 
 // ociRuntime is a handler's runtime, as berthd uses it.

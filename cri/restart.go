@@ -101,8 +101,8 @@ func (s *Server) reconcilePod(podID string) error {
 		known[p.ID] = p
 	}
 	for _, c := range s.store.podContainers(podID) {
-		if c.State != containerRunning && c.State != containerCreated {
-			continue
+		if (c.State != containerRunning && c.State != containerCreated) || c.Restore != "" {
+			continue // a container to restore has no process yet
 		}
 		p, ok := known[c.ID]
 		switch {
@@ -147,7 +147,7 @@ func (s *Server) stopUnknown(podID, id string) {
 	unlock := s.locks.lock(id)
 	defer unlock()
 	c, ok := s.store.getContainer(id)
-	if !ok || (c.State != containerRunning && c.State != containerCreated) {
+	if !ok || (c.State != containerRunning && c.State != containerCreated) || c.Restore != "" {
 		return
 	}
 	known, exit, err := s.shimKnows(podID, id)

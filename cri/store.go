@@ -78,6 +78,9 @@ type container struct {
 	User *resolvedUser `json:"user,omitempty"`
 	// StopSignal is the signal StopContainer sends first.
 	StopSignal string `json:"stopSignal,omitempty"`
+	// Restore is the unpacked checkpoint a created container is
+	// restored from by StartContainer (no process exists before).
+	Restore string `json:"restore,omitempty"`
 
 	config *runtimeapi.ContainerConfig
 }

@@ -44,7 +44,7 @@ list() {
 
 printf '%-14s %-55s %-38s %-38s %s\n' "module" "requires" "version" "newest served" ""
 list "$root" berth >"$root/.cache/deps-check.txt.tmp" 2>&1 || status=1
-for m in cni-plugins gotestsum runtime-tools; do
+for m in checkpointctl cni-plugins gotestsum runtime-tools; do
 	list "$root/hack/$m" "$m" >>"$root/.cache/deps-check.txt.tmp" 2>&1 || status=1
 done
 

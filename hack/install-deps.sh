@@ -14,7 +14,7 @@ set -euo pipefail
 stage=${1:-build}
 
 build_pkgs=(libseccomp-dev pkg-config gcc libc6-dev make)
-test_pkgs=(busybox-static runc crun podman iproute2 iptables procps psmisc
+test_pkgs=(busybox-static runc crun criu podman iproute2 iptables procps psmisc
 	docker-registry skopeo util-linux kmod curl debootstrap e2fsprogs)
 bench_pkgs=(crun umoci)
 vm_pkgs=(qemu-system-x86 qemu-utils mmdebstrap)

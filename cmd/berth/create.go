@@ -5,6 +5,8 @@ import (
 	"os"
 
 	"github.com/urfave/cli"
+
+	"github.com/berth-runtime/berth/runtime"
 )
 
 var createCommand = cli.Command{
@@ -30,7 +32,7 @@ filesystem. The container's process waits until "berth start".`,
 		if err := checkArgs(ctx, 1, exactArgs); err != nil {
 			return err
 		}
-		status, err := startContainer(ctx, actCreate)
+		status, err := startContainer(ctx, actCreate, runtime.CheckpointOptions{})
 		if err != nil {
 			return fmt.Errorf("create failed: %w", err)
 		}

@@ -52,9 +52,10 @@ func main() {
 		cli.StringFlag{Name: "root", Value: DefaultRoot, Usage: "root directory for storage of container state (this should be located in tmpfs)"},
 		cli.BoolFlag{Name: "systemd-cgroup", Usage: "enable systemd cgroup support, expects cgroupsPath to be of form \"slice:prefix:name\" for e.g. \"system.slice:berth:434234\""},
 		cli.StringFlag{Name: "rootless", Value: "auto", Usage: "ignore cgroup permission errors ('true', 'false', or 'auto'); berth runs as root only, the flag is accepted for compatibility"},
-		cli.StringFlag{Name: "criu", Hidden: true, Usage: "accepted for compatibility; checkpointing is not supported"},
+		cli.StringFlag{Name: "criu", Hidden: true, Usage: "accepted for compatibility and ignored: criu is the one in $PATH, as for runc 1.2 and later"},
 	}
 	app.Commands = []cli.Command{
+		checkpointCommand,
 		createCommand,
 		deleteCommand,
 		eventsCommand,
@@ -64,6 +65,7 @@ func main() {
 		listCommand,
 		pauseCommand,
 		psCommand,
+		restoreCommand,
 		resumeCommand,
 		runCommand,
 		specCommand,

@@ -5,6 +5,8 @@ import (
 	"os"
 
 	"github.com/urfave/cli"
+
+	"github.com/berth-runtime/berth/runtime"
 )
 
 var runCommand = cli.Command{
@@ -33,7 +35,7 @@ signals, and exits with the container's exit code.`,
 		if err := checkArgs(ctx, 1, exactArgs); err != nil {
 			return err
 		}
-		status, err := startContainer(ctx, actRun)
+		status, err := startContainer(ctx, actRun, runtime.CheckpointOptions{})
 		if err != nil {
 			return fmt.Errorf("run failed: %w", err)
 		}

@@ -19,9 +19,10 @@ import (
 type action int
 
 const (
-	actCreate action = iota + 1 // start init, wait for `berth start`
-	actRun                      // start init and the user process
-	actExec                     // start an extra process
+	actCreate  action = iota + 1 // start init, wait for `berth start`
+	actRun                       // start init and the user process
+	actExec                      // start an extra process
+	actRestore                   // restore init from a checkpoint
 )
 
 // runner starts one process in a container and, unless detached, stays
@@ -39,6 +40,8 @@ type runner struct {
 	subreaper   bool
 	allowPaused bool
 	subCgroups  map[string]string
+	// checkpoint is where actRestore restores from.
+	checkpoint runtime.CheckpointOptions
 }
 
 func (r *runner) run(spec *specs.Process) (status int, err error) {
@@ -82,6 +85,8 @@ func (r *runner) run(spec *specs.Process) (status int, err error) {
 		err = r.container.Run(p)
 	case actExec:
 		err = r.container.Execute(p, r.allowPaused)
+	case actRestore:
+		err = r.container.Restore(p, r.checkpoint)
 	}
 	if err != nil {
 		return -1, err
@@ -177,9 +182,9 @@ func bundleDir(ctx *cli.Context) (string, error) {
 	return os.Getwd()
 }
 
-// startContainer is create and run: load the bundle, create the
-// container, start its init.
-func startContainer(ctx *cli.Context, act action) (int, error) {
+// startContainer is create, run and restore: load the bundle, create
+// the container, start its init (or restore it from cp).
+func startContainer(ctx *cli.Context, act action, cp runtime.CheckpointOptions) (int, error) {
 	id := ctx.Args().First()
 	pidFile, err := absPidFile(ctx)
 	if err != nil {
@@ -215,6 +220,7 @@ func startContainer(ctx *cli.Context, act action) (int, error) {
 		preserveFDs:   ctx.Int("preserve-fds"),
 		destroy:       !ctx.Bool("keep"),
 		subreaper:     !ctx.Bool("no-subreaper"),
+		checkpoint:    cp,
 	}
 	return r.run(spec.Process)
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/berth-runtime/berth/cgroups"
 	"github.com/berth-runtime/berth/internal/testutil"
+	bruntime "github.com/berth-runtime/berth/runtime"
 )
 
 // Runtime handlers: berth.toml's [runtimes.NAME] are OCI runtimes (here
@@ -149,6 +150,25 @@ func TestRuntimeHandlers(t *testing.T) {
 			}
 			if data, err := os.ReadFile(limit); err != nil || strings.TrimSpace(string(data)) != fmt.Sprint(64<<20) {
 				t.Errorf("%s after the update: %q %v", limit, data, err)
+			}
+
+			// A checkpoint goes through the handler's own `checkpoint`,
+			// where its build has CRIU (runc's always; crun's says
+			// +CRIU) and the kernel lets CRIU work.
+			if bruntime.CheckCRIU() == nil {
+				version, _ := exec.Command(path, "--version").Output()
+				archive := filepath.Join(t.TempDir(), "checkpoint.tar")
+				_, err := d.RT.CheckpointContainer(ctxT(t), &runtimeapi.CheckpointContainerRequest{ContainerId: ctr, Location: archive})
+				switch {
+				case name == "runc" || strings.Contains(string(version), "+CRIU"):
+					if err != nil {
+						t.Errorf("CheckpointContainer on %s: %v", name, err)
+					} else if _, ok := readArchive(t, archive)["checkpoint/inventory.img"]; !ok {
+						t.Errorf("the checkpoint archive of %s has no CRIU images", name)
+					}
+				case err == nil:
+					t.Errorf("CheckpointContainer on %s, built without CRIU, succeeded", name)
+				}
 			}
 
 			// berthd killed and started again: the pod is still the

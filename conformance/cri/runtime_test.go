@@ -151,8 +151,8 @@ func TestVersionStatusAndRuntimeConfig(t *testing.T) {
 		t.Errorf("pod CIDR after restart: %q", st.Info["podCIDR"])
 	}
 
-	_, err = d.RT.CheckpointContainer(ctxT(t), &runtimeapi.CheckpointContainerRequest{ContainerId: "x"})
-	wantCode(t, err, codes.Unimplemented, "CheckpointContainer")
+	_, err = d.RT.CheckpointContainer(ctxT(t), &runtimeapi.CheckpointContainerRequest{ContainerId: "x", Location: "/tmp/x.tar"})
+	wantCode(t, err, codes.NotFound, "CheckpointContainer of a missing container")
 }
 
 // TestSystemdNotify: with NOTIFY_SOCKET set (Type=notify), berthd sends

@@ -8,7 +8,7 @@ out=${1:?usage: build.sh OUTDIR}
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 GO=${GO:-go}
-tags='seccomp runc_nocriu netgo osusergo containers_image_openpgp'
+tags='seccomp netgo osusergo containers_image_openpgp'
 mkdir -p "$out"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

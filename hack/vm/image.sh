@@ -17,7 +17,7 @@ size=${VM_IMAGE_SIZE:-6G}
 # install target it tries.
 pkgs=(systemd systemd-sysv dbus udev linux-image-amd64 initramfs-tools
 	apparmor apparmor-utils kmod procps util-linux e2fsprogs iproute2 iptables
-	busybox-static docker-registry runc crun skopeo umoci podman psmisc curl
+	busybox-static docker-registry runc crun criu skopeo umoci podman psmisc curl
 	ca-certificates libseccomp2 conntrack ethtool socat gcc libc6-dev make)
 
 recipe=$( (cat "$0" "$here/customize.sh"; echo "$suite $size ${pkgs[*]}") | sha256sum | cut -c1-16)

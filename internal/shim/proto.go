@@ -66,6 +66,16 @@ type CreateRequest struct {
 	TTY       bool   `json:"tty,omitempty"`
 	// LogPath is the CRI log file; empty discards output.
 	LogPath string `json:"logPath,omitempty"`
+	// Restore, if set, restores the container from a checkpoint
+	// (`berth restore --detach`) instead: it runs when created.
+	Restore *RestoreRequest `json:"restore,omitempty"`
+}
+
+// RestoreRequest names the CRIU images a container is restored from.
+type RestoreRequest struct {
+	ImagePath string `json:"imagePath"`
+	// WorkPath gets CRIU's restore.log.
+	WorkPath string `json:"workPath,omitempty"`
 }
 
 // ExecRequest runs a process in a container (`berth exec`).

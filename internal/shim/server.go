@@ -380,6 +380,12 @@ func (s *Server) create(req Request) (*Response, error) {
 	}
 	pidFile := filepath.Join(s.cfg.StateDir, req.ID+".pid")
 	args := []string{"create", "--bundle", c.Bundle, "--pid-file", pidFile}
+	if r := c.Restore; r != nil {
+		args = []string{"restore", "--detach", "--bundle", c.Bundle, "--pid-file", pidFile, "--image-path", r.ImagePath}
+		if r.WorkPath != "" {
+			args = append(args, "--work-path", r.WorkPath)
+		}
+	}
 	if c.TTY {
 		args = append(args, "--console-socket", io.sock)
 	}

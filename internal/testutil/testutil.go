@@ -126,6 +126,19 @@ func RequireCommand(t T, name string) string {
 	return p
 }
 
+// RequireCRIU fails a test when criu is not installed and skips it where
+// `criu check` fails (the kernel lacks what CRIU needs; the skip names
+// the failed check): checkpoints are then tested in the VM tier.
+func RequireCRIU(t testing.TB) {
+	t.Helper()
+	RequireCommand(t, "criu")
+	if err := criuCheck(); err != nil {
+		t.Skipf("CRIU cannot work with this kernel (%v); make test-vm tests checkpoints", err)
+	}
+}
+
+var criuCheck = sync.OnceValue(bruntime.CheckCRIU)
+
 var busyboxOnce = sync.OnceValues(func() (string, error) {
 	p, err := exec.LookPath("busybox")
 	if err != nil {

@@ -201,6 +201,37 @@ func (c *Container) Update(r *specs.LinuxResources) error {
 	return err
 }
 
+// Checkpoint dumps the container with CRIU (`runtime checkpoint`); the
+// flags are runc's, which crun shares.
+func (c *Container) Checkpoint(o runtime.CheckpointOptions) error {
+	args := []string{"checkpoint", "--image-path", o.ImagePath}
+	for _, f := range []struct {
+		on   bool
+		flag string
+	}{
+		{o.LeaveRunning, "--leave-running"}, {o.TCPEstablished, "--tcp-established"},
+		{o.TCPSkipInFlight, "--tcp-skip-in-flight"}, {o.LinkRemap, "--link-remap"},
+		{o.ExtUnixSockets, "--ext-unix-sk"}, {o.ShellJob, "--shell-job"},
+		{o.FileLocks, "--file-locks"}, {o.PreDump, "--pre-dump"},
+		{o.AutoDedup, "--auto-dedup"}, {o.LazyPages, "--lazy-pages"},
+	} {
+		if f.on {
+			args = append(args, f.flag)
+		}
+	}
+	for _, f := range [][2]string{{"--work-path", o.WorkPath}, {"--parent-path", o.ParentPath},
+		{"--page-server", o.PageServer}, {"--manage-cgroups-mode", o.ManageCgroupsMode}} {
+		if f[1] != "" {
+			args = append(args, f[0], f[1])
+		}
+	}
+	for _, ns := range o.EmptyNamespaces {
+		args = append(args, "--empty-ns", ns)
+	}
+	_, err := c.rt.run(append(args, c.id)...)
+	return err
+}
+
 // Processes are the pids in the container (`runtime ps`).
 func (c *Container) Processes() ([]int, error) {
 	out, err := c.rt.run("ps", "--format", "json", c.id)
