@@ -72,8 +72,12 @@ func (s *Server) createContainer(ctx context.Context, req *runtimeapi.CreateCont
 	if err != nil {
 		return "", err
 	}
-	if archive, ok := checkpointArchive(cfg.GetImage().GetImage()); ok {
-		if err := s.unpackCheckpoint(c, archive, &u); err != nil {
+	unpack, restore, err := s.checkpointSource(cfg.GetImage().GetImage())
+	if err != nil {
+		return "", err
+	}
+	if restore {
+		if err := s.unpackCheckpoint(ctx, c, unpack, &u); err != nil {
 			return "", err
 		}
 		cfg = c.config

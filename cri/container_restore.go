@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	metadata "github.com/checkpoint-restore/checkpointctl/lib"
@@ -20,17 +21,52 @@ import (
 	"github.com/berth-runtime/berth/internal/shim"
 )
 
-// A container restored from a checkpoint archive (CheckpointContainer's,
-// or CRI-O's) is asked for as CRI-O has it: CreateContainer with the
-// archive's absolute path as the image. CreateContainer makes the
-// container from the image the checkpoint was made from, with the
-// checkpointed changes to its files; StartContainer restores its
+// A container is restored from a checkpoint as CRI-O has it: its
+// CreateContainer names, as the image, either a checkpoint archive's
+// absolute path (CheckpointContainer's, or CRI-O's), or a checkpoint
+// image: an archive added to an empty image, with the annotation below
+// (what `buildah add` and `buildah config --annotation` make, and what a
+// pod's image can name). CreateContainer makes the container from the
+// image the checkpoint was made from (pulled if the node lacks it), with
+// the checkpointed changes to its files; StartContainer restores its
 // processes with CRIU, in the pod it is created in.
 
-// checkpointArchive says whether a CreateContainer's image names a
-// checkpoint archive: image references are never absolute paths.
-func checkpointArchive(ref string) (string, bool) {
-	return ref, filepath.IsAbs(ref)
+// checkpointImageAnnotation marks a checkpoint image, as CRI-O reads it.
+const checkpointImageAnnotation = "io.kubernetes.cri-o.annotations.checkpoint.name"
+
+// checkpointSource says whether a CreateContainer's image is a
+// checkpoint, and if so how to unpack it into a directory.
+func (s *Server) checkpointSource(ref string) (unpack func(*os.Root) error, ok bool, err error) {
+	if filepath.IsAbs(ref) { // an image reference never is
+		return func(root *os.Root) error {
+			f, err := os.Open(ref)
+			if errors.Is(err, fs.ErrNotExist) {
+				return notFoundf("checkpoint archive %s", ref)
+			}
+			if err != nil {
+				return fmt.Errorf("checkpoint archive: %w", err)
+			}
+			defer f.Close()
+			if err := image.ExtractFiles(root, f); err != nil {
+				return invalidf("checkpoint archive %s: %v", ref, err)
+			}
+			return nil
+		}, true, nil
+	}
+	img, err := s.images.Get(ref)
+	if err != nil || img.Artifact {
+		return nil, false, nil // containerImage says what is wrong
+	}
+	ann, err := s.images.Annotations(img)
+	if err != nil || ann[checkpointImageAnnotation] == "" {
+		return nil, false, err
+	}
+	return func(root *os.Root) error {
+		if err := s.images.CopyFiles(img, root); err != nil {
+			return invalidf("checkpoint image %s: %v", ref, err)
+		}
+		return nil
+	}, true, nil
 }
 
 // restoreDir is where a container's checkpoint is unpacked.
@@ -38,24 +74,17 @@ func (s *Server) restoreDir(id string) string {
 	return filepath.Join(s.cfg.containerDir(id), "restore")
 }
 
-// unpackCheckpoint unpacks the archive for the container c and makes its
-// config the checkpointed container's: its image, and its command where
-// the request names none.
-func (s *Server) unpackCheckpoint(c *container, archive string, u *undo) error {
+// unpackCheckpoint unpacks the checkpoint for the container c and makes
+// its config the checkpointed container's: its image, and its command
+// where the request names none.
+func (s *Server) unpackCheckpoint(ctx context.Context, c *container, unpack func(*os.Root) error, u *undo) error {
 	if h := s.podHandler(c.PodID); h.name == defaultHandler || h.name == "" {
 		if err := criuCheck(); err != nil {
 			s.log.Warn("restore refused: CRIU cannot work here", "container", c.ID, "error", err)
 			return errNoCRIU
 		}
 	}
-	f, err := os.Open(archive)
-	if errors.Is(err, fs.ErrNotExist) {
-		return notFoundf("checkpoint archive %s", archive)
-	}
-	if err != nil {
-		return fmt.Errorf("checkpoint archive: %w", err)
-	}
-	defer f.Close()
+	source := c.config.GetImage().GetImage()
 	dir := s.restoreDir(c.ID)
 	u.add(func() { _ = os.RemoveAll(s.cfg.containerDir(c.ID)) })
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -66,8 +95,8 @@ func (s *Server) unpackCheckpoint(c *container, archive string, u *undo) error {
 		return err
 	}
 	defer root.Close()
-	if err := image.ExtractTar(root, f); err != nil {
-		return invalidf("checkpoint archive %s: %v", archive, err)
+	if err := unpack(root); err != nil {
+		return err
 	}
 	var config metadata.ContainerConfig
 	var spec specs.Spec
@@ -77,15 +106,15 @@ func (s *Server) unpackCheckpoint(c *container, archive string, u *undo) error {
 			err = json.Unmarshal(b, v)
 		}
 		if err != nil {
-			return invalidf("checkpoint archive %s: %s: %v", archive, name, err)
+			return invalidf("checkpoint %s: %s: %v", source, name, err)
 		}
 	}
 	if _, err := root.Stat(filepath.Join(metadata.CheckpointDirectory, "inventory.img")); err != nil {
-		return invalidf("checkpoint archive %s has no CRIU images: %v", archive, err)
+		return invalidf("checkpoint %s has no CRIU images: %v", source, err)
 	}
-	ref := config.RootfsImageName
-	if _, err := s.images.Get(ref); err != nil && config.RootfsImageRef != "" {
-		ref = config.RootfsImageRef
+	ref, err := s.checkpointedImage(ctx, &config)
+	if err != nil {
+		return err
 	}
 	cfg := proto.Clone(c.config).(*runtimeapi.ContainerConfig)
 	cfg.Image = &runtimeapi.ImageSpec{Image: ref}
@@ -97,9 +126,37 @@ func (s *Server) unpackCheckpoint(c *container, archive string, u *undo) error {
 		return err
 	}
 	c.Restore = dir
-	s.log.Info("restoring a container from a checkpoint", "container", c.ID, "archive", archive,
+	s.log.Info("restoring a container from a checkpoint", "container", c.ID, "checkpoint", source,
 		"checkpointed", config.ID, "image", ref, "at", config.CheckpointedAt)
 	return nil
+}
+
+// checkpointedImage is the image a checkpointed container ran, by the
+// name it had or else its digest; one the node lacks is pulled, as
+// CRI-O does (the kubelet pulled the checkpoint, not what it names).
+func (s *Server) checkpointedImage(ctx context.Context, config *metadata.ContainerConfig) (string, error) {
+	var refs []string
+	for _, r := range []string{config.RootfsImageName, config.RootfsImageRef, config.RootfsImage} {
+		if r != "" && !slices.Contains(refs, r) {
+			refs = append(refs, r)
+		}
+	}
+	if len(refs) == 0 {
+		return "", invalidf("checkpoint: %s names no image", metadata.ConfigDumpFile)
+	}
+	for _, r := range refs {
+		if _, err := s.images.Get(r); err == nil {
+			return r, nil
+		}
+	}
+	if image.LocalTransport(refs[0]) {
+		return "", notFoundf("image %s of the checkpoint", refs[0])
+	}
+	s.log.Info("pulling the image of a checkpoint", "image", refs[0])
+	if _, err := s.images.Pull(ctx, refs[0], image.PullOptions{}); err != nil {
+		return "", fmt.Errorf("image %s of the checkpoint: %w", refs[0], err)
+	}
+	return refs[0], nil
 }
 
 // applyCheckpointRootfs puts the checkpointed container's changes to its

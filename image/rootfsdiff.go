@@ -161,7 +161,14 @@ func (s *Store) ApplyRootfsDiff(id string, diff io.Reader, deleted []string) err
 // ExtractTar writes a tar's entries under root, with OCI whiteouts
 // applied as deletions: a hostile entry (an absolute name, "..", a path
 // through a symlink out of root) fails inside os.Root, never on the host.
-func ExtractTar(root *os.Root, r io.Reader) error {
+func ExtractTar(root *os.Root, r io.Reader) error { return extractTar(root, r, false) }
+
+// ExtractFiles is ExtractTar for a tar of plain files and directories
+// (a checkpoint archive, whose files CRIU reads without os.Root): any
+// other entry is refused.
+func ExtractFiles(root *os.Root, r io.Reader) error { return extractTar(root, r, true) }
+
+func extractTar(root *os.Root, r io.Reader, plain bool) error {
 	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
@@ -170,6 +177,9 @@ func ExtractTar(root *os.Root, r io.Reader) error {
 		}
 		if err != nil {
 			return err
+		}
+		if plain && h.Typeflag != tar.TypeReg && h.Typeflag != tar.TypeDir {
+			return fmt.Errorf("%s: a %q entry where only files and directories belong", h.Name, h.Typeflag)
 		}
 		if err := extractEntry(root, tr, h); err != nil {
 			return fmt.Errorf("%s: %w", h.Name, err)

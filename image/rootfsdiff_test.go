@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/berth-runtime/berth/image"
 	"github.com/berth-runtime/berth/internal/testutil"
 )
 
@@ -145,5 +146,31 @@ func TestApplyRootfsDiffStaysInside(t *testing.T) {
 	names, _ := os.ReadDir(outside)
 	if b, err := os.ReadFile(sentinel); err != nil || string(b) != "host" || len(names) != 1 {
 		t.Fatalf("a hostile diff reached the host: %v, sentinel %q %v", names, b, err)
+	}
+}
+
+// A checkpoint archive holds plain files and directories only: CRIU reads
+// them without os.Root, so a symlink or a device in one is refused.
+func TestExtractFilesPlainOnly(t *testing.T) {
+	for _, h := range []*tar.Header{
+		{Typeflag: tar.TypeSymlink, Name: "checkpoint/pages-1.img", Linkname: "/etc/shadow"},
+		{Typeflag: tar.TypeLink, Name: "checkpoint/core-1.img", Linkname: "config.dump"},
+		{Typeflag: tar.TypeChar, Name: "checkpoint/dev", Devmajor: 1, Devminor: 1},
+	} {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		must(t, tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: "config.dump", Mode: 0o600}))
+		must(t, tw.WriteHeader(h))
+		must(t, tw.Close())
+		dir := t.TempDir()
+		root, err := os.OpenRoot(dir)
+		must(t, err)
+		if err := image.ExtractFiles(root, &buf); err == nil {
+			t.Errorf("a %q entry was extracted from a checkpoint archive", h.Typeflag)
+		}
+		root.Close()
+		if _, err := os.Lstat(filepath.Join(dir, h.Name)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s was made", h.Name)
+		}
 	}
 }

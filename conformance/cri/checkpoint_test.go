@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/berth-runtime/berth/internal/testutil"
 	bruntime "github.com/berth-runtime/berth/runtime"
 )
 
@@ -151,6 +152,45 @@ func TestCheckpointContainer(t *testing.T) {
 	}
 	if st := d.status(t, restored); st.State != runtimeapi.ContainerState_CONTAINER_RUNNING {
 		t.Fatalf("restored container: %s", st.State)
+	}
+
+	// A checkpoint image, as a pod names it: the archive added to an
+	// empty image, annotated as CRI-O reads it (buildah add; buildah
+	// config --annotation). The image it was made from is pulled when
+	// the node lacks it.
+	data, err := os.ReadFile(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layout := testutil.BuildOCI(t, t.TempDir(), "v1", testutil.ImageSpec{
+		Layers:      []testutil.Layer{{Tar: data}},
+		Annotations: map[string]string{"io.kubernetes.cri-o.annotations.checkpoint.name": "counter"},
+	})
+	suite.reg.Push(t, layout, "checkpoint-counter:v1")
+	cpImage := d.pull(t, suite.reg.Addr+"/checkpoint-counter:v1")
+	if _, err := d.Img.RemoveImage(ctxT(t), &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: suite.busybox}}); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := d.Img.ImageStatus(ctxT(t), &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: suite.busybox}}); err != nil || st.Image != nil {
+		t.Fatalf("ImageStatus of the removed image: %v %v", err, st.GetImage())
+	}
+	pod3Cfg := d.podConfig("from-image")
+	pod3 := d.runPod(t, pod3Cfg)
+	resp, err = d.RT.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{PodSandboxId: pod3, Config: containerConfig("counter", cpImage), SandboxConfig: pod3Cfg})
+	if err != nil {
+		t.Fatalf("CreateContainer from the checkpoint image: %v", err)
+	}
+	if _, err := d.RT.StartContainer(ctxT(t), &runtimeapi.StartContainerRequest{ContainerId: resp.ContainerId}); err != nil {
+		t.Fatal(err)
+	}
+	if out := d.mustExec(t, resp.ContainerId, "cat", "/data.txt"); out != "changed\n" {
+		t.Errorf("/data.txt restored from the checkpoint image: %q", out)
+	}
+	if st := d.status(t, resp.ContainerId); st.State != runtimeapi.ContainerState_CONTAINER_RUNNING || st.Image.GetImage() != suite.busybox {
+		t.Errorf("container restored from the checkpoint image: %s, image %q", st.State, st.Image.GetImage())
+	}
+	if st, err := d.Img.ImageStatus(ctxT(t), &runtimeapi.ImageStatusRequest{Image: &runtimeapi.ImageSpec{Image: suite.busybox}}); err != nil || st.Image == nil {
+		t.Errorf("the checkpoint's image was not pulled again: %v %v", err, st)
 	}
 
 	if _, err := d.RT.StopContainer(ctxT(t), &runtimeapi.StopContainerRequest{ContainerId: id, Timeout: 2}); err != nil {

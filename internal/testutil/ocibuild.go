@@ -54,6 +54,8 @@ type ImageSpec struct {
 	Layers   []Layer
 	Config   v1.ImageConfig
 	Platform v1.Platform // default linux/amd64
+	// Annotations go in the manifest.
+	Annotations map[string]string
 }
 
 // TarFiles builds an uncompressed tar of the entries.
@@ -229,10 +231,11 @@ func (l *ociLayout) image(spec ImageSpec) v1.Descriptor {
 		layers = append(layers, l.blob(mt, buf.Bytes()))
 	}
 	m := v1.Manifest{
-		Versioned: specsv.Versioned{SchemaVersion: 2},
-		MediaType: v1.MediaTypeImageManifest,
-		Config:    l.jsonBlob(v1.MediaTypeImageConfig, cfg),
-		Layers:    layers,
+		Versioned:   specsv.Versioned{SchemaVersion: 2},
+		MediaType:   v1.MediaTypeImageManifest,
+		Config:      l.jsonBlob(v1.MediaTypeImageConfig, cfg),
+		Layers:      layers,
+		Annotations: spec.Annotations,
 	}
 	d := l.jsonBlob(v1.MediaTypeImageManifest, m)
 	p := spec.Platform
