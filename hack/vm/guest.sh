@@ -24,14 +24,14 @@ say "guest up after $(cut -d' ' -f1 /proc/uptime) s: $(uname -r), systemd $(syst
 # Builds onto the guest's disk: libcontainer re-executes the runtime, and
 # the suites compare binaries and mount trees; a 9p path is neither a
 # node's nor fast. Each is copied when a run first needs it.
-opt=/opt/berth stage=$repo/.cache/vm/stage
+opt=/opt/berth stage=$(cat "$out/stage")
 mkdir -p "$opt"
 need() {
 	for p in "$@"; do
 		[ -e "$opt/$p" ] || { mkdir -p "$(dirname "$opt/$p")" && cp -a "$stage/$p" "$opt/$p"; } || return 1
 	done
 }
-need bin cni-bin test2json
+need bin cni-bin test2json checkpointctl
 
 # Swap, for the kubelet's LimitedSwap: a file, as a node would have one.
 if [ ! -e /swapfile ]; then
@@ -40,7 +40,7 @@ fi
 
 # Under emulation the tests whose timing matters wait longer.
 [ "$(cat "$out/accel" 2>/dev/null)" = tcg ] && export BERTH_TEST_TIME_SCALE=5
-export BERTH_BIN_DIR=$opt/bin BERTH_CNI_BIN=$opt/cni-bin BERTH_RUNTIME_TOOLS=$opt/runtime-tools \
+export BERTH_BIN_DIR=$opt/bin BERTH_CNI_BIN=$opt/cni-bin BERTH_RUNTIME_TOOLS=$opt/runtime-tools BERTH_CHECKPOINTCTL=$opt/checkpointctl \
 	BERTH_KUBELET=$opt/kubernetes/kubelet PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 rc=0

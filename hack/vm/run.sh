@@ -7,7 +7,8 @@
 # $VM_OUT (test2json streams, the guest's log and journal, the console).
 # The guest has no network card. Exits non-zero when any run failed.
 #
-# Environment: VM_DIR (.cache/vm), VM_OUT ($VM_DIR/out), VM_MEM (MiB),
+# Environment: VM_DIR (.cache/vm; each VM_DIR is a VM of its own: its
+# image, disk, stage and results), VM_OUT ($VM_DIR/out), VM_MEM (MiB),
 # VM_CPUS, VM_TIMEOUT (seconds for the whole boot and plan; default the
 # plan's timeouts added up, and 10 minutes), VM_ACCEL (kvm or tcg;
 # default: KVM where a stock kernel boots under it, else software
@@ -18,6 +19,9 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 vm=${VM_DIR:-$repo/.cache/vm}
 out=${VM_OUT:-$vm/out}
 image=$vm/image
+# The guest sees the checkout only: the stage (make vm-stage) is in it.
+stage=$vm/stage
+case "$stage" in "$repo"/*) ;; *) echo "run.sh: VM_DIR $vm is outside the checkout $repo, which is all the guest sees" >&2; exit 2 ;; esac
 mem=${VM_MEM:-6144}
 cpus=${VM_CPUS:-2}
 planfile=$repo/hack/vm/plan.$plan
@@ -70,6 +74,7 @@ choose_accel() {
 rm -rf "$out"
 mkdir -p "$out"
 cp "$planfile" "$out/plan"
+echo "$stage" >"$out/stage"
 disk=$vm/run.qcow2
 # Each run starts from the image as built: the guest writes to a
 # copy-on-write layer that is thrown away.
