@@ -81,9 +81,12 @@ func (r *Runtime) Features() (*features.Features, error) {
 	return &f, nil
 }
 
-// Version is the first line of the runtime's --version.
+// Version is the first line of the runtime's --version; a runtime that
+// does not answer within callTimeout is "unknown", as one that fails.
 func (r *Runtime) Version() string {
-	out, err := exec.Command(r.Path, "--version").Output()
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, r.Path, "--version").Output()
 	if err != nil {
 		return "unknown"
 	}
