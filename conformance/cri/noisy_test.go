@@ -1,7 +1,7 @@
 package cri_test
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -195,23 +195,33 @@ func TestNoisyNeighbours(t *testing.T) {
 // format (time stream tag message) and carries the message.
 func checkCRILogLine(t *testing.T, path, msg string) {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Error(err)
+	// The last rotation may have just made the file: the container's
+	// next line reaches it when the container is next scheduled, which
+	// under a fork bomb and emulation can take a while.
+	var data []byte
+	deadline := time.Now().Add(testutil.Scaled(10 * time.Second))
+	for {
+		var err error
+		if data, err = os.ReadFile(path); err != nil {
+			t.Error(err)
+			return
+		}
+		if bytes.Contains(data, []byte("\n")) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	line, _, ok := bytes.Cut(data, []byte("\n"))
+	if !ok {
+		t.Errorf("%s: no line after %v", path, testutil.Scaled(10*time.Second))
 		return
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	if !sc.Scan() {
-		t.Errorf("%s: no line", path)
-		return
-	}
-	fields := strings.SplitN(sc.Text(), " ", 4)
+	fields := strings.SplitN(string(line), " ", 4)
 	if len(fields) != 4 || fields[1] != "stdout" || (fields[2] != "F" && fields[2] != "P") || fields[3] != msg {
-		t.Errorf("%s: first line %q is not a CRI log line of %q", path, sc.Text(), msg)
+		t.Errorf("%s: first line %q is not a CRI log line of %q", path, line, msg)
 	}
 	if _, err := time.Parse(time.RFC3339Nano, fields[0]); err != nil {
-		t.Errorf("%s: first line %q: %v", path, sc.Text(), err)
+		t.Errorf("%s: first line %q: %v", path, line, err)
 	}
 }
 
