@@ -44,7 +44,9 @@ func TestNoisyNeighbours(t *testing.T) {
 	bombPod, bombCfg := pod("forkbomb")
 	podCgroup := podCgroupPath(t, d, bombPod)
 	writeCgroup(t, podCgroup, "pids.max", strconv.Itoa(pidsLimit))
-	bomb := d.run(t, bombPod, bombCfg, containerConfig("bomb", "", "sh", "-c", `f() { f | f & }; f; sleep 3600`))
+	// The shell execs its sleep: a fork after the bomb's start fails at
+	// the pids limit, and would end the container (exit 2).
+	bomb := d.run(t, bombPod, bombCfg, containerConfig("bomb", "", "sh", "-c", `f() { f | f & }; f; exec sleep 3600`))
 
 	floodPod, floodCfg := pod("flood")
 	flood := d.run(t, floodPod, floodCfg, containerConfig("flood", "", "yes", "a log line written as fast as the container can"))
