@@ -29,6 +29,20 @@ var errNoCRIU = status.Error(codes.Unknown, "checkpoint/restore support not avai
 // criuCheck is `criu check`, asked once: the kernel does not change.
 var criuCheck = sync.OnceValue(runtime.CheckCRIU)
 
+// requireCRIU refuses a checkpoint or restore (op) of the container id on
+// berth's own handler where CRIU cannot work; another handler's runtime
+// answers for itself.
+func (s *Server) requireCRIU(h *handler, op, id string) error {
+	if h.name != defaultHandler {
+		return nil
+	}
+	if err := criuCheck(); err != nil {
+		s.log.Warn(op+" refused: CRIU cannot work here", "container", id, "error", err)
+		return errNoCRIU
+	}
+	return nil
+}
+
 // CheckpointContainer dumps a running container with CRIU, leaving it
 // running (the kubelet's forensic checkpoint), into the archive at
 // req.Location in the form CRI-O and containerd write and checkpointctl
@@ -45,11 +59,8 @@ func (s *Server) CheckpointContainer(ctx context.Context, req *runtimeapi.Checkp
 		return nil, toStatus(err)
 	}
 	h := s.podHandler(c.ID)
-	if h.name == defaultHandler || h.name == "" {
-		if err := criuCheck(); err != nil {
-			s.log.Warn("checkpoint refused: CRIU cannot work here", "container", c.ID, "error", err)
-			return nil, errNoCRIU
-		}
+	if err := s.requireCRIU(h, "checkpoint", c.ID); err != nil {
+		return nil, err
 	}
 	unlock := s.locks.lock(c.ID)
 	defer unlock()
@@ -89,12 +100,8 @@ func (s *Server) CheckpointContainer(ctx context.Context, req *runtimeapi.Checkp
 // checkpointMetadata writes the archive's files besides CRIU's into dir.
 func (s *Server) checkpointMetadata(c *container, h *handler, dir string) error {
 	st := s.containerStatus(c)
-	rt := h.name
-	if rt == "" {
-		rt = defaultHandler
-	}
 	config := metadata.ContainerConfig{
-		ID: c.ID, Name: c.Name, OCIRuntime: rt, CreatedTime: c.CreatedAt, CheckpointedAt: time.Now(),
+		ID: c.ID, Name: c.Name, OCIRuntime: h.name, CreatedTime: c.CreatedAt, CheckpointedAt: time.Now(),
 		RootfsImage: st.GetImage().GetImage(), RootfsImageName: st.GetImage().GetImage(), RootfsImageRef: c.ImageRef,
 	}
 	for name, v := range map[string]any{metadata.ConfigDumpFile: config, metadata.StatusDumpFile: st} {

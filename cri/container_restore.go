@@ -78,11 +78,8 @@ func (s *Server) restoreDir(id string) string {
 // its config the checkpointed container's: its image, and its command
 // where the request names none.
 func (s *Server) unpackCheckpoint(ctx context.Context, c *container, unpack func(*os.Root) error, u *undo) error {
-	if h := s.podHandler(c.PodID); h.name == defaultHandler || h.name == "" {
-		if err := criuCheck(); err != nil {
-			s.log.Warn("restore refused: CRIU cannot work here", "container", c.ID, "error", err)
-			return errNoCRIU
-		}
+	if err := s.requireCRIU(s.podHandler(c.PodID), "restore", c.ID); err != nil {
+		return err
 	}
 	source := c.config.GetImage().GetImage()
 	dir := s.restoreDir(c.ID)

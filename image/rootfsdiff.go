@@ -147,11 +147,7 @@ func (s *Store) ApplyRootfsDiff(id string, diff io.Reader, deleted []string) err
 		return fmt.Errorf("root filesystem %s: apply diff: %w", id, err)
 	}
 	for _, p := range deleted {
-		rel, err := relPath(p)
-		if err != nil {
-			return fmt.Errorf("root filesystem %s: deleted file: %w", id, err)
-		}
-		if err := root.RemoveAll(rel); err != nil {
+		if err := root.RemoveAll(relPath(p)); err != nil {
 			return fmt.Errorf("root filesystem %s: delete %s: %w", id, p, err)
 		}
 	}
@@ -188,9 +184,9 @@ func extractTar(root *os.Root, r io.Reader, plain bool) error {
 }
 
 func extractEntry(root *os.Root, r io.Reader, h *tar.Header) error {
-	name, err := relPath(h.Name)
-	if err != nil || name == "." {
-		return err
+	name := relPath(h.Name)
+	if name == "." {
+		return nil
 	}
 	dir, base := path.Split(name)
 	if dir == "" {
@@ -241,11 +237,7 @@ func extractEntry(root *os.Root, r io.Reader, h *tar.Header) error {
 	case tar.TypeSymlink:
 		return withOwner(root.Symlink(h.Linkname, name), root, name, h, false)
 	case tar.TypeLink:
-		target, err := relPath(h.Linkname)
-		if err != nil {
-			return err
-		}
-		return root.Link(target, name)
+		return root.Link(relPath(h.Linkname), name)
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
 		d, err := root.Open(dir)
 		if err != nil {
@@ -314,15 +306,11 @@ func clearDir(root *os.Root, dir string) error {
 	return nil
 }
 
-// relPath is a tar entry's or a listed path's name relative to its root;
-// ".." out of it is refused here, and os.Root refuses the rest.
-func relPath(p string) (string, error) {
-	rel := path.Clean("/" + p)[1:]
-	if rel == "" {
-		return ".", nil
+// relPath is a tar entry's or a listed path's name relative to its root:
+// cleaned from "/", ".." cannot climb out of it (os.Root refuses the rest).
+func relPath(p string) string {
+	if rel := path.Clean("/" + p)[1:]; rel != "" {
+		return rel
 	}
-	if !fs.ValidPath(rel) {
-		return "", fmt.Errorf("invalid path %q", p)
-	}
-	return rel, nil
+	return "."
 }
