@@ -46,7 +46,7 @@ E2E_PKGS  := $(if $(SUITE),./conformance/$(SUITE)/,./conformance/...)
 
 BINARIES  := berth berth-shim pause berthd berthctl
 
-.PHONY: deps-check vm-image vm-image-background vm-stage test-vm test-vm-quick docs release deb all build deps test-deps cni-plugins kubelet kubernetes mkimage upstream-bins e2e-upstream e2e-upstream-node containerd cluster cluster-down gotestsum checkpointctl unit e2e race-bin e2e-race test test-quick lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
+.PHONY: deps-check vm-image vm-image-background vm-stage test-vm test-vm-quick docs release deb all build deps test-deps cni-plugins kubelet kubernetes mkimage upstream-bins e2e-upstream e2e-upstream-run e2e-upstream-node e2e-upstream-conformance upstream-report containerd cluster cluster-down gotestsum checkpointctl unit e2e race-bin e2e-race test test-quick lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
 
 all: build
 
@@ -184,13 +184,23 @@ UPSTREAM_PARALLEL ?= 8
 upstream-bins:
 	hack/kubernetes/build.sh $(K8S_DIR) e2e.test ginkgo agnhost
 
-e2e-upstream: build test-deps cni-plugins kubernetes upstream-bins mkimage $(if $(filter containerd,$(UPSTREAM_RUNTIMES)),containerd)
+# upstream-results FOCUS,EXCLUDE,DIR: DIR/RESULTS.md and the trimmed JUnit
+# reports of the UPSTREAM_REPORT runtimes' runs, for the specs of FOCUS.
+UPSTREAM_REPORT ?= $(UPSTREAM_RUNTIMES)
+define upstream-results
+	mkdir -p $(3)
+	$(GO) run $(GO_FLAGS) ./hack/upstream/results -focus '$(1)' -exclude '$(2)' -out $(3)/RESULTS.md -junit-dir $(3) \
+		-title "Kubernetes $$(cat $(K8S_DIR)/.version-kubeadm), two nodes, $$(uname -r), cgroup $$(if [ -f /sys/fs/cgroup/cgroup.controllers ]; then echo v2; else echo v1; fi), $$(date -u +%F)." \
+		$(foreach r,$(UPSTREAM_REPORT),$(r)=$(UPSTREAM_OUT)/$(r))
+endef
+
+e2e-upstream: e2e-upstream-run
+	$(call upstream-results,$(UPSTREAM_FOCUS),$(UPSTREAM_EXCLUDE),$(UPSTREAM_RESULTS))
+
+e2e-upstream-run: build test-deps cni-plugins kubernetes upstream-bins mkimage $(if $(filter containerd,$(UPSTREAM_RUNTIMES)),containerd)
 	@set -e; for r in $(UPSTREAM_RUNTIMES); do \
 		$(CLUSTER_ENV) CLUSTER_RUNTIME=$$r PARALLEL=$(UPSTREAM_PARALLEL) UPSTREAM_EXCLUDE='$(UPSTREAM_EXCLUDE)' FLAKE_ATTEMPTS=$(FLAKE_ATTEMPTS) hack/upstream/run.sh $$r $(UPSTREAM_OUT) '$(UPSTREAM_FOCUS)'; \
 	done
-	$(GO) run $(GO_FLAGS) ./hack/upstream/results -focus '$(UPSTREAM_FOCUS)' -exclude '$(UPSTREAM_EXCLUDE)' -out $(UPSTREAM_RESULTS)/RESULTS.md -junit-dir $(UPSTREAM_RESULTS) \
-		-title "Kubernetes $$(cat $(K8S_DIR)/.version-kubeadm), two nodes, $$(uname -r), cgroup $$(if [ -f /sys/fs/cgroup/cgroup.controllers ]; then echo v2; else echo v1; fi), $$(date -u +%F)." \
-		$(foreach r,$(UPSTREAM_RUNTIMES),$(r)=$(UPSTREAM_OUT)/$(r))
 
 # make test's share: the [NodeConformance] specs upstream's node jobs run,
 # on berth alone (the containerd column is make e2e-upstream's). A spec
@@ -200,6 +210,32 @@ e2e-upstream-node:
 	@rc=0; $(MAKE) e2e-upstream UPSTREAM_RUNTIMES=berth UPSTREAM_FOCUS='\[NodeConformance\]' \
 		UPSTREAM_EXCLUDE='\[Slow\]|\[Serial\]|\[Flaky\]' UPSTREAM_RESULTS=$(UPSTREAM_OUT) FLAKE_ATTEMPTS=2 || rc=$$?; \
 	sed -n '/^| runtime/,/^## Where/p' $(UPSTREAM_OUT)/RESULTS.md 2>/dev/null; exit $$rc
+
+# The whole [Conformance] set, as a certified distribution runs it: the
+# parallel specs, then the [Serial] ones on one process (run.sh's two
+# passes), with the specs of the node features Kubernetes turns on
+# (UPSTREAM_FEATURES: runtime classes, image volumes, DRA with its test
+# driver; without what needs a gate that is off or a DRA gate of its own,
+# which no [Conformance] spec does) in the same runs. About half an hour
+# per runtime here: not part of make test. Reports: conformance/upstream/
+# conformance/ and conformance/upstream/features/ (RESULTS.md each). One
+# runtime at a time: UPSTREAM_RUNTIMES=containerd, then berth with
+# UPSTREAM_REPORT='berth containerd' for the side-by-side reports.
+UPSTREAM_FEATURES ?= \[sig-node\] (RuntimeClass|ImageVolume|\[DRA\])
+UPSTREAM_FEATURES_EXCLUDE ?= \[Alpha\]|\[Beta\]|OffByDefault|\[Flaky\]|\[FeatureGate:DRA
+e2e-upstream-conformance:
+	$(MAKE) e2e-upstream-run UPSTREAM_FOCUS='\[Conformance\]|$(UPSTREAM_FEATURES)' UPSTREAM_EXCLUDE='$(UPSTREAM_FEATURES_EXCLUDE)' \
+		UPSTREAM_OUT=$(CURDIR)/.cache/upstream-conformance
+	@rc=0; \
+	$(MAKE) --no-print-directory upstream-report UPSTREAM_REPORT_FOCUS='\[Conformance\]' UPSTREAM_RESULTS=conformance/upstream/conformance || rc=$$?; \
+	$(MAKE) --no-print-directory upstream-report UPSTREAM_REPORT_FOCUS='$(UPSTREAM_FEATURES)' UPSTREAM_REPORT_EXCLUDE='$(UPSTREAM_FEATURES_EXCLUDE)' UPSTREAM_RESULTS=conformance/upstream/features || rc=$$?; \
+	exit $$rc
+
+# upstream-report: the report of UPSTREAM_REPORT_FOCUS's specs from runs
+# already made (.cache/upstream-conformance by default).
+upstream-report: UPSTREAM_OUT = $(CURDIR)/.cache/upstream-conformance
+upstream-report:
+	$(call upstream-results,$(UPSTREAM_REPORT_FOCUS),$(UPSTREAM_REPORT_EXCLUDE),$(UPSTREAM_RESULTS))
 
 e2e: build cni-plugins kubernetes mkimage gotestsum
 	hack/runtime-tools/build.sh $(RUNTIME_TOOLS)

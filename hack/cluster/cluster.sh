@@ -57,7 +57,9 @@ KUBELET_SYSCTLS=(vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_
 # The paths kubeadm and the kubelet use whatever their configuration says;
 # each node binds its own directories there. (Not /tmp: the suite's
 # cluster directory lives there, and the node must still see it.)
-NODE_BINDS=(/etc/kubernetes /var/lib/kubelet /var/log/pods /var/log/containers)
+# /var/run/cdi: where DRA drivers write the CDI specs of the devices they
+# prepare on their node.
+NODE_BINDS=(/etc/kubernetes /var/lib/kubelet /var/log/pods /var/log/containers /var/run/cdi)
 # Host paths the control plane's and kube-proxy's hostPath volumes name;
 # the kubelet (DirectoryOrCreate, FileOrCreate) or berthd (no type) makes
 # those that are missing, and down removes what up found missing.

@@ -166,6 +166,11 @@ busybox_rootfs() {
 
 push() { "$MKIMAGE" -registry "$registry" "$@"; }
 
+# selects RE: whether the run's specs (UPSTREAM_SELECTED, a file of their
+# names, from run.sh) include one matching RE; without the file, every
+# image is built. The images only some specs use are built for them.
+selects() { [ -z "${UPSTREAM_SELECTED:-}" ] || grep -qE -- "$1" "$UPSTREAM_SELECTED"; }
+
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 src=$(k8s_src)
@@ -185,6 +190,23 @@ chroot "$stage/agnhost" sh -c 'groupadd -g 50000 group-defined-in-image && usera
 agnhost_cfg='{"Entrypoint":["/agnhost"],"Cmd":["pause"],"ExposedPorts":{"80/tcp":{},"8080/tcp":{},"8081/tcp":{},"9376/tcp":{},"5000/tcp":{}}}'
 push -rootfs "$stage/agnhost" -config "$agnhost_cfg" "e2e-test-images/agnhost:$(cat "$src/test/images/agnhost/VERSION")"
 push -rootfs "$stage/agnhost" -config "$agnhost_cfg" "e2e-test-images/agnhost:2.55"
+
+# kitten 1.8 and nautilus 1.8 (kubectl's Update Demo, the ImageVolume
+# specs): agnhost serving its picture and data.json from / with
+# test-webserver, as upstream's Dockerfiles add them to the agnhost
+# image. The ImageVolume spec reads the image's /etc/os-release for
+# "Alpine Linux", upstream's base: the stand-in's says what it is.
+if selects 'ImageVolume|Update Demo'; then
+	for pic in kitten nautilus; do
+		mkdir -p "$stage/$pic"
+		cp -a "$stage/agnhost/." "$stage/$pic/"
+		cp "$src/test/images/$pic/html/$pic.jpg" "$src/test/images/$pic/html/data.json" "$stage/$pic/"
+		rm -f "$stage/$pic/etc/os-release"
+		{ cat "$stage/agnhost/usr/lib/os-release"; echo "# berth's stand-in (hack/upstream/images.sh) for upstream's image on Alpine Linux"; } >"$stage/$pic/etc/os-release"
+		push -rootfs "$stage/$pic" -config '{"Entrypoint":["/agnhost"],"Cmd":["test-webserver"],"ExposedPorts":{"80/tcp":{}}}' "e2e-test-images/$pic:1.8"
+		rm -rf "$stage/$pic"
+	done
+fi
 
 # nonroot 1.5: Debian with USER 1234.
 debian_image "$stage/nonroot"
@@ -216,8 +238,58 @@ server {
 	index index.html;
 }
 CONF
-push -rootfs "$stage/nginx" -config '{"Cmd":["nginx","-g","daemon off;"],"ExposedPorts":{"80/tcp":{}},"StopSignal":"SIGQUIT"}' "e2e-test-images/nginx:1.27.0-2"
+nginx_cfg='{"Cmd":["nginx","-g","daemon off;"],"ExposedPorts":{"80/tcp":{}},"StopSignal":"SIGQUIT"}'
+push -rootfs "$stage/nginx" -config "$nginx_cfg" "e2e-test-images/nginx:1.27.0-2"
+# nginx 1.28.0-2 ("nginx-new", what the Deployment specs roll over to):
+# the same server under the newer tag; the specs tell them apart by name.
+echo '<!-- 1.28.0-2 -->' >>"$stage/nginx/usr/share/nginx/html/index.html"
+push -rootfs "$stage/nginx" -config "$nginx_cfg" "e2e-test-images/nginx:1.28.0-2"
 
 # glibc-dns-testing 2.1.1: Debian with dnsutils (glibc's resolver).
 debian_image "$stage/glibc" dnsutils
 push -rootfs "$stage/glibc" "e2e-test-images/glibc-dns-testing:2.1.1"
+
+# hostpathplugin v1.17.1, as the [DRA] specs use it: a container that
+# sleeps, in which the specs exec "/hostpathplugin --endpoint=SOCKET
+# --proxy-endpoint=tcp://:PORT" to bridge the kubelet's connections to
+# the driver running in e2e.test. The CSI driver itself (never used
+# there) is not served by the module proxy; the bridge is socat, in the
+# mode the specs' proxy package documents: "UNIX-LISTEN:...,fork
+# TCP-LISTEN:PORT,reuseport", one TCP connection per accepted one.
+if selects '\[DRA\]'; then
+	debian_image "$stage/hostpath" bash curl dnsutils netcat-openbsd iproute2 socat iputils-ping procps util-linux
+	cat >"$stage/hostpath/hostpathplugin" <<'SH'
+#!/bin/sh
+# berth's stand-in for hostpathplugin's proxy mode (hack/upstream/images.sh).
+endpoint= port=
+for a in "$@"; do
+	case $a in
+	--endpoint=*) endpoint=${a#--endpoint=} endpoint=${endpoint#unix://} ;;
+	--proxy-endpoint=tcp://*) port=${a##*:} ;;
+	esac
+done
+[ -n "$endpoint" ] && [ -n "$port" ] || { echo "hostpathplugin: only --endpoint=PATH --proxy-endpoint=tcp://:PORT is served" >&2; exit 2; }
+mkdir -p "$(dirname "$endpoint")"
+exec socat "UNIX-LISTEN:$endpoint,fork,unlink-early" "TCP-LISTEN:$port,reuseport"
+SH
+	chmod 755 "$stage/hostpath/hostpathplugin"
+	push -rootfs "$stage/hostpath" -config '{"Entrypoint":["/hostpathplugin"]}' "sig-storage/hostpathplugin:v1.17.1"
+	rm -rf "$stage/hostpath"
+fi
+
+# sample-apiserver 1.29.2 (the Aggregator spec, beside the etcd image the
+# cluster already has): k8s.io/sample-apiserver v0.29.2 from the module
+# proxy, built once (a minute and a half of compiling), on a busybox base
+# as upstream's is on alpine.
+if selects '^\[sig-api-machinery\] Aggregator'; then
+	sas=$cache/sample-apiserver-v0.29.2
+	if [ ! -x "$sas" ]; then
+		echo "images: build sample-apiserver v0.29.2 (once)" >&2
+		d=$(GOFLAGS= go mod download -json k8s.io/sample-apiserver@v0.29.2 | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')
+		(cd "$d" && CGO_ENABLED=0 GOFLAGS= go build -trimpath -ldflags=-s -o "$sas.tmp" .)
+		mv "$sas.tmp" "$sas"
+	fi
+	busybox_rootfs "$stage/sample-apiserver"
+	cp "$sas" "$stage/sample-apiserver/sample-apiserver"
+	push -rootfs "$stage/sample-apiserver" -config '{"Entrypoint":["/sample-apiserver"]}' "e2e-test-images/sample-apiserver:1.29.2"
+fi

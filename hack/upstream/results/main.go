@@ -19,6 +19,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -79,6 +80,14 @@ func run(focus, exclude, skipFile, triageFile, out, junitDir, title string, args
 		}
 		suites, err := readJUnit(filepath.Join(dir, "junit.xml"))
 		if err != nil {
+			return false, fmt.Errorf("%s: %w", name, err)
+		}
+		// run.sh's second pass, the [Serial] specs on one process.
+		serial, err := readJUnit(filepath.Join(dir, "junit-serial.xml"))
+		switch {
+		case err == nil:
+			suites.Suites = append(suites.Suites, serial.Suites...)
+		case !errors.Is(err, fs.ErrNotExist):
 			return false, fmt.Errorf("%s: %w", name, err)
 		}
 		r := classify(name, suites, focusRE, excludeRE, skips, triage)
@@ -192,7 +201,9 @@ type spec struct {
 	name    string
 	status  string // passed, failed, skipped
 	message string // the failure's or the skip's
-	triage  *pattern
+	// skipReason is the reason of the skip.txt line that skipped it.
+	skipReason string
+	triage     *pattern
 }
 
 type runResult struct {
@@ -226,6 +237,7 @@ func specName(c junitCase) (string, bool) {
 
 func classify(runtime string, s *junitSuites, focus, exclude *regexp.Regexp, skips, triage []pattern) *runResult {
 	r := &runResult{runtime: runtime, specs: map[string]*spec{}, skippedBy: map[string]int{}}
+	index := map[string]int{} // spec name → its place in r.selected
 	for _, suite := range s.Suites {
 		r.duration += time.Duration(suite.Time * float64(time.Second))
 		for _, c := range suite.Cases {
@@ -248,7 +260,7 @@ func classify(runtime string, s *junitSuites, focus, exclude *regexp.Regexp, ski
 					for _, p := range skips {
 						if p.re.MatchString(name) {
 							sp.message = "skip.txt: " + p.reason
-							r.skippedBy[p.reason]++
+							sp.skipReason = p.reason
 							break
 						}
 					}
@@ -270,8 +282,23 @@ func classify(runtime string, s *junitSuites, focus, exclude *regexp.Regexp, ski
 					}
 				}
 			}
+			// A spec is in every pass's report, skipped by the passes
+			// that did not select it; the one that ran it tells.
+			if _, ok := r.specs[name]; ok {
+				if sp.status != "skipped" {
+					r.specs[name] = sp
+					r.selected[index[name]] = c
+				}
+				continue
+			}
+			index[name] = len(r.selected)
 			r.specs[name] = sp
 			r.selected = append(r.selected, c)
+		}
+	}
+	for _, sp := range r.specs {
+		if sp.status == "skipped" && sp.skipReason != "" {
+			r.skippedBy[sp.skipReason]++
 		}
 	}
 	return r

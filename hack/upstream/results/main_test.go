@@ -109,3 +109,46 @@ func TestPatternsNeedAReason(t *testing.T) {
 		}
 	}
 }
+
+// run.sh's second pass: the [Serial] specs in junit-serial.xml, skipped
+// in junit.xml as the first pass's label filter leaves them, and every
+// spec of e2e.test in both reports.
+const serialXML = `<?xml version="1.0" encoding="UTF-8"?>
+<testsuites tests="4" disabled="0" errors="0" failures="0" time="50">
+  <testsuite name="Kubernetes e2e suite" package="/e2e" tests="4" skipped="3" failures="0" errors="0" time="50" timestamp="2026-12-01T10:00:00">
+    <testcase name="[It] [sig-node] Pods should run [NodeConformance] [sig-node, NodeConformance]" classname="Kubernetes e2e suite" status="skipped" time="0"><skipped message="skipped"></skipped></testcase>
+    <testcase name="[It] [sig-node] Windows things [Feature:Windows] [NodeConformance]" classname="Kubernetes e2e suite" status="skipped" time="0"><skipped message="skipped"></skipped></testcase>
+    <testcase name="[It] [sig-apps] Daemon set should run [NodeConformance] [Serial] [sig-apps, NodeConformance, Serial]" classname="Kubernetes e2e suite" status="passed" time="40"></testcase>
+  </testsuite>
+</testsuites>`
+
+func TestSerialPass(t *testing.T) {
+	dir := t.TempDir()
+	skip := writeFile(t, filepath.Join(dir, "skip.txt"), "\\[Feature:Windows\\]   # no Windows nodes\n")
+	triage := writeFile(t, filepath.Join(dir, "triage.txt"), "environment dummy link # no CONFIG_DUMMY\nenvironment Probes # slow machine\n")
+	out := filepath.Join(dir, "RESULTS.md")
+	arg := writeRun(t, dir, "berth", "failed")
+	parallel := strings.Replace(junitXML, "</testsuite>",
+		`<testcase name="[It] [sig-apps] Daemon set should run [NodeConformance] [Serial] [sig-apps, NodeConformance, Serial]" classname="Kubernetes e2e suite" status="skipped" time="0"><skipped message="skipped"></skipped></testcase></testsuite>`, 1)
+	writeFile(t, filepath.Join(dir, "berth", "junit.xml"), strings.ReplaceAll(parallel, "RUNTIME", "failed"))
+	writeFile(t, filepath.Join(dir, "berth", "junit-serial.xml"), serialXML)
+	ok, err := run(`\[NodeConformance\]`, `Not in focus`, skip, triage, out, dir, "", []string{arg})
+	if err != nil || !ok {
+		t.Fatalf("ok %v, err %v", ok, err)
+	}
+	md, _ := os.ReadFile(out)
+	for _, want := range []string{
+		// The serial spec counts once, as passed; the two passes' times add.
+		"| berth | 2 | 2 | 2 | 6 | 2m30s |",
+		// Skipped by skip.txt in both reports, counted once.
+		"berth: 1 skipped by skip.txt: no Windows nodes (1); 1 skipped themselves",
+	} {
+		if !strings.Contains(string(md), want) {
+			t.Errorf("RESULTS.md lacks %q:\n%s", want, md)
+		}
+	}
+	junit, _ := os.ReadFile(filepath.Join(dir, "junit-berth.xml"))
+	if n := strings.Count(string(junit), "Daemon set should run"); n != 1 || !strings.Contains(string(junit), `status="passed" time="40"`) {
+		t.Errorf("the serial spec is in the trimmed report %d times, or not as passed:\n%s", n, junit)
+	}
+}
