@@ -187,9 +187,10 @@ upstream-bins:
 # upstream-results FOCUS,EXCLUDE,DIR: DIR/RESULTS.md and the trimmed JUnit
 # reports of the UPSTREAM_REPORT runtimes' runs, for the specs of FOCUS.
 UPSTREAM_REPORT ?= $(UPSTREAM_RUNTIMES)
+UPSTREAM_TARGET ?= e2e-upstream
 define upstream-results
 	mkdir -p $(3)
-	$(GO) run $(GO_FLAGS) ./hack/upstream/results -focus '$(1)' -exclude '$(2)' -out $(3)/RESULTS.md -junit-dir $(3) \
+	$(GO) run $(GO_FLAGS) ./hack/upstream/results -by 'make $(UPSTREAM_TARGET)' -focus '$(1)' -exclude '$(2)' -out $(3)/RESULTS.md -junit-dir $(3) \
 		-title "Kubernetes $$(cat $(K8S_DIR)/.version-kubeadm), two nodes, $$(uname -r), cgroup $$(if [ -f /sys/fs/cgroup/cgroup.controllers ]; then echo v2; else echo v1; fi), $$(date -u +%F)." \
 		$(foreach r,$(UPSTREAM_REPORT),$(r)=$(UPSTREAM_OUT)/$(r))
 endef
@@ -215,20 +216,21 @@ e2e-upstream-node:
 # parallel specs, then the [Serial] ones on one process (run.sh's two
 # passes), with the specs of the node features Kubernetes turns on
 # (UPSTREAM_FEATURES: runtime classes, image volumes, DRA with its test
-# driver; without what needs a gate that is off or a DRA gate of its own,
+# driver; without what needs a gate that is off, a DRA gate of its own or
+# resource.k8s.io's beta APIs, which 1.37 does not serve by default, and
 # which no [Conformance] spec does) in the same runs. About half an hour
 # per runtime here: not part of make test. Reports: conformance/upstream/
 # conformance/ and conformance/upstream/features/ (RESULTS.md each). One
 # runtime at a time: UPSTREAM_RUNTIMES=containerd, then berth with
 # UPSTREAM_REPORT='berth containerd' for the side-by-side reports.
 UPSTREAM_FEATURES ?= \[sig-node\] (RuntimeClass|ImageVolume|\[DRA\])
-UPSTREAM_FEATURES_EXCLUDE ?= \[Alpha\]|\[Beta\]|OffByDefault|\[Flaky\]|\[FeatureGate:DRA
+UPSTREAM_FEATURES_EXCLUDE ?= \[Alpha\]|\[Beta\]|OffByDefault|\[Flaky\]|\[FeatureGate:DRA|with v1beta[12] API
 e2e-upstream-conformance:
 	$(MAKE) e2e-upstream-run UPSTREAM_FOCUS='\[Conformance\]|$(UPSTREAM_FEATURES)' UPSTREAM_EXCLUDE='$(UPSTREAM_FEATURES_EXCLUDE)' \
 		UPSTREAM_OUT=$(CURDIR)/.cache/upstream-conformance
 	@rc=0; \
-	$(MAKE) --no-print-directory upstream-report UPSTREAM_REPORT_FOCUS='\[Conformance\]' UPSTREAM_RESULTS=conformance/upstream/conformance || rc=$$?; \
-	$(MAKE) --no-print-directory upstream-report UPSTREAM_REPORT_FOCUS='$(UPSTREAM_FEATURES)' UPSTREAM_REPORT_EXCLUDE='$(UPSTREAM_FEATURES_EXCLUDE)' UPSTREAM_RESULTS=conformance/upstream/features || rc=$$?; \
+	$(MAKE) --no-print-directory upstream-report UPSTREAM_TARGET=e2e-upstream-conformance UPSTREAM_REPORT_FOCUS='\[Conformance\]' UPSTREAM_RESULTS=conformance/upstream/conformance || rc=$$?; \
+	$(MAKE) --no-print-directory upstream-report UPSTREAM_TARGET=e2e-upstream-conformance UPSTREAM_REPORT_FOCUS='$(UPSTREAM_FEATURES)' UPSTREAM_REPORT_EXCLUDE='$(UPSTREAM_FEATURES_EXCLUDE)' UPSTREAM_RESULTS=conformance/upstream/features || rc=$$?; \
 	exit $$rc
 
 # upstream-report: the report of UPSTREAM_REPORT_FOCUS's specs from runs

@@ -37,12 +37,13 @@ func main() {
 	out := flag.String("out", "conformance/upstream/RESULTS.md", "the report to write")
 	junitDir := flag.String("junit-dir", "", "where to write junit-RUNTIME.xml (the selected specs); empty: none")
 	title := flag.String("title", "", "a line under the heading: what ran, where")
+	by := flag.String("by", "make e2e-upstream", "the command that made the runs")
 	flag.Parse()
 	if flag.NArg() == 0 {
 		fmt.Fprintln(os.Stderr, "usage: results [flags] RUNTIME=REPORTDIR...")
 		os.Exit(2)
 	}
-	ok, err := run(*focus, *exclude, *skipFile, *triageFile, *out, *junitDir, *title, flag.Args())
+	ok, err := run(*focus, *exclude, *skipFile, *triageFile, *out, *junitDir, "`"+*by+"`", *title, flag.Args())
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "results: %v\n", err)
 		os.Exit(2)
@@ -53,7 +54,7 @@ func main() {
 	}
 }
 
-func run(focus, exclude, skipFile, triageFile, out, junitDir, title string, args []string) (bool, error) {
+func run(focus, exclude, skipFile, triageFile, out, junitDir, by, title string, args []string) (bool, error) {
 	focusRE, err := regexp.Compile(focus)
 	if err != nil {
 		return false, fmt.Errorf("focus: %w", err)
@@ -102,7 +103,7 @@ func run(focus, exclude, skipFile, triageFile, out, junitDir, title string, args
 	if err != nil {
 		return false, err
 	}
-	ok := report(f, title, focus, exclude, runs)
+	ok := report(f, by, title, focus, exclude, runs)
 	return ok, f.Close()
 }
 
@@ -267,6 +268,7 @@ func classify(runtime string, s *junitSuites, focus, exclude *regexp.Regexp, ski
 				}
 			default: // failed, panicked, timedout, interrupted, aborted
 				sp.status = "failed"
+				c.SystemErr = logTail(c.SystemErr)
 				if c.Failure != nil {
 					sp.message = c.Failure.Message
 				} else if c.Error != nil {
@@ -304,11 +306,24 @@ func classify(runtime string, s *junitSuites, focus, exclude *regexp.Regexp, ski
 	return r
 }
 
+// maxLog bounds a failure's log in the trimmed reports: a spec's log can
+// be megabytes (the DRA specs' proxy polling), and its end has the
+// failure and the namespace's dump.
+const maxLog = 64 << 10
+
+// logTail is the last maxLog bytes of log, saying what was cut.
+func logTail(log string) string {
+	if len(log) <= maxLog {
+		return log
+	}
+	return fmt.Sprintf("[the first %d bytes of the log are cut]\n", len(log)-maxLog) + log[len(log)-maxLog:]
+}
+
 // report writes RESULTS.md and says whether berth's column is clean.
-func report(w io.Writer, title, focus, exclude string, runs []*runResult) bool {
+func report(w io.Writer, by, title, focus, exclude string, runs []*runResult) bool {
 	ok := true
 	fmt.Fprintf(w, "# Kubernetes' own end-to-end tests on berth and containerd\n\n")
-	fmt.Fprintf(w, "Written by `make e2e-upstream` (hack/upstream/run.sh, hack/upstream/results).")
+	fmt.Fprintf(w, "Written by %s (hack/upstream/run.sh, hack/upstream/results).", by)
 	if title != "" {
 		fmt.Fprintf(w, " %s", title)
 	}

@@ -54,7 +54,7 @@ func TestReport(t *testing.T) {
 	out := filepath.Join(dir, "RESULTS.md")
 
 	// The probe spec fails on berth only: berth's column is not clean.
-	ok, err := run(`\[NodeConformance\]`, `Not in focus`, skip, triage, out, dir, "", []string{
+	ok, err := run(`\[NodeConformance\]`, `Not in focus`, skip, triage, out, dir, "`make e2e-upstream`", "", []string{
 		writeRun(t, dir, "berth", "failed"), writeRun(t, dir, "containerd", "passed")})
 	if err != nil {
 		t.Fatal(err)
@@ -85,7 +85,7 @@ func TestReport(t *testing.T) {
 
 	// Both fail the probe spec, triaged as the environment's: clean.
 	writeFile(t, triage, "environment dummy link # no CONFIG_DUMMY\nenvironment Probes # slow machine\n")
-	ok, err = run(`\[NodeConformance\]`, `Not in focus`, skip, triage, out, "", "", []string{
+	ok, err = run(`\[NodeConformance\]`, `Not in focus`, skip, triage, out, "", "`make e2e-upstream`", "", []string{
 		writeRun(t, dir, "berth", "timedout"), writeRun(t, dir, "containerd", "timedout")})
 	if err != nil || !ok {
 		t.Errorf("every berth failure is the environment's: ok %v, err %v", ok, err)
@@ -132,7 +132,7 @@ func TestSerialPass(t *testing.T) {
 		`<testcase name="[It] [sig-apps] Daemon set should run [NodeConformance] [Serial] [sig-apps, NodeConformance, Serial]" classname="Kubernetes e2e suite" status="skipped" time="0"><skipped message="skipped"></skipped></testcase></testsuite>`, 1)
 	writeFile(t, filepath.Join(dir, "berth", "junit.xml"), strings.ReplaceAll(parallel, "RUNTIME", "failed"))
 	writeFile(t, filepath.Join(dir, "berth", "junit-serial.xml"), serialXML)
-	ok, err := run(`\[NodeConformance\]`, `Not in focus`, skip, triage, out, dir, "", []string{arg})
+	ok, err := run(`\[NodeConformance\]`, `Not in focus`, skip, triage, out, dir, "`make e2e-upstream`", "", []string{arg})
 	if err != nil || !ok {
 		t.Fatalf("ok %v, err %v", ok, err)
 	}
@@ -150,5 +150,16 @@ func TestSerialPass(t *testing.T) {
 	junit, _ := os.ReadFile(filepath.Join(dir, "junit-berth.xml"))
 	if n := strings.Count(string(junit), "Daemon set should run"); n != 1 || !strings.Contains(string(junit), `status="passed" time="40"`) {
 		t.Errorf("the serial spec is in the trimmed report %d times, or not as passed:\n%s", n, junit)
+	}
+}
+
+func TestLogTail(t *testing.T) {
+	if got := logTail("short"); got != "short" {
+		t.Errorf("a short log changed: %q", got)
+	}
+	long := strings.Repeat("x", maxLog) + "the failure"
+	got := logTail(long)
+	if !strings.HasSuffix(got, "the failure") || !strings.HasPrefix(got, "[the first 11 bytes of the log are cut]") || len(got) > maxLog+64 {
+		t.Errorf("logTail of %d bytes: %d bytes, starting %q", len(long), len(got), got[:50])
 	}
 }
