@@ -218,7 +218,7 @@ e2e-upstream-node:
 # (UPSTREAM_FEATURES: runtime classes, image volumes, DRA with its test
 # driver; without what needs a gate that is off, a DRA gate of its own or
 # resource.k8s.io's beta APIs, which 1.37 does not serve by default, and
-# which no [Conformance] spec does) in the same runs. About half an hour
+# which no [Conformance] spec does) in the same runs. About 45 minutes
 # per runtime here: not part of make test. Reports: conformance/upstream/
 # conformance/ and conformance/upstream/features/ (RESULTS.md each). One
 # runtime at a time: UPSTREAM_RUNTIMES=containerd, then berth with
