@@ -225,17 +225,18 @@ e2e-upstream-node:
 # UPSTREAM_REPORT='berth containerd' for the side-by-side reports.
 UPSTREAM_FEATURES ?= \[sig-node\] (RuntimeClass|ImageVolume|\[DRA\])
 UPSTREAM_FEATURES_EXCLUDE ?= \[Alpha\]|\[Beta\]|OffByDefault|\[Flaky\]|\[FeatureGate:DRA|with v1beta[12] API
+UPSTREAM_CONFORMANCE_OUT := $(CURDIR)/.cache/upstream-conformance
 e2e-upstream-conformance:
 	$(MAKE) e2e-upstream-run UPSTREAM_FOCUS='\[Conformance\]|$(UPSTREAM_FEATURES)' UPSTREAM_EXCLUDE='$(UPSTREAM_FEATURES_EXCLUDE)' \
-		UPSTREAM_OUT=$(CURDIR)/.cache/upstream-conformance
+		UPSTREAM_OUT=$(UPSTREAM_CONFORMANCE_OUT)
 	@rc=0; \
 	$(MAKE) --no-print-directory upstream-report UPSTREAM_TARGET=e2e-upstream-conformance UPSTREAM_REPORT_FOCUS='\[Conformance\]' UPSTREAM_RESULTS=conformance/upstream/conformance || rc=$$?; \
 	$(MAKE) --no-print-directory upstream-report UPSTREAM_TARGET=e2e-upstream-conformance UPSTREAM_REPORT_FOCUS='$(UPSTREAM_FEATURES)' UPSTREAM_REPORT_EXCLUDE='$(UPSTREAM_FEATURES_EXCLUDE)' UPSTREAM_RESULTS=conformance/upstream/features || rc=$$?; \
 	exit $$rc
 
 # upstream-report: the report of UPSTREAM_REPORT_FOCUS's specs from runs
-# already made (.cache/upstream-conformance by default).
-upstream-report: UPSTREAM_OUT = $(CURDIR)/.cache/upstream-conformance
+# already made (e2e-upstream-conformance's by default).
+upstream-report: UPSTREAM_OUT = $(UPSTREAM_CONFORMANCE_OUT)
 upstream-report:
 	$(call upstream-results,$(UPSTREAM_REPORT_FOCUS),$(UPSTREAM_REPORT_EXCLUDE),$(UPSTREAM_RESULTS))
 

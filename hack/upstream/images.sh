@@ -181,7 +181,9 @@ push -rootfs "$stage/busybox" -config '{"Cmd":["sh"]}' "e2e-test-images/busybox:
 
 # agnhost 2.66.1 (and 2.55, the "previous" one some specs upgrade from):
 # the agnhost program on a base with the tools the specs run in it.
-debian_image "$stage/agnhost" bash curl dnsutils netcat-openbsd iproute2 socat iputils-ping procps util-linux
+agnhost_pkgs="bash curl dnsutils netcat-openbsd iproute2 socat iputils-ping procps util-linux"
+# shellcheck disable=SC2086 # a list of package names
+debian_image "$stage/agnhost" $agnhost_pkgs
 cp "$K8S_BIN_DIR/agnhost" "$stage/agnhost/agnhost"
 ln -s agnhost "$stage/agnhost/agnhost-2"
 mkdir -p "$stage/agnhost/uploads"
@@ -257,7 +259,9 @@ push -rootfs "$stage/glibc" "e2e-test-images/glibc-dns-testing:2.1.1"
 # mode the specs' proxy package documents: "UNIX-LISTEN:...,fork
 # TCP-LISTEN:PORT,reuseport", one TCP connection per accepted one.
 if selects '\[DRA\]'; then
-	debian_image "$stage/hostpath" bash curl dnsutils netcat-openbsd iproute2 socat iputils-ping procps util-linux
+	# agnhost's base (socat among its tools), cached once for both.
+	# shellcheck disable=SC2086
+	debian_image "$stage/hostpath" $agnhost_pkgs
 	cat >"$stage/hostpath/hostpathplugin" <<'SH'
 #!/bin/sh
 # berth's stand-in for hostpathplugin's proxy mode (hack/upstream/images.sh).
