@@ -5,7 +5,9 @@ package logrusbridge
 
 import (
 	"context"
+	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 
 	"github.com/sirupsen/logrus"
@@ -48,10 +50,27 @@ func (h *hook) Fire(e *logrus.Entry) error {
 	default:
 		lv = slog.LevelDebug
 	}
+	if lv == slog.LevelWarn && goneCgroup(e) {
+		lv = slog.LevelDebug
+	}
 	attrs := make([]slog.Attr, 0, len(e.Data))
 	for k, v := range e.Data {
 		attrs = append(attrs, slog.Any(k, v))
 	}
 	h.l.LogAttrs(context.Background(), lv, e.Message, attrs...)
 	return nil
+}
+
+// goneCgroup reports libcontainer's warning that it could not read the
+// OOM kill count of a container whose start failed because the cgroup is
+// already gone: with the systemd driver, systemd removes the scope as soon
+// as its last process exits, before libcontainer looks
+// (opencontainers/runc#5071). The start's own error is what the user
+// needs; this line, at warning level, would only confuse them.
+func goneCgroup(e *logrus.Entry) bool {
+	if e.Message != "unable to get oom kill count" {
+		return false
+	}
+	err, ok := e.Data[logrus.ErrorKey].(error)
+	return ok && errors.Is(err, fs.ErrNotExist)
 }
