@@ -74,6 +74,7 @@ type node struct {
 	config       string
 	log          string
 	port         int // read-only port, on 127.0.0.1
+	securePort   int // the authenticated API (anonymous, AlwaysAllow)
 	healthzPort  int
 	cmd          *exec.Cmd
 	exited       chan error
@@ -117,6 +118,19 @@ func startNode(t *testing.T) *node {
 			t.Fatal(err)
 		}
 	}
+	// Should berthd not start, its clean-up (which removes this root
+	// otherwise) is not there to run.
+	t.Cleanup(func() {
+		var err error
+		if systemd {
+			err = testutil.StopSlice(n.berthdParent)
+		} else if cgroups.Exists(n.cgroupRoot) {
+			err = cgroups.RemoveTree(n.cgroupRoot)
+		}
+		if err != nil {
+			t.Errorf("clean-up: %v", err)
+		}
+	})
 	bridge := fmt.Sprintf("bk%d", os.Getpid()%100000)
 	confDir, _ := berthd.BridgeNetwork(t, bridge, fmt.Sprintf("10.221.%d.0/24", os.Getpid()%250))
 	n.d = berthd.Start(t, berthd.Options{
@@ -138,7 +152,7 @@ func startNode(t *testing.T) *node {
 	// Registered after berthd's: runs before it, so that the kubelet is
 	// gone before berthd's clean-up looks for leftovers.
 	t.Cleanup(n.cleanup)
-	n.port, n.healthzPort = freePort(t), freePort(t)
+	n.port, n.securePort, n.healthzPort = freePort(t), freePort(t), freePort(t)
 	n.config = filepath.Join(n.dir, "kubelet.yaml")
 	// On cgroup v1 the kubelet must be told to run and which driver to
 	// use; on v2 it is left to its defaults, as a node's would be: it
@@ -182,7 +196,7 @@ evictionHard:
 localStorageCapacityIsolation: false
 serializeImagePulls: false
 volumePluginDir: %q
-`, nodeSettings, n.cgroupRoot, n.d.Socket, n.manifests, n.podLogs, n.port, freePort(t), n.healthzPort, filepath.Join(n.dir, "volume-plugins"))
+`, nodeSettings, n.cgroupRoot, n.d.Socket, n.manifests, n.podLogs, n.port, n.securePort, n.healthzPort, filepath.Join(n.dir, "volume-plugins"))
 	if err := os.WriteFile(n.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
