@@ -10,8 +10,10 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
+	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/klauspost/compress/zstd"
 	digest "github.com/opencontainers/go-digest"
 	specsv "github.com/opencontainers/image-spec/specs-go"
@@ -45,8 +47,14 @@ type Layer struct {
 	Tar []byte
 	// Dir, if set, is tarred whole (a busybox root filesystem).
 	Dir string
-	// Compression is "gzip" (default), "zstd" or "none".
+	// Compression is "gzip" (default), "zstd", "none" or "estargz"
+	// (gzip with a table of contents, lazily pullable; the descriptor
+	// gets eStargz's annotations).
 	Compression string
+	// EStargzChunkSize is the size of an eStargz layer's chunks (default
+	// estargz's 4 MiB); EStargzPrefetch the files it marks for prefetch.
+	EStargzChunkSize int
+	EStargzPrefetch  []string
 }
 
 // ImageSpec is a test image.
@@ -206,6 +214,12 @@ func (l *ociLayout) image(spec ImageSpec) v1.Descriptor {
 		case raw == nil:
 			raw = TarFiles(t, layer.Files)
 		}
+		if layer.Compression == "estargz" {
+			desc, diffID := l.estargzLayer(raw, layer)
+			cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, diffID)
+			layers = append(layers, desc)
+			continue
+		}
 		cfg.RootFS.DiffIDs = append(cfg.RootFS.DiffIDs, digest.FromBytes(raw))
 		var buf bytes.Buffer
 		mt := v1.MediaTypeImageLayerGzip
@@ -241,6 +255,35 @@ func (l *ociLayout) image(spec ImageSpec) v1.Descriptor {
 	p := spec.Platform
 	d.Platform = &p
 	return d
+}
+
+// estargzLayer writes raw as an eStargz blob and returns its descriptor,
+// with the annotations lazy pullers read, and its diff ID.
+func (l *ociLayout) estargzLayer(raw []byte, layer Layer) (v1.Descriptor, digest.Digest) {
+	t := l.t
+	opts := []estargz.Option{estargz.WithPrioritizedFiles(layer.EStargzPrefetch)}
+	if layer.EStargzChunkSize > 0 {
+		opts = append(opts, estargz.WithChunkSize(layer.EStargzChunkSize))
+	}
+	blob, err := estargz.Build(io.NewSectionReader(bytes.NewReader(raw), 0, int64(len(raw))), opts...)
+	if err != nil {
+		t.Fatalf("estargz: %v", err)
+	}
+	defer blob.Close()
+	data, err := io.ReadAll(blob)
+	if err != nil {
+		t.Fatalf("estargz: %v", err)
+	}
+	size, err := blob.UncompressedSize()
+	if err != nil {
+		t.Fatalf("estargz: %v", err)
+	}
+	desc := l.blob(v1.MediaTypeImageLayerGzip, data)
+	desc.Annotations = map[string]string{
+		estargz.TOCJSONDigestAnnotation:         blob.TOCDigest().String(),
+		estargz.StoreUncompressedSizeAnnotation: strconv.FormatInt(size, 10),
+	}
+	return desc, blob.DiffID()
 }
 
 func (l *ociLayout) index(tag string, manifests ...v1.Descriptor) {

@@ -1,0 +1,164 @@
+package lazy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"time"
+
+	"go.podman.io/image/v5/types"
+)
+
+// Fetcher reads byte ranges of one blob.
+type Fetcher interface {
+	// Fetch returns the n bytes of the blob at off, or an error: never
+	// fewer bytes without one.
+	Fetch(ctx context.Context, off, n int64) ([]byte, error)
+}
+
+// DefaultFetchTimeout bounds one range request: a registry that stops
+// answering makes a read fail after it rather than hang the reader.
+const DefaultFetchTimeout = 30 * time.Second
+
+// SourceFetcher reads ranges of a blob through a containers/image source,
+// so that a lazy read reaches the registry exactly as the pull's GetBlob
+// does: the same registries.conf mirrors (and fallback among them),
+// credentials, TLS settings and retries. containers/image offers ranged
+// reads (GetBlobAt, what its partial pulls use) only to its own packages,
+// through a parameter type of an internal package; SourceFetcher calls it
+// by reflection, and fails to construct, rather than at a read, when a
+// source has no such method or containers/image changed its shape.
+func SourceFetcher(src types.ImageSource, info types.BlobInfo, timeout time.Duration) (Fetcher, error) {
+	m := reflect.ValueOf(src).MethodByName("GetBlobAt")
+	if !m.IsValid() {
+		return nil, fmt.Errorf("image source %s cannot read byte ranges", transportName(src))
+	}
+	chunks, err := chunkSliceType(m.Type())
+	if err != nil {
+		return nil, fmt.Errorf("image source %s: GetBlobAt: %w", transportName(src), err)
+	}
+	if timeout <= 0 {
+		timeout = DefaultFetchTimeout
+	}
+	return &sourceFetcher{getBlobAt: m, chunks: chunks, info: info, timeout: timeout}, nil
+}
+
+func transportName(src types.ImageSource) string {
+	if ref := src.Reference(); ref != nil && ref.Transport() != nil {
+		return ref.Transport().Name()
+	}
+	return fmt.Sprintf("%T", src)
+}
+
+var (
+	contextType   = reflect.TypeFor[context.Context]()
+	blobInfoType  = reflect.TypeFor[types.BlobInfo]()
+	streamsType   = reflect.TypeFor[chan io.ReadCloser]()
+	errorsType    = reflect.TypeFor[chan error]()
+	errorType     = reflect.TypeFor[error]()
+	uint64Type    = reflect.TypeFor[uint64]()
+	errWrongShape = errors.New("not func(context.Context, types.BlobInfo, []struct{Offset, Length uint64}) (chan io.ReadCloser, chan error, error)")
+)
+
+// chunkSliceType checks GetBlobAt's signature and returns the type of its
+// chunk list.
+func chunkSliceType(t reflect.Type) (reflect.Type, error) {
+	if t.NumIn() != 3 || t.NumOut() != 3 || t.In(0) != contextType || t.In(1) != blobInfoType ||
+		t.Out(0) != streamsType || t.Out(1) != errorsType || t.Out(2) != errorType {
+		return nil, errWrongShape
+	}
+	s := t.In(2)
+	if s.Kind() != reflect.Slice || s.Elem().Kind() != reflect.Struct {
+		return nil, errWrongShape
+	}
+	for _, name := range []string{"Offset", "Length"} {
+		if f, ok := s.Elem().FieldByName(name); !ok || f.Type != uint64Type {
+			return nil, errWrongShape
+		}
+	}
+	return s, nil
+}
+
+type sourceFetcher struct {
+	getBlobAt reflect.Value
+	chunks    reflect.Type
+	info      types.BlobInfo
+	timeout   time.Duration
+}
+
+func (f *sourceFetcher) Fetch(ctx context.Context, off, n int64) ([]byte, error) {
+	if off < 0 || n <= 0 {
+		return nil, fmt.Errorf("fetch %d bytes at %d: invalid range", n, off)
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	chunks := reflect.MakeSlice(f.chunks, 1, 1)
+	chunks.Index(0).FieldByName("Offset").SetUint(uint64(off))
+	chunks.Index(0).FieldByName("Length").SetUint(uint64(n))
+	out := f.getBlobAt.Call([]reflect.Value{reflect.ValueOf(ctx), reflect.ValueOf(f.info), chunks})
+	if err, _ := out[2].Interface().(error); err != nil {
+		return nil, fmt.Errorf("fetch %d bytes at %d of %s: %w", n, off, f.info.Digest, err)
+	}
+	streams, _ := out[0].Interface().(chan io.ReadCloser)
+	errs, _ := out[1].Interface().(chan error)
+	var data []byte
+	var firstErr error
+	// The channels' contract: read each stream to its end in order; the
+	// error channel carries at most one error; both are closed at the end.
+	for streams != nil || errs != nil {
+		select {
+		case rc, ok := <-streams:
+			if !ok {
+				streams = nil
+				continue
+			}
+			if data == nil && firstErr == nil {
+				data = make([]byte, n)
+				if _, err := io.ReadFull(rc, data); err != nil {
+					firstErr = err
+				}
+			}
+			_, _ = io.Copy(io.Discard, rc)
+			rc.Close()
+		case err, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			if firstErr == nil {
+				firstErr = err
+			}
+		case <-ctx.Done():
+			// GetBlobAt's goroutine may still send: take what it sends
+			// until it closes both channels (its request ends with ctx).
+			go drain(streams, errs)
+			return nil, fmt.Errorf("fetch %d bytes at %d of %s: %w", n, off, f.info.Digest, ctx.Err())
+		}
+	}
+	if firstErr == nil && data == nil {
+		firstErr = io.ErrUnexpectedEOF
+	}
+	if firstErr != nil {
+		return nil, fmt.Errorf("fetch %d bytes at %d of %s: %w", n, off, f.info.Digest, firstErr)
+	}
+	return data, nil
+}
+
+func drain(streams chan io.ReadCloser, errs chan error) {
+	for streams != nil || errs != nil {
+		select {
+		case rc, ok := <-streams:
+			if !ok {
+				streams = nil
+				continue
+			}
+			rc.Close()
+		case _, ok := <-errs:
+			if !ok {
+				errs = nil
+			}
+		}
+	}
+}
