@@ -236,7 +236,7 @@ e2e-upstream-conformance:
 
 # The node features' specs alone, without the [Conformance] set around
 # them: the same selection and report (conformance/upstream/features/),
-# in a fraction of the time.
+# about 10 minutes of specs per runtime here (not part of make test).
 e2e-upstream-features:
 	$(MAKE) e2e-upstream UPSTREAM_FOCUS='$(UPSTREAM_FEATURES)' UPSTREAM_EXCLUDE='$(UPSTREAM_FEATURES_EXCLUDE)' \
 		UPSTREAM_OUT=$(CURDIR)/.cache/upstream-features UPSTREAM_RESULTS=conformance/upstream/features UPSTREAM_TARGET=e2e-upstream-features

@@ -7,6 +7,8 @@
 #                               minor matches berth's k8s.io/cri-api
 #   agnhost                     k8s.io/kubernetes/test/images/agnhost, the
 #                               upstream end-to-end tests' image's program
+#   sample-device-plugin        k8s.io/kubernetes/test/images/sample-device-plugin,
+#                               the device plugin some [DRA] specs deploy
 #   ginkgo                      the ginkgo CLI at the version k8s.io/kubernetes
 #                               requires, which runs e2e.test in parallel
 #   e2e.test                    the upstream end-to-end tests (go test -c of
@@ -31,6 +33,8 @@ version=v1.${api#v0.}
 minor=${version#v1.}
 minor=${minor%%.*}
 mkdir -p "$out"
+# (absolute: the builds run in a directory of their own)
+out=$(cd "$out" && pwd)
 
 # gomod MODULE@VERSION prints the path of that module's go.mod.
 gomod() {
@@ -63,7 +67,7 @@ k8s=()
 want_etcd= want_coredns= want_e2e=
 for c in "$@"; do
 	case "$c" in
-	kubelet | kubeadm | kubectl | kube-apiserver | kube-controller-manager | kube-scheduler | kube-proxy | agnhost | ginkgo)
+	kubelet | kubeadm | kubectl | kube-apiserver | kube-controller-manager | kube-scheduler | kube-proxy | agnhost | sample-device-plugin | ginkgo)
 		fresh "$c" "$version" || k8s+=("$c")
 		;;
 	e2e.test) fresh e2e.test "$version" || want_e2e=1 ;;
@@ -107,7 +111,7 @@ if [ ${#k8s[@]} -gt 0 ]; then
 	pkgs=()
 	for c in "${k8s[@]}"; do
 		case "$c" in
-		agnhost) pkgs+=(k8s.io/kubernetes/test/images/agnhost) ;;
+		agnhost | sample-device-plugin) pkgs+=("k8s.io/kubernetes/test/images/$c") ;;
 		ginkgo) pkgs+=(github.com/onsi/ginkgo/v2/ginkgo) ;;
 		*) pkgs+=("k8s.io/kubernetes/cmd/$c") ;;
 		esac

@@ -281,6 +281,19 @@ SH
 	rm -rf "$stage/hostpath"
 fi
 
+# sample-device-plugin 1.8.0 (the tag its DaemonSet manifest names; 1.7,
+# the one --list-images names, too): the [DRA] specs of extended resources
+# deploy it, the program of the Kubernetes module of berth's release on a
+# busybox base, as upstream's is on alpine.
+if selects '\[DRA\]'; then
+	"$root/hack/kubernetes/build.sh" "$K8S_BIN_DIR" sample-device-plugin
+	busybox_rootfs "$stage/sample-device-plugin"
+	cp "$K8S_BIN_DIR/sample-device-plugin" "$stage/sample-device-plugin/sampledeviceplugin"
+	sdp_cfg='{"Entrypoint":["/sampledeviceplugin","-alsologtostderr"]}'
+	push -rootfs "$stage/sample-device-plugin" -config "$sdp_cfg" "e2e-test-images/sample-device-plugin:1.8.0"
+	push -rootfs "$stage/sample-device-plugin" -config "$sdp_cfg" "e2e-test-images/sample-device-plugin:1.7"
+fi
+
 # sample-apiserver 1.29.2 (the Aggregator spec, beside the etcd image the
 # cluster already has): k8s.io/sample-apiserver v0.29.2 from the module
 # proxy, built once (a minute and a half of compiling), on a busybox base
