@@ -2,9 +2,10 @@
 // demand: a layer's table of contents (TOC) is fetched first and checked
 // against the digest its manifest names, and each chunk of a file is
 // fetched with a range request when first read and checked against the
-// TOC's digest for it before a byte of it is served. It is the reading
-// half of lazy pulling; the FUSE file system that mounts a Layer and the
-// background fetch of the whole layer build on it.
+// TOC's digest for it before a byte of it is served; MountLayer serves a
+// Layer over FUSE, as the lower directory of an overlay. The background
+// fetch of the whole layer, and the process that keeps the mounts across
+// berthd's restarts, build on it.
 package lazy
 
 import (

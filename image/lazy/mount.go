@@ -1,0 +1,300 @@
+package lazy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path"
+	"sort"
+	"syscall"
+	"time"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+// Mount is a Layer served read-only over FUSE at a directory: the lower
+// directory of an overlay while the layer is not on disk yet.
+type Mount struct {
+	Dir    string
+	server *fuse.Server
+}
+
+// attrTimeout is how long the kernel may cache names and attributes: the
+// layer never changes.
+const attrTimeout = time.Hour
+
+// MountLayer serves l at dir, an existing empty directory, until Unmount.
+// Every entry of the TOC is there with its mode, owner, size, times,
+// device numbers, link target and extended attributes; a file's content
+// is read through l, and a read that fails (the registry gone, a chunk
+// that does not match its digest) fails with EIO and a log line.
+func MountLayer(dir string, l *Layer, log *slog.Logger) (*Mount, error) {
+	root := &dirNode{}
+	tree := &tree{l: l, log: log.With("mount", dir)}
+	if err := tree.build(root); err != nil {
+		return nil, fmt.Errorf("mount eStargz layer at %s: %w", dir, err)
+	}
+	timeout := attrTimeout
+	server, err := fs.Mount(dir, root, &fs.Options{
+		EntryTimeout: &timeout, AttrTimeout: &timeout, NegativeTimeout: &timeout,
+		// The layer's owners and modes, checked by the kernel for every
+		// user of the overlay above it.
+		NullPermissions: true,
+		MountOptions: fuse.MountOptions{
+			DirectMount: true, AllowOther: true,
+			DirectMountFlags: unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV,
+			Options:          []string{"default_permissions"},
+			FsName:           "berth-lazy", Name: "berth-lazy", MaxReadAhead: 1 << 20,
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mount eStargz layer at %s: %w", dir, err)
+	}
+	return &Mount{Dir: dir, server: server}, nil
+}
+
+// Unmount unmounts the layer and waits for its server to end.
+func (m *Mount) Unmount() error {
+	if err := m.server.Unmount(); err != nil {
+		return fmt.Errorf("unmount eStargz layer at %s: %w", m.Dir, err)
+	}
+	m.server.Wait()
+	return nil
+}
+
+// tree makes the inodes of a layer's entries once the root is mounted.
+type tree struct {
+	l   *Layer
+	log *slog.Logger
+	// ino numbers the entries; links maps a hard link's target entry to
+	// its inode, so both names are one inode.
+	ino   uint64
+	links map[*estargz.TOCEntry]*fs.Inode
+	root  *estargz.TOCEntry
+	err   error
+}
+
+func (t *tree) build(root *dirNode) error {
+	e, ok := t.l.Lookup("")
+	if !ok {
+		return fmt.Errorf("%w: no root directory", ErrCorrupt)
+	}
+	t.root = e
+	root.tree, root.e = t, e
+	return nil
+}
+
+// add makes the children of the directory entry e under parent.
+func (t *tree) add(ctx context.Context, parent *fs.Inode, name string, e *estargz.TOCEntry) {
+	var names []string
+	children := map[string]*estargz.TOCEntry{}
+	e.ForeachChild(func(base string, child *estargz.TOCEntry) bool {
+		if name == "" && landmark(base) {
+			return true
+		}
+		names = append(names, base)
+		children[base] = child
+		return true
+	})
+	sort.Strings(names)
+	for _, base := range names {
+		child := children[base]
+		if in, ok := t.links[child]; ok {
+			parent.AddChild(base, in, false)
+			continue
+		}
+		t.ino++
+		var node fs.InodeEmbedder
+		mode := uint32(0)
+		switch child.Type {
+		case "dir":
+			mode = fuse.S_IFDIR
+			node = &dirNode{tree: t, e: child}
+		case "reg":
+			mode = fuse.S_IFREG
+			node = &fileNode{tree: t, e: child, name: path.Join(name, base)}
+		case "symlink":
+			mode = fuse.S_IFLNK
+			node = &linkNode{tree: t, e: child}
+		case "char":
+			mode = syscall.S_IFCHR
+			node = &specialNode{tree: t, e: child}
+		case "block":
+			mode = syscall.S_IFBLK
+			node = &specialNode{tree: t, e: child}
+		case "fifo":
+			mode = syscall.S_IFIFO
+			node = &specialNode{tree: t, e: child}
+		default:
+			t.log.Warn("eStargz entry of an unknown type left out", "name", path.Join(name, base), "type", child.Type)
+			continue
+		}
+		in := parent.NewPersistentInode(ctx, node, fs.StableAttr{Mode: mode, Ino: t.ino + 1})
+		parent.AddChild(base, in, false)
+		if child.Type != "dir" && child.NumLink > 1 {
+			t.links[child] = in
+		}
+		if child.Type == "dir" {
+			// A directory reached twice (a hostile TOC's hard link to
+			// one) is made once.
+			t.links[child] = in
+			t.add(ctx, in, path.Join(name, base), child)
+		}
+	}
+}
+
+// fill is an entry's attributes as the kernel sees them.
+func (t *tree) fill(e *estargz.TOCEntry, out *fuse.Attr) {
+	out.Mode = uint32(e.Stat().Mode().Perm())
+	fi := e.Stat().Mode()
+	if fi&os.ModeSetuid != 0 {
+		out.Mode |= syscall.S_ISUID
+	}
+	if fi&os.ModeSetgid != 0 {
+		out.Mode |= syscall.S_ISGID
+	}
+	if fi&os.ModeSticky != 0 {
+		out.Mode |= syscall.S_ISVTX
+	}
+	out.Uid, out.Gid = uint32(e.UID), uint32(e.GID)
+	out.Size = uint64(e.Size)
+	if e.Type == "symlink" {
+		// As every Linux file system shows a link, whatever the tar says.
+		out.Mode = 0o777
+		out.Size = uint64(len(e.LinkName))
+	}
+	out.Blocks = (out.Size + 511) / 512
+	out.Blksize = 4096
+	out.Nlink = uint32(max(e.NumLink, 1))
+	mt := e.ModTime()
+	out.SetTimes(&mt, &mt, &mt)
+	out.Rdev = uint32(unix.Mkdev(uint32(e.DevMajor), uint32(e.DevMinor)))
+}
+
+func xattr(e *estargz.TOCEntry, attr string, dest []byte) (uint32, syscall.Errno) {
+	v, ok := e.Xattrs[attr]
+	if !ok {
+		return 0, syscall.ENODATA
+	}
+	if len(dest) < len(v) {
+		return uint32(len(v)), syscall.ERANGE
+	}
+	return uint32(copy(dest, v)), 0
+}
+
+func listXattr(e *estargz.TOCEntry, dest []byte) (uint32, syscall.Errno) {
+	var names []string
+	for k := range e.Xattrs {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var buf []byte
+	for _, k := range names {
+		buf = append(append(buf, k...), 0)
+	}
+	if len(dest) < len(buf) {
+		return uint32(len(buf)), syscall.ERANGE
+	}
+	return uint32(copy(dest, buf)), 0
+}
+
+type dirNode struct {
+	fs.Inode
+	tree *tree
+	e    *estargz.TOCEntry
+}
+
+var _ = (fs.NodeOnAdder)((*dirNode)(nil))
+
+// OnAdd makes the whole tree when the root is mounted.
+func (d *dirNode) OnAdd(ctx context.Context) {
+	if d.e != d.tree.root {
+		return
+	}
+	d.tree.links = map[*estargz.TOCEntry]*fs.Inode{d.e: d.EmbeddedInode()}
+	d.tree.add(ctx, d.EmbeddedInode(), "", d.e)
+}
+
+func (d *dirNode) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	d.tree.fill(d.e, &out.Attr)
+	return 0
+}
+
+func (d *dirNode) Getxattr(_ context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	return xattr(d.e, attr, dest)
+}
+
+func (d *dirNode) Listxattr(_ context.Context, dest []byte) (uint32, syscall.Errno) {
+	return listXattr(d.e, dest)
+}
+
+type fileNode struct {
+	fs.Inode
+	tree *tree
+	e    *estargz.TOCEntry
+	name string
+}
+
+func (f *fileNode) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	f.tree.fill(f.e, &out.Attr)
+	return 0
+}
+
+func (f *fileNode) Getxattr(_ context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	return xattr(f.e, attr, dest)
+}
+
+func (f *fileNode) Listxattr(_ context.Context, dest []byte) (uint32, syscall.Errno) {
+	return listXattr(f.e, dest)
+}
+
+func (f *fileNode) Open(_ context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	// The content never changes: the page cache may keep it.
+	return nil, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+func (f *fileNode) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := f.tree.l.ReadAt(ctx, f.name, dest, off)
+	// A short read is what the kernel gets before a failing chunk; the
+	// failure itself is EIO on its next request.
+	if err != nil && n == 0 && !errors.Is(err, io.EOF) {
+		f.tree.log.Error("lazy read failed", "file", f.name, "offset", off, "error", err)
+		return nil, syscall.EIO
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+type linkNode struct {
+	fs.Inode
+	tree *tree
+	e    *estargz.TOCEntry
+}
+
+func (s *linkNode) Readlink(context.Context) ([]byte, syscall.Errno) {
+	return []byte(s.e.LinkName), 0
+}
+
+func (s *linkNode) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	s.tree.fill(s.e, &out.Attr)
+	return 0
+}
+
+type specialNode struct {
+	fs.Inode
+	tree *tree
+	e    *estargz.TOCEntry
+}
+
+func (s *specialNode) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	s.tree.fill(s.e, &out.Attr)
+	return 0
+}

@@ -1,0 +1,163 @@
+package lazy_test
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/berth-runtime/berth/image/lazy"
+	"github.com/berth-runtime/berth/internal/testutil"
+)
+
+func requireFUSE(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting FUSE and overlay needs root")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skipf("no /dev/fuse on this host: %v", err)
+	}
+}
+
+var mountFiles = append(slices.Clone(files),
+	testutil.File{Path: "bin/", Type: '5'},
+	testutil.File{Path: "bin/su", Content: "#!/bin/sh\n", Mode: 04755},
+	testutil.File{Path: "home/", Type: '5'},
+	testutil.File{Path: "home/user/", Type: '5', Mode: 0o700, UID: 1000, GID: 1000},
+	testutil.File{Path: "home/user/notes", Content: "mine\n", Mode: 0o600, UID: 1000, GID: 1000,
+		Xattrs: map[string]string{"user.origin": "test"}},
+	testutil.File{Path: "dev/", Type: '5'},
+	testutil.File{Path: "dev/null", Type: '3', Major: 1, Minor: 3, Mode: 0o666},
+	testutil.File{Path: "dev/pipe", Type: '6', Mode: 0o600},
+)
+
+// A layer mounted over FUSE is the image's files as the kernel sees any
+// other directory: contents, modes, owners, links, devices, extended
+// attributes; and the lower directory of an overlay.
+func TestMountLayer(t *testing.T) {
+	requireFUSE(t)
+	rl := pushLayer(t, mountFiles)
+	l := rl.open(t, 2*time.Second)
+	dir := filepath.Join(t.TempDir(), "layer")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m, err := lazy.MountLayer(dir, l, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Unmount(); err != nil {
+			t.Errorf("clean-up: %v", err)
+		}
+	})
+
+	if b, err := os.ReadFile(filepath.Join(dir, "data/big")); err != nil || string(b) != files[3].Content {
+		t.Errorf("data/big through FUSE: %d bytes, %v", len(b), err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "etc/hello")); err != nil || string(b) != files[1].Content {
+		t.Errorf("etc/hello: %q, %v", b, err)
+	}
+	names := func(d string) []string {
+		ents, err := os.ReadDir(filepath.Join(dir, d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range ents {
+			out = append(out, e.Name())
+		}
+		return out
+	}
+	if got := names(""); !slices.Equal(got, []string{"bin", "data", "dev", "empty", "etc", "home"}) {
+		t.Errorf("root: %v", got)
+	}
+	stat := func(p string) *syscall.Stat_t {
+		var st syscall.Stat_t
+		if err := syscall.Lstat(filepath.Join(dir, p), &st); err != nil {
+			t.Fatal(err)
+		}
+		return &st
+	}
+	checks := []struct {
+		path     string
+		mode     uint32
+		uid, gid uint32
+	}{
+		{"bin/su", syscall.S_IFREG | syscall.S_ISUID | 0o755, 0, 0},
+		{"home/user", syscall.S_IFDIR | 0o700, 1000, 1000},
+		{"home/user/notes", syscall.S_IFREG | 0o600, 1000, 1000},
+		{"dev/null", syscall.S_IFCHR | 0o666, 0, 0},
+		{"dev/pipe", syscall.S_IFIFO | 0o600, 0, 0},
+		{"data/link", syscall.S_IFLNK | 0o777, 0, 0},
+	}
+	for _, c := range checks {
+		st := stat(c.path)
+		if st.Mode != c.mode || st.Uid != c.uid || st.Gid != c.gid {
+			t.Errorf("%s: mode %o uid %d gid %d; want %o %d %d", c.path, st.Mode, st.Uid, st.Gid, c.mode, c.uid, c.gid)
+		}
+	}
+	if st := stat("dev/null"); unix.Major(st.Rdev) != 1 || unix.Minor(st.Rdev) != 3 {
+		t.Errorf("dev/null: device %d:%d", unix.Major(st.Rdev), unix.Minor(st.Rdev))
+	}
+	if big, hard := stat("data/big"), stat("data/hard"); big.Ino != hard.Ino || big.Nlink != 2 {
+		t.Errorf("data/hard: inode %d, data/big %d with %d links", hard.Ino, big.Ino, big.Nlink)
+	}
+	if target, err := os.Readlink(filepath.Join(dir, "data/link")); err != nil || target != "big" {
+		t.Errorf("data/link -> %q, %v", target, err)
+	}
+	buf := make([]byte, 64)
+	if n, err := unix.Lgetxattr(filepath.Join(dir, "home/user/notes"), "user.origin", buf); err != nil || string(buf[:n]) != "test" {
+		t.Errorf("xattr user.origin: %q, %v", buf[:n], err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "etc/new"), nil, 0o644); !errors.Is(err, syscall.EROFS) {
+		t.Errorf("write into the layer: %v; want EROFS", err)
+	}
+
+	// The lower directory of an overlay, as a root filesystem's layer is.
+	ov := t.TempDir()
+	upper, work, merged := filepath.Join(ov, "upper"), filepath.Join(ov, "work"), filepath.Join(ov, "merged")
+	for _, d := range []string{upper, work, merged} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Mount("overlay", merged, "overlay", 0, "lowerdir="+dir+",upperdir="+upper+",workdir="+work); err != nil {
+		t.Fatalf("overlay over the FUSE layer: %v", err)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(merged, unix.MNT_DETACH) })
+	if b, err := os.ReadFile(filepath.Join(merged, "etc/hello")); err != nil || string(b) != files[1].Content {
+		t.Errorf("etc/hello through the overlay: %q, %v", b, err)
+	}
+	if err := os.WriteFile(filepath.Join(merged, "etc/hello"), []byte("changed\n"), 0o644); err != nil {
+		t.Errorf("copy-up from the FUSE layer: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(upper, "etc/hello")); string(b) != "changed\n" {
+		t.Errorf("the upper layer has %q", b)
+	}
+	if err := unix.Unmount(merged, 0); err != nil {
+		t.Errorf("unmount the overlay: %v", err)
+	}
+
+	// A registry that stops answering: a read of what is not fetched
+	// yet fails with EIO after the fetch timeout, never hangs.
+	rl.proxy.mu.Lock()
+	rl.proxy.stall = make(chan struct{})
+	rl.proxy.mu.Unlock()
+	defer func() {
+		rl.proxy.mu.Lock()
+		close(rl.proxy.stall)
+		rl.proxy.stall = nil
+		rl.proxy.mu.Unlock()
+	}()
+	if _, err := os.ReadFile(filepath.Join(dir, "bin/su")); !errors.Is(err, syscall.EIO) {
+		t.Errorf("read from a registry that does not answer: %v; want EIO", err)
+	}
+}
