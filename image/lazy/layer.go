@@ -3,9 +3,11 @@
 // against the digest its manifest names, and each chunk of a file is
 // fetched with a range request when first read and checked against the
 // TOC's digest for it before a byte of it is served; MountLayer serves a
-// Layer over FUSE, as the lower directory of an overlay. The background
-// fetch of the whole layer, and the process that keeps the mounts across
-// berthd's restarts, build on it.
+// Layer over FUSE, as the lower directory of an overlay. With a blob file
+// (WithBlobFile) what was fetched stays on disk, Prefetch fetches what
+// the image marks for prefetch, and FetchAll makes the whole layer local.
+// The process that keeps the mounts across berthd's restarts, and pulls
+// that use them, build on it.
 package lazy
 
 import (
@@ -15,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path"
 	"strings"
 	"sync"
@@ -61,20 +64,43 @@ type Layer struct {
 	fetched atomic.Int64 // bytes fetched from the blob, TOC included
 	group   singleflight.Group
 
+	// blobPath and file: the blob file (WithBlobFile), if any.
+	blobPath string
+	file     *os.File
+
 	mu    sync.Mutex
 	cache map[chunkKey][]byte // verified chunks
 	order []chunkKey          // cache's keys, oldest first
 	held  int64               // bytes in cache
+	// local: the verified spans of the blob file, sorted and disjoint;
+	// complete once FetchAll verified the whole blob; streamed: how far
+	// FetchAll has written (not yet verified).
+	local    []span
+	complete bool
+	streamed int64
 }
 
 // Open reads the layer's footer and TOC from its blob of size bytes (a
 // few range requests at its end) and verifies the TOC against tocDigest.
 // A blob that is not eStargz, or whose TOC does not match, is an error.
-func Open(ctx context.Context, f Fetcher, size int64, tocDigest digest.Digest) (*Layer, error) {
+func Open(ctx context.Context, f Fetcher, size int64, tocDigest digest.Digest, opts ...Option) (_ *Layer, err error) {
 	if size <= 0 {
 		return nil, fmt.Errorf("open eStargz layer: blob size %d", size)
 	}
 	l := &Layer{fetch: f, size: size, cache: map[chunkKey][]byte{}}
+	for _, o := range opts {
+		o(l)
+	}
+	if l.blobPath != "" {
+		if err := l.openBlobFile(); err != nil {
+			return nil, fmt.Errorf("open eStargz layer: %w", err)
+		}
+		defer func() {
+			if err != nil {
+				l.file.Close()
+			}
+		}()
+	}
 	ra := &readerAt{ctx: ctx, l: l}
 	if err := ra.loadTail(); err != nil {
 		return nil, fmt.Errorf("open eStargz layer: %w", err)
@@ -88,6 +114,7 @@ func Open(ctx context.Context, f Fetcher, size int64, tocDigest digest.Digest) (
 		return nil, fmt.Errorf("open eStargz layer: %w: %w", ErrCorrupt, err)
 	}
 	l.r, l.verifier = r, v
+	l.keepLocal(ra.tailOff, ra.tail)
 	return l, nil
 }
 
@@ -133,11 +160,10 @@ func (ra *readerAt) loadTail() error {
 	if size < estargz.FooterSize {
 		return fmt.Errorf("%w: a blob of %d bytes has no eStargz footer", ErrCorrupt, size)
 	}
-	footer, err := ra.l.fetch.Fetch(ra.ctx, size-estargz.FooterSize, estargz.FooterSize)
+	footer, err := ra.l.readRange(ra.ctx, size-estargz.FooterSize, estargz.FooterSize)
 	if err != nil {
 		return err
 	}
-	ra.l.fetched.Add(int64(len(footer)))
 	tocOff, err := guard(func() (int64, error) {
 		off, _, err := estargz.OpenFooter(io.NewSectionReader(bytes.NewReader(footer), 0, int64(len(footer))))
 		return off, err
@@ -148,11 +174,10 @@ func (ra *readerAt) loadTail() error {
 	if tocOff < 0 || tocOff >= size || size-tocOff > maxTOCBytes {
 		return fmt.Errorf("%w: TOC at %d of a %d-byte blob (at most %d bytes from its end)", ErrCorrupt, tocOff, size, maxTOCBytes)
 	}
-	tail, err := ra.l.fetch.Fetch(ra.ctx, tocOff, size-tocOff)
+	tail, err := ra.l.readRange(ra.ctx, tocOff, size-tocOff)
 	if err != nil {
 		return err
 	}
-	ra.l.fetched.Add(int64(len(tail)))
 	zr, err := gzip.NewReader(bytes.NewReader(tail))
 	if err != nil {
 		return fmt.Errorf("%w: TOC: %w", ErrCorrupt, err)
@@ -180,11 +205,10 @@ func (ra *readerAt) ReadAt(p []byte, off int64) (int, error) {
 	if off >= ra.tailOff && ra.tail != nil {
 		copy(p, ra.tail[off-ra.tailOff:])
 	} else {
-		data, err := ra.l.fetch.Fetch(ra.ctx, off, n)
+		data, err := ra.l.readRange(ra.ctx, off, n)
 		if err != nil {
 			return 0, err
 		}
-		ra.l.fetched.Add(int64(len(data)))
 		copy(p, data)
 	}
 	if n < int64(len(p)) {
@@ -322,19 +346,52 @@ func (l *Layer) chunk(ctx context.Context, ce *estargz.TOCEntry) ([]byte, error)
 // fetchChunk fetches a chunk's compressed bytes (one gzip member of the
 // blob) and returns its content once it matches the TOC's digest.
 func (l *Layer) fetchChunk(ctx context.Context, ce *estargz.TOCEntry) ([]byte, error) {
+	if err := l.checkChunk(ce); err != nil {
+		return nil, err
+	}
+	if data := l.chunkFromFile(ce); data != nil {
+		return data, nil
+	}
+	compressed, err := l.fetchRemote(ctx, ce.Offset, ce.NextOffset()-ce.Offset)
+	if err != nil {
+		return nil, err
+	}
+	data, err := l.decodeChunk(ce, compressed)
+	if err != nil {
+		return nil, err
+	}
+	l.keepLocal(ce.Offset, compressed)
+	return data, nil
+}
+
+// fetchRemote fetches bytes of the blob from the registry.
+func (l *Layer) fetchRemote(ctx context.Context, off, n int64) ([]byte, error) {
+	data, err := l.fetch.Fetch(ctx, off, n)
+	if err != nil {
+		return nil, err
+	}
+	l.fetched.Add(int64(len(data)))
+	return data, nil
+}
+
+// checkChunk refuses a chunk whose TOC entry points outside the blob or
+// claims more than a chunk may be.
+func (l *Layer) checkChunk(ce *estargz.TOCEntry) error {
 	start, end := ce.Offset, ce.NextOffset()
 	if start < 0 || end <= start || end > l.size || ce.ChunkSize <= 0 || ce.ChunkSize > maxChunkSize || ce.InnerOffset < 0 {
-		return nil, fmt.Errorf("%w: chunk at %d..%d of %d bytes in a blob of %d", ErrCorrupt, start, end, ce.ChunkSize, l.size)
+		return fmt.Errorf("%w: chunk at %d..%d of %d bytes in a blob of %d", ErrCorrupt, start, end, ce.ChunkSize, l.size)
 	}
+	return nil
+}
+
+// decodeChunk decompresses a chunk from its compressed bytes (which start
+// at ce.Offset) and returns its content if it matches the TOC's digest.
+func (l *Layer) decodeChunk(ce *estargz.TOCEntry, compressed []byte) ([]byte, error) {
+	start := ce.Offset
 	verifier, err := l.verifier.Verifier(ce)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
 	}
-	compressed, err := l.fetch.Fetch(ctx, start, end-start)
-	if err != nil {
-		return nil, err
-	}
-	l.fetched.Add(int64(len(compressed)))
 	zr, err := gzip.NewReader(bytes.NewReader(compressed))
 	if err != nil {
 		return nil, fmt.Errorf("chunk at %d: %w: %w", start, ErrCorrupt, err)

@@ -64,11 +64,11 @@ type registryLayer struct {
 	desc  v1.Descriptor
 }
 
-func pushLayer(t *testing.T, fs []testutil.File) *registryLayer {
+func pushLayer(t *testing.T, fs []testutil.File, prefetch ...string) *registryLayer {
 	t.Helper()
 	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
 	ref := testutil.BuildOCI(t, t.TempDir(), "t", testutil.ImageSpec{Layers: []testutil.Layer{
-		{Files: fs, Compression: "estargz", EStargzChunkSize: chunkSize},
+		{Files: fs, Compression: "estargz", EStargzChunkSize: chunkSize, EStargzPrefetch: prefetch},
 	}})
 	reg.Push(t, ref, "lazy/test:1")
 	p := newRangeProxy(t, reg.Addr)
@@ -93,7 +93,7 @@ func pushLayer(t *testing.T, fs []testutil.File) *registryLayer {
 	return &registryLayer{reg: reg, proxy: p, src: src, desc: m.Layers[0]}
 }
 
-func (rl *registryLayer) open(t *testing.T, timeout time.Duration) *lazy.Layer {
+func (rl *registryLayer) open(t *testing.T, timeout time.Duration, opts ...lazy.Option) *lazy.Layer {
 	t.Helper()
 	toc, ok, err := lazy.TOCDigest(rl.desc.Annotations)
 	if err != nil || !ok {
@@ -103,10 +103,11 @@ func (rl *registryLayer) open(t *testing.T, timeout time.Duration) *lazy.Layer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := lazy.Open(context.Background(), f, rl.desc.Size, toc)
+	l, err := lazy.Open(context.Background(), f, rl.desc.Size, toc, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { l.Close() })
 	return l
 }
 
