@@ -104,9 +104,27 @@ func (f *sourceFetcher) Fetch(ctx context.Context, off, n int64) ([]byte, error)
 	streams, _ := out[0].Interface().(chan io.ReadCloser)
 	errs, _ := out[1].Interface().(chan error)
 	var data []byte
+	err := consume(ctx, streams, errs, func(rc io.Reader) error {
+		data = make([]byte, n)
+		_, err := io.ReadFull(rc, data)
+		return err
+	})
+	if err == nil && data == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return nil, fmt.Errorf("fetch %d bytes at %d of %s: %w", n, off, f.info.Digest, err)
+	}
+	return data, nil
+}
+
+// consume follows GetBlobAt's contract for its channels: each stream read
+// to its end in order, at most one error, both channels closed at the
+// end. first reads the first stream. Should ctx end first, what is still
+// sent is taken and closed in the background (GetBlobAt's goroutine ends
+// with its request, which ends with ctx).
+func consume(ctx context.Context, streams chan io.ReadCloser, errs chan error, first func(io.Reader) error) error {
 	var firstErr error
-	// The channels' contract: read each stream to its end in order; the
-	// error channel carries at most one error; both are closed at the end.
 	for streams != nil || errs != nil {
 		select {
 		case rc, ok := <-streams:
@@ -114,12 +132,10 @@ func (f *sourceFetcher) Fetch(ctx context.Context, off, n int64) ([]byte, error)
 				streams = nil
 				continue
 			}
-			if data == nil && firstErr == nil {
-				data = make([]byte, n)
-				if _, err := io.ReadFull(rc, data); err != nil {
-					firstErr = err
-				}
+			if first != nil && firstErr == nil {
+				firstErr = first(rc)
 			}
+			first = nil
 			_, _ = io.Copy(io.Discard, rc)
 			rc.Close()
 		case err, ok := <-errs:
@@ -131,34 +147,9 @@ func (f *sourceFetcher) Fetch(ctx context.Context, off, n int64) ([]byte, error)
 				firstErr = err
 			}
 		case <-ctx.Done():
-			// GetBlobAt's goroutine may still send: take what it sends
-			// until it closes both channels (its request ends with ctx).
-			go drain(streams, errs)
-			return nil, fmt.Errorf("fetch %d bytes at %d of %s: %w", n, off, f.info.Digest, ctx.Err())
+			go func() { _ = consume(context.Background(), streams, errs, nil) }()
+			return ctx.Err()
 		}
 	}
-	if firstErr == nil && data == nil {
-		firstErr = io.ErrUnexpectedEOF
-	}
-	if firstErr != nil {
-		return nil, fmt.Errorf("fetch %d bytes at %d of %s: %w", n, off, f.info.Digest, firstErr)
-	}
-	return data, nil
-}
-
-func drain(streams chan io.ReadCloser, errs chan error) {
-	for streams != nil || errs != nil {
-		select {
-		case rc, ok := <-streams:
-			if !ok {
-				streams = nil
-				continue
-			}
-			rc.Close()
-		case _, ok := <-errs:
-			if !ok {
-				errs = nil
-			}
-		}
-	}
+	return firstErr
 }

@@ -115,22 +115,22 @@ func (t *tree) add(ctx context.Context, parent *fs.Inode, name string, e *estarg
 		switch child.Type {
 		case "dir":
 			mode = fuse.S_IFDIR
-			node = &dirNode{tree: t, e: child}
+			node = &dirNode{entry{tree: t, e: child}}
 		case "reg":
 			mode = fuse.S_IFREG
-			node = &fileNode{tree: t, e: child, name: path.Join(name, base)}
+			node = &fileNode{entry: entry{tree: t, e: child}, name: path.Join(name, base)}
 		case "symlink":
 			mode = fuse.S_IFLNK
-			node = &linkNode{tree: t, e: child}
+			node = &linkNode{entry{tree: t, e: child}}
 		case "char":
 			mode = syscall.S_IFCHR
-			node = &specialNode{tree: t, e: child}
+			node = &specialNode{entry{tree: t, e: child}}
 		case "block":
 			mode = syscall.S_IFBLK
-			node = &specialNode{tree: t, e: child}
+			node = &specialNode{entry{tree: t, e: child}}
 		case "fifo":
 			mode = syscall.S_IFIFO
-			node = &specialNode{tree: t, e: child}
+			node = &specialNode{entry{tree: t, e: child}}
 		default:
 			t.log.Warn("eStargz entry of an unknown type left out", "name", path.Join(name, base), "type", child.Type)
 			continue
@@ -204,11 +204,28 @@ func listXattr(e *estargz.TOCEntry, dest []byte) (uint32, syscall.Errno) {
 	return uint32(copy(dest, buf)), 0
 }
 
-type dirNode struct {
+// entry is what every node of the tree is: an inode of one TOC entry,
+// with its attributes and extended attributes.
+type entry struct {
 	fs.Inode
 	tree *tree
 	e    *estargz.TOCEntry
 }
+
+func (n *entry) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	n.tree.fill(n.e, &out.Attr)
+	return 0
+}
+
+func (n *entry) Getxattr(_ context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	return xattr(n.e, attr, dest)
+}
+
+func (n *entry) Listxattr(_ context.Context, dest []byte) (uint32, syscall.Errno) {
+	return listXattr(n.e, dest)
+}
+
+type dirNode struct{ entry }
 
 var _ = (fs.NodeOnAdder)((*dirNode)(nil))
 
@@ -221,37 +238,9 @@ func (d *dirNode) OnAdd(ctx context.Context) {
 	d.tree.add(ctx, d.EmbeddedInode(), "", d.e)
 }
 
-func (d *dirNode) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	d.tree.fill(d.e, &out.Attr)
-	return 0
-}
-
-func (d *dirNode) Getxattr(_ context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	return xattr(d.e, attr, dest)
-}
-
-func (d *dirNode) Listxattr(_ context.Context, dest []byte) (uint32, syscall.Errno) {
-	return listXattr(d.e, dest)
-}
-
 type fileNode struct {
-	fs.Inode
-	tree *tree
-	e    *estargz.TOCEntry
+	entry
 	name string
-}
-
-func (f *fileNode) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	f.tree.fill(f.e, &out.Attr)
-	return 0
-}
-
-func (f *fileNode) Getxattr(_ context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	return xattr(f.e, attr, dest)
-}
-
-func (f *fileNode) Listxattr(_ context.Context, dest []byte) (uint32, syscall.Errno) {
-	return listXattr(f.e, dest)
 }
 
 func (f *fileNode) Open(_ context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
@@ -273,28 +262,11 @@ func (f *fileNode) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off i
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
-type linkNode struct {
-	fs.Inode
-	tree *tree
-	e    *estargz.TOCEntry
-}
+type linkNode struct{ entry }
 
 func (s *linkNode) Readlink(context.Context) ([]byte, syscall.Errno) {
 	return []byte(s.e.LinkName), 0
 }
 
-func (s *linkNode) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	s.tree.fill(s.e, &out.Attr)
-	return 0
-}
-
-type specialNode struct {
-	fs.Inode
-	tree *tree
-	e    *estargz.TOCEntry
-}
-
-func (s *specialNode) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	s.tree.fill(s.e, &out.Attr)
-	return 0
-}
+// specialNode is a device or a FIFO: its attributes are all it has here.
+type specialNode struct{ entry }
