@@ -77,7 +77,6 @@ type tree struct {
 	ino   uint64
 	links map[*estargz.TOCEntry]*fs.Inode
 	root  *estargz.TOCEntry
-	err   error
 }
 
 func (t *tree) build(root *dirNode) error {
@@ -106,6 +105,12 @@ func (t *tree) add(ctx context.Context, parent *fs.Inode, name string, e *estarg
 	for _, base := range names {
 		child := children[base]
 		if in, ok := t.links[child]; ok {
+			if child.Type == "dir" {
+				// A hard link to a directory (a hostile TOC can name
+				// one) would make a cycle: the directory has one name.
+				t.log.Warn("eStargz hard link to a directory left out", "name", path.Join(name, base))
+				continue
+			}
 			parent.AddChild(base, in, false)
 			continue
 		}
@@ -141,8 +146,6 @@ func (t *tree) add(ctx context.Context, parent *fs.Inode, name string, e *estarg
 			t.links[child] = in
 		}
 		if child.Type == "dir" {
-			// A directory reached twice (a hostile TOC's hard link to
-			// one) is made once.
 			t.links[child] = in
 			t.add(ctx, in, path.Join(name, base), child)
 		}
