@@ -17,8 +17,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -220,9 +222,6 @@ func (ra *readerAt) ReadAt(p []byte, off int64) (int, error) {
 // Fetched is how many bytes of the blob this Layer has fetched.
 func (l *Layer) Fetched() int64 { return l.fetched.Load() }
 
-// Size is the blob's size.
-func (l *Layer) Size() int64 { return l.size }
-
 // Lookup returns the TOC's entry for name, a path inside the layer
 // ("etc/passwd" or "/etc/passwd"); "" or "/" is the root directory.
 func (l *Layer) Lookup(name string) (*estargz.TOCEntry, bool) {
@@ -246,9 +245,9 @@ func clean(name string) string {
 	return strings.TrimPrefix(path.Clean("/"+name), "/")
 }
 
-// Walk calls fn for every entry of the layer, parents before children,
-// with the entry's path relative to the layer's root ("" for the root).
-// A directory reached twice (through a hard link to it, which a hostile
+// Walk calls fn for every entry of the layer, parents before children
+// and children in name order, with the entry's path relative to the
+// layer's root ("" for the root). A directory reached twice (through a hard link to it, which a hostile
 // TOC can name) is walked once.
 func (l *Layer) Walk(fn func(name string, e *estargz.TOCEntry) error) error {
 	root, ok := l.r.Lookup("")
@@ -266,15 +265,19 @@ func (l *Layer) walk(name string, e *estargz.TOCEntry, seen map[*estargz.TOCEntr
 		return nil
 	}
 	seen[e] = true
-	var err error
+	children := map[string]*estargz.TOCEntry{}
 	e.ForeachChild(func(base string, child *estargz.TOCEntry) bool {
-		if name == "" && landmark(base) {
-			return true
+		if name != "" || !landmark(base) {
+			children[base] = child
 		}
-		err = l.walk(path.Join(name, base), child, seen, fn)
-		return err == nil
+		return true
 	})
-	return err
+	for _, base := range slices.Sorted(maps.Keys(children)) {
+		if err := l.walk(path.Join(name, base), children[base], seen, fn); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ReadAt reads len(p) bytes of the regular file name at off, fetching

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -35,11 +36,12 @@ const attrTimeout = time.Hour
 // is read through l, and a read that fails (the registry gone, a chunk
 // that does not match its digest) fails with EIO and a log line.
 func MountLayer(dir string, l *Layer, log *slog.Logger) (*Mount, error) {
-	root := &dirNode{}
-	tree := &tree{l: l, log: log.With("mount", dir)}
-	if err := tree.build(root); err != nil {
-		return nil, fmt.Errorf("mount eStargz layer at %s: %w", dir, err)
+	e, ok := l.Lookup("")
+	if !ok {
+		return nil, fmt.Errorf("mount eStargz layer at %s: %w: no root directory", dir, ErrCorrupt)
 	}
+	tree := &tree{l: l, log: log.With("mount", dir), root: e}
+	root := &dirNode{entry{tree: tree, e: e}}
 	timeout := attrTimeout
 	server, err := fs.Mount(dir, root, &fs.Options{
 		EntryTimeout: &timeout, AttrTimeout: &timeout, NegativeTimeout: &timeout,
@@ -70,92 +72,72 @@ func (m *Mount) Unmount() error {
 
 // tree makes the inodes of a layer's entries once the root is mounted.
 type tree struct {
-	l   *Layer
-	log *slog.Logger
-	// ino numbers the entries; links maps a hard link's target entry to
-	// its inode, so both names are one inode.
-	ino   uint64
-	links map[*estargz.TOCEntry]*fs.Inode
-	root  *estargz.TOCEntry
+	l    *Layer
+	log  *slog.Logger
+	root *estargz.TOCEntry
 }
 
-func (t *tree) build(root *dirNode) error {
-	e, ok := t.l.Lookup("")
-	if !ok {
-		return fmt.Errorf("%w: no root directory", ErrCorrupt)
-	}
-	t.root = e
-	root.tree, root.e = t, e
-	return nil
-}
-
-// add makes the children of the directory entry e under parent.
-func (t *tree) add(ctx context.Context, parent *fs.Inode, name string, e *estargz.TOCEntry) {
-	var names []string
-	children := map[string]*estargz.TOCEntry{}
-	e.ForeachChild(func(base string, child *estargz.TOCEntry) bool {
-		if name == "" && landmark(base) {
-			return true
+// build makes an inode for every entry the layer's Walk lists, numbered in
+// its order, under the inode of the directory it is in. A hard link's
+// names are one inode; a second name of a directory (a hard link to it,
+// which a hostile TOC can name) is left out: it would make a cycle.
+func (t *tree) build(ctx context.Context, root *fs.Inode) {
+	dirs := map[string]*fs.Inode{"": root}
+	links := map[*estargz.TOCEntry]*fs.Inode{t.root: root}
+	ino := uint64(1) // the root's
+	_ = t.l.Walk(func(name string, e *estargz.TOCEntry) error {
+		if name == "" {
+			return nil
 		}
-		names = append(names, base)
-		children[base] = child
-		return true
-	})
-	sort.Strings(names)
-	for _, base := range names {
-		child := children[base]
-		if in, ok := t.links[child]; ok {
-			if child.Type == "dir" {
-				// A hard link to a directory (a hostile TOC can name
-				// one) would make a cycle: the directory has one name.
-				t.log.Warn("eStargz hard link to a directory left out", "name", path.Join(name, base))
-				continue
+		parentName, base := path.Split(name)
+		parent, ok := dirs[strings.TrimSuffix(parentName, "/")]
+		if !ok {
+			return nil // in a directory left out
+		}
+		if in, ok := links[e]; ok {
+			if e.Type == "dir" {
+				t.log.Warn("eStargz hard link to a directory left out", "name", name)
+				return nil
 			}
 			parent.AddChild(base, in, false)
-			continue
+			return nil
 		}
-		t.ino++
 		var node fs.InodeEmbedder
-		mode := uint32(0)
-		switch child.Type {
+		var mode uint32
+		switch e.Type {
 		case "dir":
-			mode = fuse.S_IFDIR
-			node = &dirNode{entry{tree: t, e: child}}
+			mode, node = fuse.S_IFDIR, &dirNode{entry{tree: t, e: e}}
 		case "reg":
-			mode = fuse.S_IFREG
-			node = &fileNode{entry: entry{tree: t, e: child}, name: path.Join(name, base)}
+			mode, node = fuse.S_IFREG, &fileNode{entry: entry{tree: t, e: e}, name: name}
 		case "symlink":
-			mode = fuse.S_IFLNK
-			node = &linkNode{entry{tree: t, e: child}}
+			mode, node = fuse.S_IFLNK, &linkNode{entry{tree: t, e: e}}
 		case "char":
-			mode = syscall.S_IFCHR
-			node = &specialNode{entry{tree: t, e: child}}
+			mode, node = syscall.S_IFCHR, &specialNode{entry{tree: t, e: e}}
 		case "block":
-			mode = syscall.S_IFBLK
-			node = &specialNode{entry{tree: t, e: child}}
+			mode, node = syscall.S_IFBLK, &specialNode{entry{tree: t, e: e}}
 		case "fifo":
-			mode = syscall.S_IFIFO
-			node = &specialNode{entry{tree: t, e: child}}
+			mode, node = syscall.S_IFIFO, &specialNode{entry{tree: t, e: e}}
 		default:
-			t.log.Warn("eStargz entry of an unknown type left out", "name", path.Join(name, base), "type", child.Type)
-			continue
+			t.log.Warn("eStargz entry of an unknown type left out", "name", name, "type", e.Type)
+			return nil
 		}
-		in := parent.NewPersistentInode(ctx, node, fs.StableAttr{Mode: mode, Ino: t.ino + 1})
+		ino++
+		in := parent.NewPersistentInode(ctx, node, fs.StableAttr{Mode: mode, Ino: ino})
 		parent.AddChild(base, in, false)
-		if child.Type != "dir" && child.NumLink > 1 {
-			t.links[child] = in
+		if e.Type == "dir" {
+			dirs[name] = in
 		}
-		if child.Type == "dir" {
-			t.links[child] = in
-			t.add(ctx, in, path.Join(name, base), child)
+		if e.Type == "dir" || e.NumLink > 1 {
+			links[e] = in
 		}
-	}
+		return nil
+	})
 }
 
 // fill is an entry's attributes as the kernel sees them.
 func (t *tree) fill(e *estargz.TOCEntry, out *fuse.Attr) {
-	out.Mode = uint32(e.Stat().Mode().Perm())
 	fi := e.Stat().Mode()
+	out.Mode = uint32(fi.Perm())
 	if fi&os.ModeSetuid != 0 {
 		out.Mode |= syscall.S_ISUID
 	}
@@ -234,11 +216,9 @@ var _ = (fs.NodeOnAdder)((*dirNode)(nil))
 
 // OnAdd makes the whole tree when the root is mounted.
 func (d *dirNode) OnAdd(ctx context.Context) {
-	if d.e != d.tree.root {
-		return
+	if d.e == d.tree.root {
+		d.tree.build(ctx, d.EmbeddedInode())
 	}
-	d.tree.links = map[*estargz.TOCEntry]*fs.Inode{d.e: d.EmbeddedInode()}
-	d.tree.add(ctx, d.EmbeddedInode(), "", d.e)
 }
 
 type fileNode struct {
