@@ -279,13 +279,11 @@ SH
 	chmod 755 "$stage/hostpath/hostpathplugin"
 	push -rootfs "$stage/hostpath" -config '{"Entrypoint":["/hostpathplugin"]}' "sig-storage/hostpathplugin:v1.17.1"
 	rm -rf "$stage/hostpath"
-fi
 
-# sample-device-plugin 1.8.0 (the tag its DaemonSet manifest names; 1.7,
-# the one --list-images names, too): the [DRA] specs of extended resources
-# deploy it, the program of the Kubernetes module of berth's release on a
-# busybox base, as upstream's is on alpine.
-if selects '\[DRA\]'; then
+	# sample-device-plugin 1.8.0 (the tag its DaemonSet manifest names;
+	# 1.7, the one --list-images names, too), which the [DRA] specs of
+	# extended resources deploy: the program of the Kubernetes module of
+	# berth's release on a busybox base, as upstream's is on alpine.
 	"$root/hack/kubernetes/build.sh" "$K8S_BIN_DIR" sample-device-plugin
 	busybox_rootfs "$stage/sample-device-plugin"
 	cp "$K8S_BIN_DIR/sample-device-plugin" "$stage/sample-device-plugin/sampledeviceplugin"
