@@ -44,7 +44,7 @@ TESTRUN   := $(if $(TEST),-run '$(TEST)',)
 SUITE     ?=
 E2E_PKGS  := $(if $(SUITE),./conformance/$(SUITE)/,./conformance/...)
 
-BINARIES  := berth berth-shim pause berthd berthctl
+BINARIES  := berth berth-shim pause berthd berthctl berth-lazy
 
 .PHONY: deps-check vm-image vm-image-background vm-stage test-vm test-vm-quick docs release deb all build deps test-deps cni-plugins kubelet kubernetes mkimage upstream-bins e2e-upstream e2e-upstream-run e2e-upstream-node e2e-upstream-conformance e2e-upstream-features upstream-report containerd cluster cluster-down gotestsum checkpointctl unit e2e race-bin e2e-race test test-quick lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
 
@@ -63,6 +63,7 @@ build: deps
 	$(CC) $(PAUSE_CFLAGS) -o $(BINDIR)/pause cmd/pause/pause.c
 	$(GO) build $(GO_FLAGS) -ldflags '$(LDFLAGS)' -o $(BINDIR)/berthd ./cmd/berthd
 	$(GO) build $(GO_FLAGS) -ldflags '$(LDFLAGS)' -o $(BINDIR)/berthctl ./cmd/berthctl
+	$(GO) build $(GO_FLAGS) -ldflags '$(LDFLAGS)' -o $(BINDIR)/berth-lazy ./cmd/berth-lazy
 
 # The libcontainer fence: runc's packages are not a stable API (containerd
 # forbids importing runc), so only runtime/ may import them; the others go

@@ -60,7 +60,7 @@ func TestReleaseTarball(t *testing.T) {
 		t.Fatalf("extract: %v\n%s", err, out)
 	}
 	for _, f := range []string{"usr/local/bin/berth", "usr/local/bin/berth-shim", "usr/local/bin/pause", "usr/local/bin/berthd",
-		"usr/local/bin/berthctl", "opt/cni/bin/bridge", "opt/cni/bin/host-local", "opt/cni/bin/portmap", "opt/cni/bin/loopback",
+		"usr/local/bin/berthctl", "usr/local/bin/berth-lazy", "opt/cni/bin/bridge", "opt/cni/bin/host-local", "opt/cni/bin/portmap", "opt/cni/bin/loopback",
 		"etc/systemd/system/berthd.service", "etc/berth/berth.toml", "etc/berth/cni-bridge.conflist.template",
 		"etc/cni/net.d/10-berth-bridge.conflist", "usr/local/share/man/man8/berth.8", "usr/local/share/man/man8/berthd.8",
 		"usr/local/share/man/man8/berthctl.8"} {

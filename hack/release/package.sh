@@ -26,7 +26,7 @@ root=$(cd "$here/../.." && pwd)
 BIN_DIR=${BIN_DIR:-$root/bin}
 CNI_BIN=${CNI_BIN:-$root/.cache/cni-bin}
 VERSION=${VERSION:?VERSION is required}
-binaries=(berth berth-shim pause berthd berthctl)
+binaries=(berth berth-shim pause berthd berthctl berth-lazy)
 arch=$(dpkg --print-architecture 2>/dev/null || echo amd64)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)

@@ -119,6 +119,8 @@ type rangeProxy struct {
 	mu      sync.Mutex
 	corrupt func(rangeHeader string) bool
 	stall   chan struct{} // while non-nil, range requests wait on it
+	// while non-nil, requests for a whole blob wait on it
+	stallWhole chan struct{}
 }
 
 func newRangeProxy(t *testing.T, target string) *rangeProxy {
@@ -147,8 +149,14 @@ func newRangeProxy(t *testing.T, target string) *rangeProxy {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.mu.Lock()
 		stall := p.stall
+		if r.Header.Get("Range") == "" {
+			stall = nil
+			if strings.Contains(r.URL.Path, "/blobs/") {
+				stall = p.stallWhole
+			}
+		}
 		p.mu.Unlock()
-		if stall != nil && r.Header.Get("Range") != "" {
+		if stall != nil {
 			select {
 			case <-stall:
 			case <-r.Context().Done():

@@ -1,0 +1,88 @@
+// Command berth-lazy serves lazily pulled eStargz layers over FUSE, one
+// mount per layer, fetching their files from the registry as they are
+// read and the rest in the background. It is one process per node,
+// apart from berthd, so that a berthd restart, upgrade or crash leaves
+// the root filesystems of running containers whole.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/berth-runtime/berth/image"
+	"github.com/berth-runtime/berth/image/lazy"
+	"github.com/berth-runtime/berth/internal/lazyhelper"
+	"github.com/berth-runtime/berth/internal/logging"
+)
+
+func main() {
+	var (
+		socket   = flag.String("socket", lazyhelper.DefaultSocket, "Unix socket to serve the API on")
+		runDir   = flag.String("run-dir", "/run/berth/lazy", "directory for the layers' mounts")
+		stateDir = flag.String("state-dir", "/var/lib/berth/lazy", "directory for the layers' blob files as they become local")
+		logPath  = flag.String("log", "", "log file (default: stderr)")
+		debugLog = flag.Bool("debug", false, "debug logging")
+	)
+	flag.Parse()
+	level := slog.LevelInfo
+	if *debugLog {
+		level = slog.LevelDebug
+	}
+	logger, closeLog, err := logging.New(logging.Options{Path: *logPath, Format: "json", Level: level})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "berth-lazy:", err)
+		os.Exit(1)
+	}
+	defer closeLog()
+	if err := run(logger, *socket, *runDir, *stateDir); err != nil {
+		logger.Error("berth-lazy", "error", err)
+		closeLog()
+		os.Exit(1)
+	}
+}
+
+func run(log *slog.Logger, socket, runDir, stateDir string) error {
+	svc, err := lazy.NewService(lazy.ServiceOptions{
+		RunDir: runDir, StateDir: stateDir, Open: image.LazySource, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := lazyhelper.Listen(socket)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: lazyhelper.Handler(svc, log)}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	log.Info("serving", "socket", socket, "pid", os.Getpid())
+
+	// A stop unmounts what no container uses. While one does, the
+	// process stays: leaving would take the files from under it.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	for {
+		select {
+		case err := <-done:
+			return err
+		case sig := <-sigs:
+			if err := svc.Close(); err != nil {
+				log.Warn("asked to stop, but layers are in use; serving on", "signal", sig.String(), "error", err)
+				continue
+			}
+			log.Info("stopped", "signal", sig.String())
+			if err := srv.Shutdown(context.Background()); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			os.Remove(socket)
+			return nil
+		}
+	}
+}

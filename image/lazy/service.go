@@ -1,0 +1,524 @@
+package lazy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	"go.podman.io/image/v5/pkg/blobinfocache/none"
+	"go.podman.io/image/v5/types"
+	"golang.org/x/sys/unix"
+)
+
+// Remote says where a layer's blob is and how to reach it: what a pull
+// resolved and used, so that the lazy fetches go where the pull went,
+// with its credentials, mirrors and registry configuration.
+type Remote struct {
+	// Ref is the image the pull fetched, with its transport and by
+	// digest: docker://registry.example/app@sha256:...
+	Ref string `json:"ref"`
+	// Username, Password, IdentityToken and RegistryToken are the
+	// pull's own credentials (the CRI's AuthConfig); empty for
+	// auth.json's.
+	Username      string `json:"username,omitempty"`
+	Password      string `json:"password,omitempty"`
+	IdentityToken string `json:"identityToken,omitempty"`
+	RegistryToken string `json:"registryToken,omitempty"`
+	// The pull's containers/image configuration files; empty for
+	// containers/image's defaults.
+	RegistriesConf    string `json:"registriesConf,omitempty"`
+	RegistriesConfDir string `json:"registriesConfDir,omitempty"`
+	AuthFile          string `json:"authFile,omitempty"`
+	UserAgent         string `json:"userAgent,omitempty"`
+}
+
+// LayerRequest asks a Service to serve one eStargz layer.
+type LayerRequest struct {
+	// Blob and Size are the layer's descriptor; TOC its TOC's digest
+	// (TOCDigest of the descriptor's annotations).
+	Blob   digest.Digest `json:"blob"`
+	Size   int64         `json:"size"`
+	TOC    digest.Digest `json:"toc"`
+	Remote Remote        `json:"remote"`
+}
+
+// LayerStatus is one served layer as Service.Status reports it.
+type LayerStatus struct {
+	Blob digest.Digest `json:"blob"`
+	// Dir is the layer's mount, an overlay lower directory; BlobFile
+	// the blob being made local, whole and verified once Complete.
+	Dir      string `json:"dir"`
+	BlobFile string `json:"blobFile"`
+	Size     int64  `json:"size"`
+	// Local is how many bytes of the blob are on disk, verified.
+	Local    int64 `json:"local"`
+	Complete bool  `json:"complete"`
+	// Error is the background fetch's last failure, while it retries.
+	Error string `json:"error,omitempty"`
+}
+
+// OpenSource opens the image source a Remote names.
+type OpenSource func(ctx context.Context, r Remote) (types.ImageSource, error)
+
+// ServiceOptions configure a Service.
+type ServiceOptions struct {
+	// RunDir holds the mounts (RunDir/mnt/<blob>); StateDir the blob
+	// files (StateDir/blobs/<blob>).
+	RunDir, StateDir string
+	Open             OpenSource
+	// FetchTimeout bounds one range request (DefaultFetchTimeout if
+	// zero); StallTimeout one wait for bytes of the background fetch
+	// (a minute if zero); Retry the first wait before the background
+	// fetch is tried again, doubled up to MaxRetry (a second and a
+	// minute if zero).
+	FetchTimeout, StallTimeout, Retry, MaxRetry time.Duration
+	Logger                                      *slog.Logger
+}
+
+// Service serves eStargz layers over FUSE, one mount per blob, and makes
+// each local in the background: what it marks for prefetch first, then
+// the whole blob, retried until it is there. It is the heart of
+// berth-lazy, the per-node process that holds the mounts while berthd
+// restarts.
+type Service struct {
+	opts ServiceOptions
+	log  *slog.Logger
+
+	// changing is held through a Mount or Unmount, which may wait on a
+	// registry or the kernel; mu guards layers, which Status reads.
+	changing sync.Mutex
+	mu       sync.Mutex
+	layers   map[digest.Digest]*served
+}
+
+// served is one mounted layer and its background fetch.
+type served struct {
+	req    LayerRequest
+	layer  *Layer
+	mount  *Mount
+	file   string
+	cancel context.CancelFunc
+	done   chan struct{}
+
+	mu sync.Mutex
+	// src and fetch: the source of the request's Remote (replaced when
+	// a Mount names another); retired: the sources it replaced, closed
+	// when the layer goes, as a fetch may still use one.
+	src     types.ImageSource
+	fetch   Fetcher
+	retired []types.ImageSource
+	lastErr string
+}
+
+// Fetch reads through the layer's current source.
+func (sv *served) Fetch(ctx context.Context, off, n int64) ([]byte, error) {
+	sv.mu.Lock()
+	f := sv.fetch
+	sv.mu.Unlock()
+	return f.Fetch(ctx, off, n)
+}
+
+func (sv *served) remote() Remote {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	return sv.req.Remote
+}
+
+func (sv *served) source() types.ImageSource {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	return sv.src
+}
+
+func (sv *served) setErr(err string) {
+	sv.mu.Lock()
+	sv.lastErr = err
+	sv.mu.Unlock()
+}
+
+func (sv *served) closeSources() {
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	for _, src := range append(sv.retired, sv.src) {
+		src.Close()
+	}
+	sv.retired, sv.src = nil, nil
+}
+
+// ErrUnknownLayer: the Service serves no layer of that blob.
+var ErrUnknownLayer = errors.New("no such lazily served layer")
+
+// NewService makes the Service's directories and detaches the mounts a
+// previous process left there: their server is gone, so every read of
+// them fails, and their directories are needed again.
+func NewService(opts ServiceOptions) (*Service, error) {
+	if opts.Open == nil || !filepath.IsAbs(opts.RunDir) || !filepath.IsAbs(opts.StateDir) {
+		return nil, errors.New("lazy layer service: Open and absolute RunDir and StateDir are required")
+	}
+	if opts.StallTimeout <= 0 {
+		opts.StallTimeout = time.Minute
+	}
+	if opts.Retry <= 0 {
+		opts.Retry = time.Second
+	}
+	if opts.MaxRetry < opts.Retry {
+		opts.MaxRetry = max(time.Minute, opts.Retry)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	s := &Service{opts: opts, log: opts.Logger, layers: map[digest.Digest]*served{}}
+	for _, d := range []string{s.mountsDir(), s.blobsDir()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("lazy layer service: %w", err)
+		}
+	}
+	if err := s.detachStale(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Service) mountsDir() string { return filepath.Join(s.opts.RunDir, "mnt") }
+func (s *Service) blobsDir() string  { return filepath.Join(s.opts.StateDir, "blobs") }
+
+// detachStale detaches the FUSE mounts under the mount directory and
+// removes the directories and blob files of layers no longer served.
+func (s *Service) detachStale() error {
+	mounts, err := mountsUnder(s.mountsDir())
+	if err != nil {
+		return fmt.Errorf("lazy layer service: %w", err)
+	}
+	for _, m := range mounts {
+		// Lazily: an overlay above it keeps a reference until its
+		// container goes.
+		if err := unix.Unmount(m, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("lazy layer service: detach %s: %w", m, err)
+		}
+		s.log.Warn("detached the mount of a lazy layer whose server is gone; containers above it fail to read its files", "mount", m)
+	}
+	for _, d := range []string{s.mountsDir(), s.blobsDir()} {
+		entries, err := os.ReadDir(d)
+		if err != nil {
+			return fmt.Errorf("lazy layer service: %w", err)
+		}
+		for _, e := range entries {
+			if err := os.RemoveAll(filepath.Join(d, e.Name())); err != nil {
+				return fmt.Errorf("lazy layer service: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// mountsUnder lists the mount points below dir, deepest first.
+func mountsUnder(dir string) ([]string, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for line := range strings.SplitSeq(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		mp := unescapeMountinfo(f[4])
+		if strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
+		}
+	}
+	slices.SortFunc(out, func(a, b string) int { return len(b) - len(a) })
+	return out, nil
+}
+
+// unescapeMountinfo undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMountinfo(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+4 <= len(s) {
+			if v, ok := octal(s[i+1 : i+4]); ok {
+				b.WriteByte(v)
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func octal(s string) (byte, bool) {
+	if len(s) != 3 {
+		return 0, false
+	}
+	var v int
+	for _, c := range s {
+		if c < '0' || c > '7' {
+			return 0, false
+		}
+		v = v*8 + int(c-'0')
+	}
+	return byte(v), v < 256
+}
+
+// Mount serves the layer and returns its mount directory. A layer that
+// is served already is served on, with the request's Remote for its
+// fetches from then on (a kubelet's credentials expire).
+func (s *Service) Mount(ctx context.Context, req LayerRequest) (string, error) {
+	if err := req.Blob.Validate(); err != nil {
+		return "", fmt.Errorf("lazy layer: blob digest: %w", err)
+	}
+	if err := req.TOC.Validate(); err != nil {
+		return "", fmt.Errorf("lazy layer %s: TOC digest: %w", req.Blob, err)
+	}
+	if req.Size <= 0 {
+		return "", fmt.Errorf("lazy layer %s: size %d", req.Blob, req.Size)
+	}
+	s.changing.Lock()
+	defer s.changing.Unlock()
+	s.mu.Lock()
+	sv, ok := s.layers[req.Blob]
+	s.mu.Unlock()
+	if ok {
+		if sv.req.TOC != req.TOC || sv.req.Size != req.Size {
+			return "", fmt.Errorf("lazy layer %s: served with TOC %s and size %d, asked with %s and %d", req.Blob, sv.req.TOC, sv.req.Size, req.TOC, req.Size)
+		}
+		if sv.remote() != req.Remote {
+			if err := s.setSource(ctx, sv, req.Remote); err != nil {
+				return "", fmt.Errorf("lazy layer %s: %w", req.Blob, err)
+			}
+		}
+		return sv.mount.Dir, nil
+	}
+	sv, err := s.serve(ctx, req)
+	if err != nil {
+		return "", fmt.Errorf("lazy layer %s: %w", req.Blob, err)
+	}
+	var bg context.Context
+	bg, sv.cancel = context.WithCancel(context.Background())
+	s.mu.Lock()
+	s.layers[req.Blob] = sv
+	s.mu.Unlock()
+	go s.complete(bg, sv)
+	return sv.mount.Dir, nil
+}
+
+// serve opens and mounts the layer; what it made is undone on failure.
+func (s *Service) serve(ctx context.Context, req LayerRequest) (_ *served, retErr error) {
+	sv := &served{req: req, file: filepath.Join(s.blobsDir(), req.Blob.Encoded()), done: make(chan struct{})}
+	if err := s.setSource(ctx, sv, req.Remote); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			sv.closeSources()
+		}
+	}()
+	var err error
+	sv.layer, err = Open(ctx, sv, req.Size, req.TOC, WithBlobFile(sv.file))
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if retErr != nil {
+			sv.layer.Close()
+			os.Remove(sv.file)
+		}
+	}()
+	dir := filepath.Join(s.mountsDir(), req.Blob.Encoded())
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, err
+	}
+	sv.mount, err = MountLayer(dir, sv.layer, s.log.With("blob", req.Blob))
+	if err != nil {
+		os.Remove(dir)
+		return nil, err
+	}
+	return sv, nil
+}
+
+// setSource opens the source r names and makes it the layer's.
+func (s *Service) setSource(ctx context.Context, sv *served, r Remote) error {
+	src, err := s.opts.Open(ctx, r)
+	if err != nil {
+		return err
+	}
+	f, err := SourceFetcher(src, types.BlobInfo{Digest: sv.req.Blob, Size: sv.req.Size}, s.opts.FetchTimeout)
+	if err != nil {
+		src.Close()
+		return err
+	}
+	sv.mu.Lock()
+	defer sv.mu.Unlock()
+	if sv.src != nil {
+		sv.retired = append(sv.retired, sv.src)
+	}
+	sv.src, sv.fetch, sv.req.Remote = src, f, r
+	return nil
+}
+
+// complete makes the layer local: the prefetch first, then the whole
+// blob, tried again with a growing wait until it is there or the layer
+// goes.
+func (s *Service) complete(ctx context.Context, sv *served) {
+	defer close(sv.done)
+	log := s.log.With("blob", sv.req.Blob)
+	if err := sv.layer.Prefetch(ctx); err != nil && ctx.Err() == nil {
+		log.Warn("prefetch of a lazy layer failed; its files are fetched as they are read", "error", err)
+	}
+	wait := s.opts.Retry
+	for {
+		err := sv.layer.FetchAll(ctx, sv.req.Blob, func(ctx context.Context) (io.ReadCloser, error) {
+			return s.openBlob(ctx, sv)
+		})
+		if err == nil {
+			sv.setErr("")
+			log.Info("lazy layer is local", "bytes", sv.req.Size)
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		sv.setErr(err.Error())
+		log.Warn("background fetch of a lazy layer failed; trying again", "error", err, "wait", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, s.opts.MaxRetry)
+	}
+}
+
+// openBlob streams the whole blob; a registry that sends nothing for
+// StallTimeout, before its answer or within it, ends the stream with an
+// error instead of a wait without end.
+func (s *Service) openBlob(ctx context.Context, sv *served) (io.ReadCloser, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	st := &stallReader{cancel: cancel, timeout: s.opts.StallTimeout}
+	st.timer = time.AfterFunc(st.timeout, st.stall)
+	rc, _, err := sv.source().GetBlob(ctx, types.BlobInfo{Digest: sv.req.Blob, Size: sv.req.Size}, none.NoCache)
+	if err != nil {
+		st.timer.Stop()
+		cancel()
+		return nil, st.explain(err)
+	}
+	st.rc = rc
+	st.timer.Reset(st.timeout)
+	return st, nil
+}
+
+type stallReader struct {
+	rc      io.ReadCloser
+	cancel  context.CancelFunc
+	timeout time.Duration
+	timer   *time.Timer
+	stalled atomic.Bool
+}
+
+func (st *stallReader) stall() {
+	st.stalled.Store(true)
+	st.cancel()
+}
+
+func (st *stallReader) explain(err error) error {
+	if st.stalled.Load() {
+		return fmt.Errorf("the registry sent nothing for %s: %w", st.timeout, err)
+	}
+	return err
+}
+
+func (st *stallReader) Read(p []byte) (int, error) {
+	n, err := st.rc.Read(p)
+	if n > 0 {
+		st.timer.Reset(st.timeout)
+	}
+	if err != nil && err != io.EOF {
+		err = st.explain(err)
+	}
+	return n, err
+}
+
+func (st *stallReader) Close() error {
+	st.timer.Stop()
+	st.cancel()
+	return st.rc.Close()
+}
+
+// Status lists the served layers, by blob digest.
+func (s *Service) Status() []LayerStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]LayerStatus, 0, len(s.layers))
+	for _, sv := range s.layers {
+		sv.mu.Lock()
+		lastErr := sv.lastErr
+		sv.mu.Unlock()
+		out = append(out, LayerStatus{
+			Blob: sv.req.Blob, Dir: sv.mount.Dir, BlobFile: sv.file, Size: sv.req.Size,
+			Local: sv.layer.Local(), Complete: sv.layer.Complete(), Error: lastErr,
+		})
+	}
+	slices.SortFunc(out, func(a, b LayerStatus) int { return strings.Compare(string(a.Blob), string(b.Blob)) })
+	return out
+}
+
+// Unmount stops serving the layer: it unmounts it, which fails while an
+// overlay uses it, and then drops its blob file (whoever wanted the
+// complete blob has taken it).
+func (s *Service) Unmount(blob digest.Digest) error {
+	s.changing.Lock()
+	defer s.changing.Unlock()
+	s.mu.Lock()
+	sv, ok := s.layers[blob]
+	s.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrUnknownLayer, blob)
+	}
+	if err := sv.mount.Unmount(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	delete(s.layers, blob)
+	s.mu.Unlock()
+	sv.cancel()
+	<-sv.done
+	sv.layer.Close()
+	sv.closeSources()
+	if err := os.Remove(sv.mount.Dir); err != nil {
+		s.log.Warn("remove a lazy layer's mount directory", "error", err)
+	}
+	if err := os.Remove(sv.file); err != nil && !errors.Is(err, os.ErrNotExist) {
+		s.log.Warn("remove a lazy layer's blob file", "error", err)
+	}
+	return nil
+}
+
+// Close unmounts every layer it can; those in use stay served, and their
+// errors are returned.
+func (s *Service) Close() error {
+	s.mu.Lock()
+	blobs := make([]digest.Digest, 0, len(s.layers))
+	for b := range s.layers {
+		blobs = append(blobs, b)
+	}
+	s.mu.Unlock()
+	var errs []error
+	for _, b := range blobs {
+		if err := s.Unmount(b); err != nil && !errors.Is(err, ErrUnknownLayer) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,330 @@
+package lazyhelper_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	"go.podman.io/image/v5/docker"
+	"go.podman.io/image/v5/types"
+	"golang.org/x/sys/unix"
+
+	"github.com/berth-runtime/berth/image/lazy"
+	"github.com/berth-runtime/berth/internal/lazyhelper"
+	"github.com/berth-runtime/berth/internal/testutil"
+)
+
+func TestMain(m *testing.M) { testutil.Main(m) }
+
+func random(n int) string {
+	r := rand.New(rand.NewPCG(7, 7))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return string(b)
+}
+
+var files = []testutil.File{
+	{Path: "etc/", Type: '5'},
+	{Path: "etc/hello", Content: "hello from berth-lazy\n"},
+	{Path: "data/", Type: '5'},
+	// Last in the blob: read only after the registry is cut, so its
+	// chunks cannot have been fetched before.
+	{Path: "data/tail", Content: random(3 << 20)},
+}
+
+// helper is a berth-lazy process this test started, and its
+// directories.
+type helper struct {
+	t                        *testing.T
+	socket, runDir, stateDir string
+	cmd                      *exec.Cmd
+	log                      string
+}
+
+func newHelper(t *testing.T) *helper {
+	if os.Geteuid() != 0 {
+		t.Skip("berth-lazy mounts FUSE: needs root")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skipf("no /dev/fuse on this host: %v", err)
+	}
+	dir := t.TempDir()
+	h := &helper{t: t, socket: filepath.Join(dir, "lazy.sock"), runDir: filepath.Join(dir, "run"),
+		stateDir: filepath.Join(dir, "state"), log: filepath.Join(dir, "lazy.log")}
+	t.Cleanup(func() {
+		h.kill()
+		// A killed helper leaves its mounts, dead: detach them.
+		for _, m := range mountsUnder(t, h.runDir) {
+			if err := unix.Unmount(m, unix.MNT_DETACH); err != nil {
+				t.Errorf("detach %s: %v", m, err)
+			}
+		}
+		if t.Failed() {
+			log, _ := os.ReadFile(h.log)
+			t.Logf("berth-lazy's log:\n%s", log)
+		}
+	})
+	h.start()
+	return h
+}
+
+func (h *helper) start() {
+	h.t.Helper()
+	h.cmd = exec.Command(testutil.Bin(h.t, "berth-lazy"), "--socket", h.socket, "--run-dir", h.runDir,
+		"--state-dir", h.stateDir, "--log", h.log)
+	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := h.cmd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	c := lazyhelper.NewClient(h.socket)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := c.Status(context.Background()); err == nil {
+			return
+		} else if time.Now().After(deadline) {
+			h.t.Fatalf("berth-lazy does not answer: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// kill kills the helper this test started, by its PID.
+func (h *helper) kill() {
+	if h.cmd == nil {
+		return
+	}
+	_ = h.cmd.Process.Kill()
+	_ = h.cmd.Wait()
+	h.cmd = nil
+}
+
+// logged reports whether a line of the helper's log has every part.
+func (h *helper) logged(parts ...string) bool {
+	data, _ := os.ReadFile(h.log)
+	for line := range strings.SplitSeq(string(data), "\n") {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
+}
+
+func mountsUnder(t *testing.T, dir string) []string {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			out = append(out, f[4])
+		}
+	}
+	return out
+}
+
+// pushLayer pushes a one-layer eStargz image and returns the request for
+// its layer, through a registries.conf that makes the registry plain HTTP.
+func pushLayer(t *testing.T) (*testutil.Registry, lazy.LayerRequest) {
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	ref := testutil.BuildOCI(t, t.TempDir(), "t", testutil.ImageSpec{Layers: []testutil.Layer{
+		{Files: files, Compression: "estargz", EStargzChunkSize: 64 << 10},
+	}})
+	reg.Push(t, ref, "lazy/helper:1")
+	imgRef, err := docker.ParseReference("//" + reg.Addr + "/lazy/helper:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := imgRef.NewImageSource(context.Background(), &types.SystemContext{DockerInsecureSkipTLSVerify: types.OptionalBoolTrue})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	raw, _, err := src.GetManifest(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m v1.Manifest
+	if err := json.Unmarshal(raw, &m); err != nil || len(m.Layers) != 1 {
+		t.Fatalf("manifest %s: %v", raw, err)
+	}
+	toc, ok, err := lazy.TOCDigest(m.Layers[0].Annotations)
+	if err != nil || !ok {
+		t.Fatalf("no TOC digest in %v: %v", m.Layers[0].Annotations, err)
+	}
+	return reg, lazy.LayerRequest{Blob: m.Layers[0].Digest, Size: m.Layers[0].Size, TOC: toc, Remote: lazy.Remote{
+		Ref:            "docker://" + reg.Addr + "/lazy/helper:1",
+		RegistriesConf: testutil.RegistriesConf(t, "", reg.Addr),
+	}}
+}
+
+// holdWholeBlobs forwards a new port on 127.0.0.1 to a registry and holds
+// every request for a whole blob (without Range) until release is called.
+func holdWholeBlobs(t *testing.T, registry string) (addr string, release func()) {
+	u, _ := url.Parse("http://" + registry)
+	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.Transport = &http.Transport{DisableKeepAlives: true}
+	rp.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) }
+	held := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/blobs/") && r.Header.Get("Range") == "" {
+			select {
+			case <-held:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	var once sync.Once
+	release = func() { once.Do(func() { close(held) }) }
+	t.Cleanup(release)
+	return strings.TrimPrefix(srv.URL, "http://"), release
+}
+
+func waitStatus(t *testing.T, c *lazyhelper.Client, what string, ok func(lazy.LayerStatus) bool) lazy.LayerStatus {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st, err := c.Status(context.Background())
+		if err == nil && len(st) == 1 && ok(st[0]) {
+			return st[0]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: %+v, %v", what, st, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// berth-lazy serves a layer through its API; with the registry cut, a
+// read of what is not local fails with EIO instead of hanging, and the
+// background fetch goes on once the registry is back.
+func TestHelperServesThroughRegistryCut(t *testing.T) {
+	h := newHelper(t)
+	reg, req := pushLayer(t)
+	// The background fetch must not finish before the cut: the proxy
+	// holds it until then.
+	proxy, release := holdWholeBlobs(t, reg.Addr)
+	req.Remote.Ref = "docker://" + proxy + "/lazy/helper:1"
+	req.Remote.RegistriesConf = testutil.RegistriesConf(t, "", proxy)
+	c := lazyhelper.NewClient(h.socket)
+	ctx := context.Background()
+	dir, err := c.Mount(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "etc/hello")); err != nil || string(got) != files[1].Content {
+		t.Fatalf("etc/hello: %q, %v", got, err)
+	}
+	if st := waitStatus(t, c, "the layer listed", func(lazy.LayerStatus) bool { return true }); st.Dir != dir || st.Size != req.Size || st.Complete {
+		t.Errorf("status before the cut: %+v", st)
+	}
+
+	reg.Stop()
+	release()
+	if _, err := os.ReadFile(filepath.Join(dir, "data/tail")); !errors.Is(err, syscall.EIO) {
+		t.Errorf("data/tail with the registry cut: %v; want EIO", err)
+	}
+	waitStatus(t, c, "the background fetch's error", func(st lazy.LayerStatus) bool { return st.Error != "" })
+	if !h.logged(`"msg":"lazy read failed"`, `"file":"data/tail"`, "502 Bad Gateway") {
+		t.Errorf("no log line names the failed read and why")
+	}
+	reg.Restart(t)
+	st := waitStatus(t, c, "the layer to be local", func(st lazy.LayerStatus) bool { return st.Complete })
+	if st.Local != req.Size || st.Error != "" {
+		t.Errorf("status once local: %+v", st)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "data/tail")); err != nil || string(got) != files[3].Content {
+		t.Errorf("data/tail once local: %d bytes, %v", len(got), err)
+	}
+
+	busy, err := os.Open(filepath.Join(dir, "etc/hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Unmount(ctx, req.Blob); !errors.Is(err, lazyhelper.ErrBusy) {
+		t.Errorf("unmount with a file open: %v; want ErrBusy", err)
+	}
+	busy.Close()
+	if err := c.Unmount(ctx, req.Blob); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Unmount(ctx, req.Blob); !errors.Is(err, lazy.ErrUnknownLayer) {
+		t.Errorf("second unmount: %v; want ErrUnknownLayer", err)
+	}
+	if m := mountsUnder(t, h.runDir); len(m) != 0 {
+		t.Errorf("mounts left after unmount: %v", m)
+	}
+}
+
+// After a crash of berth-lazy its mounts are dead; the next one detaches
+// them, so that the layers can be served again at the same places.
+func TestHelperRestartAfterCrash(t *testing.T) {
+	h := newHelper(t)
+	_, req := pushLayer(t)
+	c := lazyhelper.NewClient(h.socket)
+	dir, err := c.Mount(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.kill()
+	if _, err := os.ReadFile(filepath.Join(dir, "etc/hello")); !errors.Is(err, syscall.ENOTCONN) {
+		t.Errorf("read from the dead helper's mount: %v; want ENOTCONN", err)
+	}
+	if _, err := c.Status(context.Background()); !errors.Is(err, lazyhelper.ErrUnavailable) {
+		t.Errorf("status with no helper: %v; want ErrUnavailable", err)
+	}
+	h.start()
+	if m := mountsUnder(t, h.runDir); len(m) != 0 {
+		t.Errorf("the restarted helper left the dead mounts: %v", m)
+	}
+	st, err := c.Status(context.Background())
+	if err != nil || len(st) != 0 {
+		t.Errorf("status of the restarted helper: %+v, %v", st, err)
+	}
+	again, err := c.Mount(context.Background(), req)
+	if err != nil || again != dir {
+		t.Fatalf("mount after the restart: %q, %v; want %q", again, err, dir)
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "etc/hello")); err != nil || string(got) != files[1].Content {
+		t.Errorf("etc/hello after the restart: %q, %v", got, err)
+	}
+	if !h.logged("detached the mount of a lazy layer whose server is gone", dir) {
+		t.Errorf("the restarted helper did not log the detach")
+	}
+}
+
+// Requests that are not layer requests are refused with a clear error.
+func TestHelperRefusesBadRequests(t *testing.T) {
+	h := newHelper(t)
+	c := lazyhelper.NewClient(h.socket)
+	_, err := c.Mount(context.Background(), lazy.LayerRequest{Blob: "sha256:../../x", Size: 1, TOC: "sha256:x"})
+	if err == nil || !strings.Contains(err.Error(), "blob digest") {
+		t.Errorf("mount of a bad digest: %v", err)
+	}
+	if err := c.Unmount(context.Background(), "../x"); err == nil {
+		t.Errorf("unmount of a bad digest succeeded")
+	}
+}
