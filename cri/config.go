@@ -89,10 +89,29 @@ type Config struct {
 	// /var/run/cdi).
 	CDISpecDirs []string `toml:"cdi_spec_dirs"`
 
+	// LazyPull serves the layers of eStargz images from their registry
+	// as containers read them ([lazy_pull]).
+	LazyPull LazyPullConfig `toml:"lazy_pull"`
+
 	// Runtimes are runtime handlers besides berth's own ("berth", and
 	// the default ""): OCI runtimes such as runc or crun, by the name a
 	// RuntimeClass's handler gives ([runtimes.runc]).
 	Runtimes map[string]RuntimeConfig `toml:"runtimes"`
+}
+
+// LazyPullConfig is [lazy_pull]: with it on, a pull of an eStargz image
+// ends once each eStargz layer's table of contents is read; berth-lazy
+// serves the layers' files over FUSE, fetching each from the registry on
+// first read and the rest in the background, and berthd unpacks each
+// layer once it is local. Other images pull as usual.
+type LazyPullConfig struct {
+	Enabled bool `toml:"enabled"`
+	// Registries are the registries (host[:port], as image names
+	// give them) whose images are pulled lazily; empty means all.
+	Registries []string `toml:"registries"`
+	// HelperPath is the berth-lazy binary; by default found next to
+	// berthd's own binary, then in $PATH.
+	HelperPath string `toml:"helper_path"`
 }
 
 // RuntimeConfig is a runtime handler's OCI runtime.
@@ -233,7 +252,34 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%s binary: %w", b.name, err)
 		}
 	}
+	if err := c.validateLazyPull(); err != nil {
+		return err
+	}
 	return c.validateRuntimes()
+}
+
+// validateLazyPull checks [lazy_pull] and finds berth-lazy when it is on.
+func (c *Config) validateLazyPull() error {
+	lp := &c.LazyPull
+	if !lp.Enabled {
+		return nil
+	}
+	for _, r := range lp.Registries {
+		if r == "" || strings.ContainsAny(r, "/@ ") {
+			return fmt.Errorf("lazy_pull.registries: %q is not a registry's host[:port]", r)
+		}
+	}
+	var err error
+	if lp.HelperPath == "" {
+		lp.HelperPath, err = findBinary("berth-lazy")
+	} else {
+		_, err = os.Stat(lp.HelperPath)
+	}
+	if err != nil {
+		return fmt.Errorf("lazy_pull: %w", err)
+	}
+	lp.HelperPath, err = filepath.Abs(lp.HelperPath)
+	return err
 }
 
 // validateRuntimes checks the [runtimes.NAME] handlers and fills in

@@ -99,7 +99,7 @@ func New(cfg Config, log *slog.Logger, version string) (*Server, error) {
 	images, err := image.Open(image.Options{
 		Root: cfg.Root, RegistriesConf: cfg.RegistriesConf, RegistriesConfDir: cfg.RegistriesConfDir,
 		AuthFile: cfg.AuthFile, PolicyFile: cfg.PolicyFile, DenyDevices: cfg.DenyDeviceNodes,
-		UserAgent: "berth/" + version, Logger: log,
+		UserAgent: "berth/" + version, Logger: log, Lazy: lazyOptions(&cfg, log),
 	})
 	if err != nil {
 		return nil, err

@@ -104,6 +104,9 @@ func (s *Store) Export(ctx context.Context, w io.Writer, refs []string, o Export
 				if !ok {
 					return fmt.Errorf("export %s: layer %s is not in the store", ref, chainID)
 				}
+				if lr.Lazy != nil {
+					return fmt.Errorf("export %s: layer %s is pulled lazily and not all local yet: export it once it is", ref, lr.Lazy.Blob)
+				}
 				if err := leaseLayer(tx, leaseID, chainID); err != nil {
 					return err
 				}

@@ -12,6 +12,8 @@ import (
 	"go.podman.io/image/v5/pkg/blobinfocache/none"
 	"go.podman.io/image/v5/pkg/compression"
 	"go.podman.io/image/v5/types"
+
+	"github.com/berth-runtime/berth/image/lazy"
 )
 
 // layerJob is one layer a pull needs.
@@ -26,6 +28,9 @@ type layerJob struct {
 	// lowersReady waits until every layer below this one is stored and
 	// returns their directories, nearest first.
 	lowersReady func(context.Context) ([]string, error)
+	// remote: where to serve the layer lazily from, if it is eStargz;
+	// nil for an ordinary fetch.
+	remote *lazy.Remote
 }
 
 // haveLayer leases the layer if the store has it, atomically: GC cannot
@@ -81,6 +86,9 @@ func (s *Store) fetchLayer(ctx context.Context, job layerJob) error {
 // stream, fits it onto the layers below, and records it (leased).
 func (s *Store) fetchLayerOnce(ctx context.Context, job layerJob) (retErr error) {
 	t := job.tracker
+	if ok, err := s.mountLazy(ctx, job); err != nil || ok {
+		return err
+	}
 	t.set(LayerDownloading)
 	tmp, err := s.tempDir("layer")
 	if err != nil {

@@ -176,7 +176,11 @@ type proxy struct {
 	blobs map[string]int // GET requests per blob digest
 	// onBlob, if set, may replace the response body of a blob download.
 	onBlob func(digest string, body io.ReadCloser) io.ReadCloser
-	active atomic.Int32
+	// hold, while non-nil, holds each request for the whole blob of
+	// heldBlob (not ranges of it) until it is closed.
+	hold     chan struct{}
+	heldBlob string
+	active   atomic.Int32
 }
 
 func newProxy(t *testing.T, target string) *proxy {
@@ -198,7 +202,19 @@ func newProxy(t *testing.T, target string) *proxy {
 		}
 		return nil
 	}
-	p.srv = httptest.NewServer(rp)
+	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p.mu.Lock()
+		hold, held := p.hold, p.heldBlob
+		p.mu.Unlock()
+		if hold != nil && r.Header.Get("Range") == "" && strings.HasSuffix(r.URL.Path, "/blobs/"+held) {
+			select {
+			case <-hold:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		rp.ServeHTTP(w, r)
+	}))
 	t.Cleanup(p.srv.Close)
 	return p
 }

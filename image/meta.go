@@ -42,6 +42,8 @@ type layerRecord struct {
 	Compressed digest.Digest `json:"compressed,omitempty"`
 	Size       int64         `json:"size"`
 	Inodes     int64         `json:"inodes"`
+	// Lazy: the layer is served lazily (lazypull.go), not unpacked yet.
+	Lazy *lazyLayer `json:"lazy,omitempty"`
 }
 
 // rootfsRecord is a container's root filesystem: its layers stay while

@@ -18,6 +18,8 @@ import (
 	"go.podman.io/image/v5/manifest"
 	"go.podman.io/image/v5/types"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/berth-runtime/berth/image/lazy"
 )
 
 // Auth are credentials for one pull, as the CRI's AuthConfig carries
@@ -219,7 +221,8 @@ func (s *Store) pullCandidate(ctx context.Context, sys *types.SystemContext, c c
 			}
 		}
 	}()
-	if err := s.fetchLayers(ctx, src, tr, pi.layers, pi.diffIDs, rec.Layers, leaseID, o, sp); err != nil {
+	remote := s.lazyRemote(sys, c, pi.manifestDigest, o.Auth)
+	if err := s.fetchLayers(ctx, src, tr, pi.layers, pi.diffIDs, rec.Layers, leaseID, remote, o, sp); err != nil {
 		return nil, err
 	}
 	if err := s.writeBlob(pi.manifestDigest, pi.manifest); err != nil {
@@ -358,7 +361,7 @@ func (pi *pulledImage) record(c candidate, topDigest digest.Digest) *Image {
 
 // fetchLayers fetches every missing layer at once (bounded), reporting
 // progress as it goes.
-func (s *Store) fetchLayers(ctx context.Context, src types.ImageSource, tr *pullTracker, layers []types.BlobInfo, diffIDs, chain []digest.Digest, leaseID string, o PullOptions, sp *sharedPull) error {
+func (s *Store) fetchLayers(ctx context.Context, src types.ImageSource, tr *pullTracker, layers []types.BlobInfo, diffIDs, chain []digest.Digest, leaseID string, remote *lazy.Remote, o PullOptions, sp *sharedPull) error {
 	stop := s.reportProgress(tr, o.ProgressInterval, sp)
 	defer stop()
 
@@ -373,18 +376,20 @@ func (s *Store) fetchLayers(ctx context.Context, src types.ImageSource, tr *pull
 	for i := range layers {
 		job := layerJob{
 			src: src, info: layers[i], chainID: chain[i], diffID: diffIDs[i],
-			leaseID: leaseID, tracker: tr.layers[i],
+			leaseID: leaseID, tracker: tr.layers[i], remote: remote,
 			lowersReady: func(ctx context.Context) ([]string, error) {
-				var dirs []string
+				var below []digest.Digest
 				for j := i - 1; j >= 0; j-- {
 					select {
 					case <-ready[j]:
 					case <-ctx.Done():
 						return nil, ctx.Err()
 					}
-					dirs = append(dirs, s.layerPath(chain[j]))
+					below = append(below, chain[j])
 				}
-				return dirs, nil
+				s.lazyMu.RLock()
+				defer s.lazyMu.RUnlock()
+				return s.layerDirs(ctx, below)
 			},
 		}
 		if i > 0 {

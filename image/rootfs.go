@@ -1,6 +1,7 @@
 package image
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -221,9 +222,11 @@ func (s *Store) RootfsUsage(id string) (bytes, inodes int64, err error) {
 
 // mount mounts the overlay of a root filesystem.
 func (s *Store) mount(rec *rootfsRecord, idmap *IDMap) error {
-	lowers := make([]string, 0, len(rec.Layers))
-	for i := len(rec.Layers) - 1; i >= 0; i-- {
-		lowers = append(lowers, s.layerPath(rec.Layers[i]))
+	s.lazyMu.RLock()
+	defer s.lazyMu.RUnlock()
+	lowers, err := s.layerDirs(context.Background(), topFirst(rec.Layers))
+	if err != nil {
+		return fmt.Errorf("mount root filesystem %s: %w", rec.ID, err)
 	}
 	if idmap != nil && len(lowers) > 0 {
 		mapped, unmount, err := s.idmapLayers(rec.ID, lowers, idmap.UsernsPath)
@@ -243,7 +246,7 @@ func (s *Store) mount(rec *rootfsRecord, idmap *IDMap) error {
 		}
 		lowers = append(lowers, empty)
 	}
-	err := mountOverlay(lowers, s.rootfsDir(rec.ID, "upper"), s.rootfsDir(rec.ID, "work"), s.rootfsDir(rec.ID, "merged"))
+	err = mountOverlay(lowers, s.rootfsDir(rec.ID, "upper"), s.rootfsDir(rec.ID, "work"), s.rootfsDir(rec.ID, "merged"))
 	if err != nil {
 		return fmt.Errorf("mount root filesystem %s: %w", rec.ID, err)
 	}

@@ -20,6 +20,8 @@ import (
 	"go.podman.io/image/v5/signature"
 	"go.podman.io/image/v5/types"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/berth-runtime/berth/image/lazy"
 )
 
 // Options configure a Store. Every field is optional.
@@ -55,6 +57,8 @@ type Options struct {
 	DenyDevices bool
 	// UserAgent is sent to registries.
 	UserAgent string
+	// Lazy turns lazy pulling of eStargz images on (lazypull.go).
+	Lazy LazyOptions
 	// Logger; default slog.Default().
 	Logger *slog.Logger
 }
@@ -91,6 +95,16 @@ type Store struct {
 
 	// imageMountMu orders the mounts and unmounts of image mounts.
 	imageMountMu sync.Mutex
+
+	// lazyMu: held for reading from the moment a lazy layer's mount is
+	// handed out until the overlay on it is mounted, for writing while
+	// one is unmounted; it guards lazyCreds, the pulls' credentials by
+	// blob. lazyStop ends lazyLoop, which closes lazyDone.
+	lazyMu    sync.RWMutex
+	lazyCreds map[digest.Digest]lazy.Remote
+	lazyStop     chan struct{}
+	lazyDone     chan struct{}
+	lazyStopOnce sync.Once
 
 	policyOnce sync.Once
 	policy     *signature.Policy
@@ -160,11 +174,23 @@ func Open(opts Options) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	if opts.Lazy.Mounter != nil {
+		s.lazyStop, s.lazyDone = make(chan struct{}), make(chan struct{})
+		go s.lazyLoop(s.lazyStop, s.lazyDone)
+	}
 	return s, nil
 }
 
 // Close closes the metadata database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.lazyStopOnce.Do(func() {
+		if s.lazyStop != nil {
+			close(s.lazyStop)
+			<-s.lazyDone
+		}
+	})
+	return s.db.Close()
+}
 
 // Root returns the store's directory.
 func (s *Store) Root() string { return s.root }

@@ -1,6 +1,7 @@
 package image
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -95,9 +96,11 @@ func (s *Store) mountImage(rec *imageMountRecord) error {
 			return storeIOError("image mount", err)
 		}
 	}
-	lowers := make([]string, 0, len(rec.Layers)+1)
-	for i := len(rec.Layers) - 1; i >= 0; i-- {
-		lowers = append(lowers, s.layerPath(rec.Layers[i]))
+	s.lazyMu.RLock()
+	defer s.lazyMu.RUnlock()
+	lowers, err := s.layerDirs(context.Background(), topFirst(rec.Layers))
+	if err != nil {
+		return fmt.Errorf("image mount: %w", err)
 	}
 	lowers = append(lowers, empty)
 	data := "lowerdir=" + strings.Join(escapeLowers(lowers), ":")

@@ -14,6 +14,8 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strconv"
 	"syscall"
 
 	"github.com/berth-runtime/berth/image"
@@ -29,6 +31,7 @@ func main() {
 		stateDir = flag.String("state-dir", "/var/lib/berth/lazy", "directory for the layers' blob files as they become local")
 		logPath  = flag.String("log", "", "log file (default: stderr)")
 		debugLog = flag.Bool("debug", false, "debug logging")
+		readyFd  = flag.Int("ready-fd", -1, "file descriptor to write one byte to once serving")
 	)
 	flag.Parse()
 	level := slog.LevelInfo
@@ -41,14 +44,14 @@ func main() {
 		os.Exit(1)
 	}
 	defer closeLog()
-	if err := run(logger, *socket, *runDir, *stateDir); err != nil {
+	if err := run(logger, *socket, *runDir, *stateDir, *readyFd); err != nil {
 		logger.Error("berth-lazy", "error", err)
 		closeLog()
 		os.Exit(1)
 	}
 }
 
-func run(log *slog.Logger, socket, runDir, stateDir string) error {
+func run(log *slog.Logger, socket, runDir, stateDir string, readyFd int) error {
 	svc, err := lazy.NewService(lazy.ServiceOptions{
 		RunDir: runDir, StateDir: stateDir, Open: image.LazySource, Logger: log,
 	})
@@ -63,9 +66,22 @@ func run(log *slog.Logger, socket, runDir, stateDir string) error {
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	log.Info("serving", "socket", socket, "pid", os.Getpid())
+	// For a node's tooling and the tests, which stop berth-lazy by it.
+	pidFile := filepath.Join(runDir, "berth-lazy.pid")
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return err
+	}
+	defer os.Remove(pidFile)
+	if readyFd >= 0 {
+		f := os.NewFile(uintptr(readyFd), "ready")
+		_, _ = f.Write([]byte{1})
+		f.Close()
+	}
 
-	// A stop unmounts what no container uses. While one does, the
-	// process stays: leaving would take the files from under it.
+	// A stop unmounts every layer and waits until no container's root
+	// filesystem is on one: leaving sooner would take the files from
+	// under them. A layer with a file open in its directory stays
+	// mounted, and the process with it.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	for {

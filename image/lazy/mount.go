@@ -61,12 +61,30 @@ func MountLayer(dir string, l *Layer, log *slog.Logger) (*Mount, error) {
 	return &Mount{Dir: dir, server: server}, nil
 }
 
-// Unmount unmounts the layer and waits for its server to end.
-func (m *Mount) Unmount() error {
-	if err := m.server.Unmount(); err != nil {
+// Detach unmounts the layer's directory. It fails (EBUSY) while a file
+// or directory of the mount is open, but not for an overlay mounted on
+// it: overlayfs holds a private clone of each lower mount, which the
+// server goes on serving until the last such overlay is unmounted.
+// Drained waits for that.
+func (m *Mount) Detach() error {
+	if err := unix.Unmount(m.Dir, 0); err != nil {
 		return fmt.Errorf("unmount eStargz layer at %s: %w", m.Dir, err)
 	}
+	return nil
+}
+
+// Drained waits until nothing uses the detached mount any more and its
+// server has ended.
+func (m *Mount) Drained() {
 	m.server.Wait()
+}
+
+// Unmount detaches the layer and waits for its server to end.
+func (m *Mount) Unmount() error {
+	if err := m.Detach(); err != nil {
+		return err
+	}
+	m.Drained()
 	return nil
 }
 

@@ -99,6 +99,8 @@ type Service struct {
 	changing sync.Mutex
 	mu       sync.Mutex
 	layers   map[digest.Digest]*served
+	// draining counts unmounted layers still served to an overlay.
+	draining sync.WaitGroup
 }
 
 // served is one mounted layer and its background fetch.
@@ -474,9 +476,12 @@ func (s *Service) Status() []LayerStatus {
 	return out
 }
 
-// Unmount stops serving the layer: it unmounts it, which fails while an
-// overlay uses it, and then drops its blob file (whoever wanted the
-// complete blob has taken it).
+// Unmount stops serving the layer at its directory. It fails while a
+// file of the mount is open there; an overlay mounted on it keeps the
+// layer served, from its blob file and the registry, until the last
+// such overlay is unmounted: a container whose root filesystem it is
+// reads on. The blob file goes then (whoever wanted the complete blob
+// has taken it).
 func (s *Service) Unmount(blob digest.Digest) error {
 	s.changing.Lock()
 	defer s.changing.Unlock()
@@ -486,27 +491,40 @@ func (s *Service) Unmount(blob digest.Digest) error {
 	if !ok {
 		return fmt.Errorf("%w: %s", ErrUnknownLayer, blob)
 	}
-	if err := sv.mount.Unmount(); err != nil {
+	if err := sv.mount.Detach(); err != nil {
 		return err
 	}
 	s.mu.Lock()
 	delete(s.layers, blob)
 	s.mu.Unlock()
 	sv.cancel()
-	<-sv.done
-	sv.layer.Close()
-	sv.closeSources()
+	// Aside, for a new Mount of the blob; the layer keeps it open.
+	aside := fmt.Sprintf("%s.draining-%d", sv.file, time.Now().UnixNano())
+	if err := os.Rename(sv.file, aside); err != nil {
+		s.log.Warn("move a lazy layer's blob file aside", "error", err)
+		aside = sv.file
+	}
 	if err := os.Remove(sv.mount.Dir); err != nil {
 		s.log.Warn("remove a lazy layer's mount directory", "error", err)
 	}
-	if err := os.Remove(sv.file); err != nil && !errors.Is(err, os.ErrNotExist) {
-		s.log.Warn("remove a lazy layer's blob file", "error", err)
-	}
+	s.draining.Add(1)
+	go func() {
+		defer s.draining.Done()
+		<-sv.done
+		sv.mount.Drained()
+		sv.layer.Close()
+		sv.closeSources()
+		if err := os.Remove(aside); err != nil && !errors.Is(err, os.ErrNotExist) {
+			s.log.Warn("remove a lazy layer's blob file", "error", err)
+		}
+		s.log.Debug("lazy layer's last user is gone", "blob", blob)
+	}()
 	return nil
 }
 
-// Close unmounts every layer it can; those in use stay served, and their
-// errors are returned.
+// Close unmounts every layer it can and waits until the overlays on them
+// are gone; layers with a file open stay served, and their errors are
+// returned.
 func (s *Service) Close() error {
 	s.mu.Lock()
 	blobs := make([]digest.Digest, 0, len(s.layers))
@@ -519,6 +537,9 @@ func (s *Service) Close() error {
 		if err := s.Unmount(b); err != nil && !errors.Is(err, ErrUnknownLayer) {
 			errs = append(errs, err)
 		}
+	}
+	if len(errs) == 0 {
+		s.draining.Wait()
 	}
 	return errors.Join(errs...)
 }

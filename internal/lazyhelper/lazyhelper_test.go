@@ -2,25 +2,16 @@ package lazyhelper_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"math/rand/v2"
-	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
-	v1 "github.com/opencontainers/image-spec/specs-go/v1"
-	"go.podman.io/image/v5/docker"
-	"go.podman.io/image/v5/types"
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-runtime/berth/image/lazy"
@@ -151,22 +142,9 @@ func pushLayer(t *testing.T) (*testutil.Registry, lazy.LayerRequest) {
 		{Files: files, Compression: "estargz", EStargzChunkSize: 64 << 10},
 	}})
 	reg.Push(t, ref, "lazy/helper:1")
-	imgRef, err := docker.ParseReference("//" + reg.Addr + "/lazy/helper:1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	src, err := imgRef.NewImageSource(context.Background(), &types.SystemContext{DockerInsecureSkipTLSVerify: types.OptionalBoolTrue})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	raw, _, err := src.GetManifest(context.Background(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m v1.Manifest
-	if err := json.Unmarshal(raw, &m); err != nil || len(m.Layers) != 1 {
-		t.Fatalf("manifest %s: %v", raw, err)
+	m := reg.Manifest(t, "lazy/helper:1")
+	if len(m.Layers) != 1 {
+		t.Fatalf("manifest with %d layers", len(m.Layers))
 	}
 	toc, ok, err := lazy.TOCDigest(m.Layers[0].Annotations)
 	if err != nil || !ok {
@@ -176,31 +154,6 @@ func pushLayer(t *testing.T) (*testutil.Registry, lazy.LayerRequest) {
 		Ref:            "docker://" + reg.Addr + "/lazy/helper:1",
 		RegistriesConf: testutil.RegistriesConf(t, "", reg.Addr),
 	}}
-}
-
-// holdWholeBlobs forwards a new port on 127.0.0.1 to a registry and holds
-// every request for a whole blob (without Range) until release is called.
-func holdWholeBlobs(t *testing.T, registry string) (addr string, release func()) {
-	u, _ := url.Parse("http://" + registry)
-	rp := httputil.NewSingleHostReverseProxy(u)
-	rp.Transport = &http.Transport{DisableKeepAlives: true}
-	rp.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) }
-	held := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.Contains(r.URL.Path, "/blobs/") && r.Header.Get("Range") == "" {
-			select {
-			case <-held:
-			case <-r.Context().Done():
-				return
-			}
-		}
-		rp.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	var once sync.Once
-	release = func() { once.Do(func() { close(held) }) }
-	t.Cleanup(release)
-	return strings.TrimPrefix(srv.URL, "http://"), release
 }
 
 func waitStatus(t *testing.T, c *lazyhelper.Client, what string, ok func(lazy.LayerStatus) bool) lazy.LayerStatus {
@@ -226,9 +179,10 @@ func TestHelperServesThroughRegistryCut(t *testing.T) {
 	reg, req := pushLayer(t)
 	// The background fetch must not finish before the cut: the proxy
 	// holds it until then.
-	proxy, release := holdWholeBlobs(t, reg.Addr)
-	req.Remote.Ref = "docker://" + proxy + "/lazy/helper:1"
-	req.Remote.RegistriesConf = testutil.RegistriesConf(t, "", proxy)
+	proxy := testutil.StartBlobProxy(t, reg.Addr)
+	proxy.Hold()
+	req.Remote.Ref = "docker://" + proxy.Addr + "/lazy/helper:1"
+	req.Remote.RegistriesConf = testutil.RegistriesConf(t, "", proxy.Addr)
 	c := lazyhelper.NewClient(h.socket)
 	ctx := context.Background()
 	dir, err := c.Mount(ctx, req)
@@ -243,7 +197,7 @@ func TestHelperServesThroughRegistryCut(t *testing.T) {
 	}
 
 	reg.Stop()
-	release()
+	proxy.Release()
 	if _, err := os.ReadFile(filepath.Join(dir, "data/tail")); !errors.Is(err, syscall.EIO) {
 		t.Errorf("data/tail with the registry cut: %v; want EIO", err)
 	}

@@ -421,3 +421,33 @@ func ExportDockerArchive(t T, layoutRef, path, name string) {
 func alltransportsDockerArchive(ref string) (types.ImageReference, error) {
 	return dockerarchive.ParseReference(ref)
 }
+
+// Manifest reads the manifest of repoTag, a single image, from the
+// registry.
+func (r *Registry) Manifest(t T, repoTag string) v1.Manifest {
+	t.Helper()
+	ref, err := docker.ParseReference("//" + r.Addr + "/" + repoTag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys := &types.SystemContext{DockerInsecureSkipTLSVerify: types.OptionalBoolTrue}
+	if r.User != "" {
+		sys.DockerAuthConfig = &types.DockerAuthConfig{Username: r.User, Password: r.Password}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	src, err := ref.NewImageSource(ctx, sys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	raw, _, err := src.GetManifest(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m v1.Manifest
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatalf("manifest of %s: %v", repoTag, err)
+	}
+	return m
+}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -300,6 +301,7 @@ func (d *Daemon) cleanup() {
 		cancel()
 		d.Stop(syscall.SIGTERM)
 	}
+	d.stopLazyHelper()
 	if d.rootMounted {
 		if err := syscall.Unmount(filepath.Join(d.Dir, "root"), 0); err != nil {
 			t.Errorf("clean-up: unmount the root's tmpfs: %v", err)
@@ -362,6 +364,37 @@ func (d *Daemon) cleanup() {
 	}
 	if err := os.RemoveAll(d.State); err != nil {
 		t.Errorf("clean-up: %v", err)
+	}
+}
+
+// LazyHelperPid is the pid of the berth-lazy berthd started, from its
+// pid file; 0 if none runs.
+func (d *Daemon) LazyHelperPid() int {
+	data, err := os.ReadFile(filepath.Join(d.State, "lazy", "berth-lazy.pid"))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || !testutil.Alive(pid) {
+		return 0
+	}
+	return pid
+}
+
+// stopLazyHelper stops the berth-lazy berthd started, as a node's
+// shutdown would: with its pods gone, it unmounts its layers and exits.
+func (d *Daemon) stopLazyHelper() {
+	pid := d.LazyHelperPid()
+	if pid == 0 {
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	for i := 0; i < 200 && testutil.Alive(pid); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if testutil.Alive(pid) {
+		d.T.Errorf("berth-lazy (pid %d) did not exit on SIGTERM with no pod left", pid)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
 

@@ -1,0 +1,151 @@
+package cri_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/conformance/internal/berthd"
+	"github.com/berth-runtime/berth/image/lazy"
+	"github.com/berth-runtime/berth/internal/lazyhelper"
+	"github.com/berth-runtime/berth/internal/testutil"
+)
+
+func randomContent(seed uint64, n int) string {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return string(b)
+}
+
+func sha256Hex(s string) string { return fmt.Sprintf("%x", sha256.Sum256([]byte(s))) }
+
+// lazyStatus is berth-lazy's view of the daemon's lazily served layers.
+func lazyStatus(t *testing.T, d *daemon) []lazy.LayerStatus {
+	t.Helper()
+	st, err := lazyhelper.NewClient(filepath.Join(d.State, "lazy.sock")).Status(context.Background())
+	if err != nil {
+		t.Fatalf("berth-lazy's status: %v", err)
+	}
+	return st
+}
+
+// An eStargz image pulled lazily through the CRI: the pull ends before
+// its big layer is fetched; a container reads the file at the end of
+// that layer at once; kill -9 of berthd leaves the container's files
+// whole; a registry cut makes reads of what is not local fail with EIO
+// and not hang; once the layer is local berthd unpacks it and new
+// containers use it with the registry gone.
+func TestLazyPullThroughCRI(t *testing.T) {
+	const bigSize = 8 << 20
+	big := randomContent(11, bigSize)
+	middle := randomContent(12, 256<<10)
+	tail := randomContent(13, 100<<10)
+	layout := testutil.BuildOCI(t, t.TempDir(), "v1", testutil.ImageSpec{
+		Layers: []testutil.Layer{suite.base, {Compression: "estargz", EStargzChunkSize: 256 << 10, Files: []testutil.File{
+			{Path: "data/", Type: '5'},
+			{Path: "data/hello", Content: "hello from a lazy layer\n"},
+			{Path: "data/big", Content: big},
+			{Path: "data/middle", Content: middle},
+			{Path: "data/tail", Content: tail},
+		}}},
+		Config: v1.ImageConfig{Cmd: []string{"sleep", "3600"}, Env: []string{"PATH=/bin"}},
+	})
+	suite.reg.Push(t, layout, "lazy/cri:v1")
+	m := suite.reg.Manifest(t, "lazy/cri:v1")
+	lazyLayer := m.Layers[1]
+
+	// The background fetch of the eStargz layer waits until the test
+	// lets it go.
+	proxy := testutil.StartBlobProxy(t, suite.reg.Addr)
+	proxy.Hold(lazyLayer.Digest.String())
+	d := startDaemon(t, daemonOptions{
+		registriesConf: testutil.RegistriesConf(t, "", suite.reg.Addr, proxy.Addr),
+		extra:          "[lazy_pull]\nenabled = true\n",
+	})
+	ref := proxy.Addr + "/lazy/cri:v1"
+	d.pull(t, ref)
+	st := lazyStatus(t, d)
+	if len(st) != 1 || st[0].Blob != lazyLayer.Digest || st[0].Complete || st[0].Local >= lazyLayer.Size/2 {
+		t.Fatalf("after the pull, berth-lazy serves %+v; want the eStargz layer, mostly not local", st)
+	}
+
+	podCfg := d.podConfig("lazy")
+	pod := d.runPod(t, podCfg)
+	c1 := d.run(t, pod, podCfg, containerConfig("reader", ref))
+	if got := d.mustExec(t, c1, "sha256sum", "/data/tail"); !strings.HasPrefix(got, sha256Hex(tail)) {
+		t.Errorf("sha256sum of the layer's last file: %q", got)
+	}
+	if st := lazyStatus(t, d); st[0].Local >= lazyLayer.Size/2 {
+		t.Errorf("reading the last file made %d of %d bytes local", st[0].Local, lazyLayer.Size)
+	}
+
+	// berthd crashes: the container's root filesystem is berth-lazy's.
+	helper := d.LazyHelperPid()
+	d.Restart(syscall.SIGKILL)
+	if got := d.mustExec(t, c1, "sha256sum", "/data/big"); !strings.HasPrefix(got, sha256Hex(big)) {
+		t.Errorf("sha256sum of the big file after berthd's crash: %q", got)
+	}
+	if now := d.LazyHelperPid(); now != helper {
+		t.Errorf("berth-lazy is pid %d after berthd's crash; was %d", now, helper)
+	}
+
+	// The registry goes away: a read of what is not local fails, at
+	// once, and the container runs on.
+	proxy.Cut(true)
+	_, stderr, code := d.execSync(t, c1, "cat", "/data/middle")
+	if code == 0 || !strings.Contains(stderr, "Input/output error") {
+		t.Errorf("reading a file not yet local with the registry cut: exit %d, %q; want an I/O error", code, stderr)
+	}
+	if got := d.mustExec(t, c1, "sha256sum", "/data/tail"); !strings.HasPrefix(got, sha256Hex(tail)) {
+		t.Errorf("sha256sum of a file already read, with the registry cut: %q", got)
+	}
+	proxy.Cut(false)
+	if got := d.mustExec(t, c1, "sha256sum", "/data/middle"); !strings.HasPrefix(got, sha256Hex(middle)) {
+		t.Errorf("sha256sum of a file once the registry is back: %q", got)
+	}
+
+	// The background fetch goes on; the layer is unpacked, and the
+	// mount let go of.
+	proxy.Release()
+	berthd.Eventually(t, 2*time.Minute, "the lazy layer unpacked and unmounted", func() error {
+		if st := lazyStatus(t, d); len(st) != 0 {
+			return fmt.Errorf("berth-lazy serves %+v", st)
+		}
+		return nil
+	})
+	if !strings.Contains(d.LogLines("lazy layer is local"), lazyLayer.Digest.String()) {
+		t.Errorf("berthd did not log the layer made local")
+	}
+	// No pull, as a kubelet with the image present does not.
+	proxy.Cut(true)
+	created, err := d.RT.CreateContainer(ctxT(t), &runtimeapi.CreateContainerRequest{
+		PodSandboxId: pod, Config: containerConfig("after", ref), SandboxConfig: podCfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2 := created.ContainerId
+	if _, err := d.RT.StartContainer(ctxT(t), &runtimeapi.StartContainerRequest{ContainerId: c2}); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.mustExec(t, c2, "sha256sum", "/data/big"); !strings.HasPrefix(got, sha256Hex(big)) {
+		t.Errorf("sha256sum in a container made after the layer is local: %q", got)
+	}
+	if got := d.mustExec(t, c1, "sha256sum", "/data/big"); !strings.HasPrefix(got, sha256Hex(big)) {
+		t.Errorf("sha256sum in the first container, its mount let go of: %q", got)
+	}
+	if _, err := d.RT.StopPodSandbox(ctxT(t), &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,224 @@
+package image_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	digest "github.com/opencontainers/go-digest"
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/berth-runtime/berth/image"
+	"github.com/berth-runtime/berth/image/lazy"
+	"github.com/berth-runtime/berth/internal/testutil"
+)
+
+// serviceMounter is an in-process lazy.Service as the store's mounter:
+// berth-lazy without its socket.
+type serviceMounter struct{ svc *lazy.Service }
+
+func (m serviceMounter) Mount(ctx context.Context, req lazy.LayerRequest) (string, error) {
+	return m.svc.Mount(ctx, req)
+}
+
+func (m serviceMounter) Status(context.Context) ([]lazy.LayerStatus, error) {
+	return m.svc.Status(), nil
+}
+
+func (m serviceMounter) Unmount(_ context.Context, blob digest.Digest) error {
+	return m.svc.Unmount(blob)
+}
+
+func newMounter(t *testing.T) serviceMounter {
+	t.Helper()
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skipf("no /dev/fuse on this host: %v", err)
+	}
+	svc, err := lazy.NewService(lazy.ServiceOptions{RunDir: t.TempDir(), StateDir: t.TempDir(), Open: image.LazySource,
+		Retry: 50 * time.Millisecond, MaxRetry: 200 * time.Millisecond})
+	must(t, err)
+	t.Cleanup(func() {
+		if err := svc.Close(); err != nil {
+			t.Errorf("close the lazy layer service: %v", err)
+		}
+	})
+	return serviceMounter{svc}
+}
+
+func randomText(n int) string {
+	r := rand.New(rand.NewPCG(3, 3))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return string(b)
+}
+
+// lowerDirs returns the lowerdir option of the overlay mounted at target.
+func lowerDirs(t *testing.T, target string) string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	must(t, err)
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == target {
+			for opt := range strings.SplitSeq(f[len(f)-1], ",") {
+				if v, ok := strings.CutPrefix(opt, "lowerdir="); ok {
+					return v
+				}
+			}
+		}
+	}
+	t.Fatalf("no overlay at %s", target)
+	return ""
+}
+
+var lazyBig = randomText(2 << 20)
+
+// An eStargz image pulled lazily: the pull ends with its eStargz layer
+// mounted, not fetched (an ordinary layer above it is unpacked onto it);
+// a container's root filesystem reads it at once; once the layer is
+// local it is unpacked, new root filesystems use the unpacked layer, and
+// the mount goes with the last root filesystem on it.
+func TestLazyPull(t *testing.T) {
+	m := newMounter(t)
+	e := newEnv(t, testutil.RegistryOptions{})
+	ref := e.push("lazy/app:v1", testutil.ImageSpec{Layers: []testutil.Layer{
+		{Compression: "estargz", EStargzChunkSize: 64 << 10, Files: []testutil.File{
+			{Path: "etc/", Type: '5'},
+			{Path: "etc/hello", Content: "hello, lazily\n"},
+			{Path: "data/", Type: '5'},
+			{Path: "data/big", Content: lazyBig},
+			{Path: "gone", Content: "whited out above"},
+		}},
+		{Files: []testutil.File{
+			{Path: "etc/", Type: '5'},
+			{Path: "etc/top", Content: "from the gzip layer\n"},
+			{Path: ".wh.gone", Content: ""},
+		}},
+	}, Config: v1.ImageConfig{Cmd: []string{"/bin/sh"}}})
+	var layers []digest.Digest
+	for _, l := range e.reg.Manifest(t, "lazy/app:v1").Layers {
+		layers = append(layers, l.Digest)
+	}
+	p := newProxy(t, e.reg.Addr)
+	hold := make(chan struct{})
+	p.mu.Lock()
+	p.hold, p.heldBlob = hold, layers[0].String()
+	p.mu.Unlock()
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(hold)
+		}
+	}
+	t.Cleanup(release)
+	e.insecure("", p.addr())
+	e.reopen(func(o *image.Options) {
+		o.Lazy = image.LazyOptions{Mounter: m, Interval: 50 * time.Millisecond}
+	})
+	lazyRef := strings.Replace(ref, e.reg.Addr, p.addr(), 1)
+	img := e.pull(lazyRef)
+
+	ll, err := e.store.LazyLayers(context.Background())
+	if err != nil || len(ll) != 1 || ll[0].Blob != layers[0] || ll[0].Local >= ll[0].Size {
+		t.Fatalf("lazy layers after the pull: %+v, %v", ll, err)
+	}
+	if n := p.count(layers[1].String()); n != 1 {
+		t.Errorf("the gzip layer was fetched %d times; want once", n)
+	}
+
+	r1, err := e.store.CreateRootfs("lazy-1", img.ID, nil)
+	must(t, err)
+	read := func(r *image.Rootfs, name string) string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(r.Path, name))
+		if err != nil {
+			t.Errorf("%s in %s: %v", name, r.ID, err)
+		}
+		return string(b)
+	}
+	if got := read(r1, "etc/hello"); got != "hello, lazily\n" {
+		t.Errorf("etc/hello: %q", got)
+	}
+	if got := read(r1, "etc/top"); got != "from the gzip layer\n" {
+		t.Errorf("etc/top: %q", got)
+	}
+	if _, err := os.Stat(filepath.Join(r1.Path, "gone")); !os.IsNotExist(err) {
+		t.Errorf("the whited-out file: %v", err)
+	}
+	if got := read(r1, "data/big"); got != lazyBig {
+		t.Errorf("data/big differs (%d bytes)", len(got))
+	}
+	if lower := lowerDirs(t, r1.Path); strings.Count(lower, ":") != 1 || !strings.Contains(lower, layers[0].Encoded()) {
+		t.Errorf("first root filesystem's lower directories %q: want the gzip layer and the lazy mount", lower)
+	}
+
+	release()
+	deadline := time.Now().Add(60 * time.Second)
+	var r2 *image.Rootfs
+	for i := 2; ; i++ {
+		r, err := e.store.CreateRootfs(fmt.Sprintf("lazy-%d", i), img.ID, nil)
+		must(t, err)
+		if !strings.Contains(lowerDirs(t, r.Path), layers[0].Encoded()) {
+			r2 = r
+			break
+		}
+		must(t, e.store.RemoveRootfs(r.ID))
+		if time.Now().After(deadline) {
+			ll, err := e.store.LazyLayers(context.Background())
+			t.Fatalf("the lazy layer was not made local: %+v, %v", ll, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The mount is let go of as soon as the layer is unpacked; the
+	// first root filesystem's overlay keeps it served.
+	for {
+		ll, err := e.store.LazyLayers(context.Background())
+		if err == nil && len(ll) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the lazy mount stays after the layer is unpacked: %+v, %v", ll, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.reg.Stop()
+	if got := read(r2, "data/big"); got != lazyBig {
+		t.Errorf("data/big from the unpacked layer differs (%d bytes)", len(got))
+	}
+	if got := read(r1, "data/big"); got != lazyBig {
+		t.Errorf("data/big on the lazy mount, with the registry gone, differs (%d bytes)", len(got))
+	}
+	if got := read(r2, "etc/hello"); got != "hello, lazily\n" {
+		t.Errorf("etc/hello from the unpacked layer: %q", got)
+	}
+	must(t, e.store.RemoveRootfs(r1.ID))
+}
+
+// Lazy pulling applies to eStargz layers of the registries listed only;
+// anything else is pulled whole.
+func TestLazyPullOnlyWhereItApplies(t *testing.T) {
+	m := newMounter(t)
+	e := newEnv(t, testutil.RegistryOptions{})
+	estargz := e.push("lazy/estargz:v1", testutil.ImageSpec{Layers: []testutil.Layer{
+		{Compression: "estargz", Files: []testutil.File{{Path: "f", Content: "x"}}},
+	}})
+	gzip := e.push("lazy/gzip:v1", simpleImage(testutil.File{Path: "f", Content: "y"}))
+	e.reopen(func(o *image.Options) {
+		o.Lazy = image.LazyOptions{Mounter: m, Registries: []string{"registry.example"}}
+	})
+	e.pull(estargz)
+	e.reopen(func(o *image.Options) {
+		o.Lazy = image.LazyOptions{Mounter: m, Registries: []string{e.reg.Addr}}
+	})
+	e.pull(gzip)
+	if ll, err := e.store.LazyLayers(context.Background()); err != nil || len(ll) != 0 {
+		t.Errorf("lazy layers: %+v, %v; want none", ll, err)
+	}
+}
