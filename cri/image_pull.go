@@ -76,6 +76,20 @@ func pullAuth(a *runtimeapi.AuthConfig) (*image.Auth, error) {
 }
 
 // Pulls lists the pulls in flight, for the admin side channel.
+// LazyLayers lists the layers served lazily, for the side channel and
+// the metrics.
+func (s *Server) LazyLayers(ctx context.Context) ([]adminapi.LazyLayer, error) {
+	ll, err := s.images.LazyLayers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := []adminapi.LazyLayer{}
+	for _, l := range ll {
+		out = append(out, adminapi.LazyLayer{Digest: l.Blob.String(), Size: l.Size, Local: l.Local, Error: l.Error})
+	}
+	return out, nil
+}
+
 func (s *Server) Pulls() []adminapi.Pull {
 	out := []adminapi.Pull{}
 	for _, p := range s.images.Pulls() {

@@ -100,8 +100,8 @@ type Store struct {
 	// handed out until the overlay on it is mounted, for writing while
 	// one is unmounted; it guards lazyCreds, the pulls' credentials by
 	// blob. lazyStop ends lazyLoop, which closes lazyDone.
-	lazyMu    sync.RWMutex
-	lazyCreds map[digest.Digest]lazy.Remote
+	lazyMu       sync.RWMutex
+	lazyCreds    map[digest.Digest]lazy.Remote
 	lazyStop     chan struct{}
 	lazyDone     chan struct{}
 	lazyStopOnce sync.Once

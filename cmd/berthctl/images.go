@@ -242,6 +242,20 @@ func adminClient(criSocket string) *admin {
 	}}
 }
 
+func (a *admin) lazyLayers() ([]adminapi.LazyLayer, error) {
+	resp, err := a.http.Get("http://berthd" + adminapi.LazyPath)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return nil, fmt.Errorf("side channel: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	}
+	var out []adminapi.LazyLayer
+	return out, json.NewDecoder(resp.Body).Decode(&out)
+}
+
 func (a *admin) pulls() ([]adminapi.Pull, error) {
 	resp, err := a.http.Get("http://berthd" + adminapi.PullsPath)
 	if err != nil {
@@ -277,12 +291,16 @@ var imagesCommand = cli.Command{
 	Flags: []cli.Flag{
 		outputFlag,
 		cli.BoolFlag{Name: "quiet, q", Usage: "only image ids"},
-		cli.BoolFlag{Name: "pulling", Usage: "show pulls in progress (also the kubelet's), per layer"},
+		cli.BoolFlag{Name: "pulling", Usage: "show pulls in progress (also the kubelet's), per layer, and the layers pulled lazily that are not local yet"},
+		cli.BoolFlag{Name: "lazy", Usage: "show the layers pulled lazily that are not local yet ([lazy_pull])"},
 		cli.BoolFlag{Name: "digests", Usage: "show digests"},
 	},
 	Action: withClients(func(ctx *cli.Context, c *clients) error {
 		if ctx.Bool("pulling") {
 			return showPulls(ctx, c)
+		}
+		if ctx.Bool("lazy") {
+			return showLazy(ctx, c, false)
 		}
 		cctx, cancel := c.ctx()
 		defer cancel()
@@ -358,6 +376,38 @@ func showPulls(ctx *cli.Context, c *clients) error {
 		}
 		t.row(p.Ref, fmt.Sprintf("%d/%d", finished, len(p.Layers)),
 			fmt.Sprintf("%s / %s", humanBytes(uint64(done)), humanBytes(uint64(total))), time.Since(p.Started).Round(time.Second).String())
+	}
+	t.flush()
+	return showLazy(ctx, c, true)
+}
+
+// showLazy lists the layers served lazily; after the pulls' table, only
+// if there are any.
+func showLazy(ctx *cli.Context, c *clients, afterPulls bool) error {
+	list, err := adminClient(c.socket).lazyLayers()
+	if err != nil {
+		return fmt.Errorf("berthd side channel (%s): %w", adminapi.SocketFor(c.socket), err)
+	}
+	if f := ctx.String("output"); !afterPulls && (f == "json" || f == "yaml") {
+		data, err := json.MarshalIndent(list, "", "  ")
+		if err != nil {
+			return err
+		}
+		return printJSON(f, data)
+	}
+	if afterPulls && len(list) == 0 {
+		return nil
+	}
+	if afterPulls {
+		fmt.Println()
+	}
+	t := newTable("LAZY LAYER", "LOCAL", "ERROR")
+	for _, l := range list {
+		pct := 0.0
+		if l.Size > 0 {
+			pct = 100 * float64(l.Local) / float64(l.Size)
+		}
+		t.row(short(l.Digest), fmt.Sprintf("%s / %s (%.0f%%)", humanBytes(uint64(l.Local)), humanBytes(uint64(l.Size)), pct), l.Error)
 	}
 	t.flush()
 	return nil

@@ -216,6 +216,15 @@ func serveAdmin(cfg cri.Config, srv *cri.Server, log *slog.Logger) (*http.Server
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(srv.Pulls())
 	})
+	mux.HandleFunc("GET "+adminapi.LazyPath, func(w http.ResponseWriter, r *http.Request) {
+		ll, err := srv.LazyLayers(r.Context())
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(ll)
+	})
 	mux.HandleFunc("POST "+adminapi.ImportPath, func(w http.ResponseWriter, r *http.Request) {
 		imported, err := srv.ImportImages(r.Context(), r.Body, r.URL.Query().Get("name"))
 		if err != nil {

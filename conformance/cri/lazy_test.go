@@ -3,9 +3,11 @@ package cri_test
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/berth-runtime/berth/conformance/internal/berthd"
+	"github.com/berth-runtime/berth/cri/adminapi"
 	"github.com/berth-runtime/berth/image/lazy"
 	"github.com/berth-runtime/berth/internal/lazyhelper"
 	"github.com/berth-runtime/berth/internal/testutil"
@@ -89,6 +92,20 @@ func TestLazyPullThroughCRI(t *testing.T) {
 	}
 	if st := lazyStatus(t, d); st[0].Local >= lazyLayer.Size/2 {
 		t.Errorf("reading the last file made %d of %d bytes local", st[0].Local, lazyLayer.Size)
+	}
+	// Progress, for people and for Prometheus.
+	short := lazyLayer.Digest.Encoded()[:12]
+	if out := d.berthctl(t, "images", "--pulling"); !strings.Contains(out, "LAZY LAYER") || !strings.Contains(out, short) {
+		t.Errorf("berthctl images --pulling does not show the lazy layer:\n%s", out)
+	}
+	var listed []adminapi.LazyLayer
+	if err := json.Unmarshal([]byte(d.berthctl(t, "images", "--lazy", "-o", "json")), &listed); err != nil ||
+		len(listed) != 1 || listed[0].Digest != lazyLayer.Digest.String() || listed[0].Size != lazyLayer.Size || listed[0].Local == 0 {
+		t.Errorf("berthctl images --lazy -o json: %+v, %v", listed, err)
+	}
+	if metrics := adminGet(t, d, adminapi.MetricsPath); !strings.Contains(metrics, fmt.Sprintf(`berth_lazy_layer_size_bytes{layer=%q} %s`, lazyLayer.Digest, strconv.FormatFloat(float64(lazyLayer.Size), 'g', -1, 64))) ||
+		!strings.Contains(metrics, "berth_lazy_layer_local_bytes{layer=") {
+		t.Errorf("metrics lack the lazy layer:\n%s", metrics)
 	}
 
 	// berthd crashes: the container's root filesystem is berth-lazy's.

@@ -39,6 +39,19 @@ type Layer struct {
 	State string `json:"state"`
 }
 
+// LazyPath answers GET with a JSON []LazyLayer: the layers served
+// lazily ([lazy_pull]), by digest; empty without lazy pulling.
+const LazyPath = "/lazy"
+
+// LazyLayer is a layer served lazily and how much of it is local.
+type LazyLayer struct {
+	Digest string `json:"digest"`
+	Size   int64  `json:"size"`
+	Local  int64  `json:"local"`
+	// Error is why its background fetch is being tried again.
+	Error string `json:"error,omitempty"`
+}
+
 // ImportPath takes POST of an image archive (docker-archive or
 // oci-archive) as the body, and loads its images; the query's name names
 // an archive's only image where the archive does not. It answers with a
