@@ -174,17 +174,28 @@ func (s *Store) layerDirs(ctx context.Context, chainIDs []digest.Digest) ([]stri
 			dirs[i] = s.layerPath(c)
 			continue
 		}
-		remote := ll.Remote
-		if r, ok := s.lazyCreds[ll.Blob]; ok {
-			remote = r
-		}
-		dir, err := s.opts.Lazy.Mounter.Mount(ctx, lazy.LayerRequest{Blob: ll.Blob, Size: ll.Size, TOC: ll.TOC, Remote: remote})
+		dir, err := s.mountRecord(ctx, ll)
 		if err != nil {
-			return nil, withKind(ErrUnreachable, fmt.Errorf("layer %s, served lazily: %w", ll.Blob, err))
+			return nil, err
 		}
 		dirs[i] = dir
 	}
 	return dirs, nil
+}
+
+// mountRecord has the layer a record names served (again), with the
+// pull's credentials while berthd remembers them. The caller holds
+// lazyMu for reading.
+func (s *Store) mountRecord(ctx context.Context, ll *lazyLayer) (string, error) {
+	remote := ll.Remote
+	if r, ok := s.lazyCreds[ll.Blob]; ok {
+		remote = r
+	}
+	dir, err := s.opts.Lazy.Mounter.Mount(ctx, lazy.LayerRequest{Blob: ll.Blob, Size: ll.Size, TOC: ll.TOC, Remote: remote})
+	if err != nil {
+		return "", withKind(ErrUnreachable, fmt.Errorf("layer %s, served lazily: %w", ll.Blob, err))
+	}
+	return dir, nil
 }
 
 // LazyLayer is a layer served lazily, as LazyLayers reports it.
@@ -244,6 +255,7 @@ func (s *Store) reconcileLazy(ctx context.Context) error {
 		return err
 	}
 	byBlob := map[digest.Digest][]digest.Digest{}
+	recs := map[digest.Digest]*lazyLayer{}
 	err = s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketLayers).ForEach(func(k, v []byte) error {
 			var rec layerRecord
@@ -252,6 +264,7 @@ func (s *Store) reconcileLazy(ctx context.Context) error {
 			}
 			if rec.Lazy != nil {
 				byBlob[rec.Lazy.Blob] = append(byBlob[rec.Lazy.Blob], rec.ChainID)
+				recs[rec.Lazy.Blob] = rec.Lazy
 			}
 			return nil
 		})
@@ -260,11 +273,17 @@ func (s *Store) reconcileLazy(ctx context.Context) error {
 		return storeIOError("read layers", err)
 	}
 	var errs []error
+	served := map[digest.Digest]bool{}
 	for _, l := range st {
+		served[l.Blob] = true
 		chains := byBlob[l.Blob]
 		if l.Complete && len(chains) > 0 {
+			if !s.lazyRetryDue(l.Blob) {
+				continue
+			}
 			for _, c := range chains {
 				if err := s.makeLocal(ctx, c, l.BlobFile); err != nil {
+					s.lazyFailed(l.Blob)
 					errs = append(errs, err)
 				}
 			}
@@ -274,7 +293,49 @@ func (s *Store) reconcileLazy(ctx context.Context) error {
 			s.releaseLazy(ctx, l.Blob)
 		}
 	}
+	// A layer berth-lazy does not serve (it was restarted) is served
+	// again, so that its background fetch goes on.
+	for blob, ll := range recs {
+		if served[blob] {
+			continue
+		}
+		s.lazyMu.RLock()
+		_, err := s.mountRecord(ctx, ll)
+		s.lazyMu.RUnlock()
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// lazyRetryDue reports whether a layer whose unpack failed may be tried
+// again: a blob that does not unpack as its image says (a diff ID that
+// does not match, say) would fail every round, each time reading the
+// whole blob, so the wait grows from a minute to an hour.
+func (s *Store) lazyRetryDue(blob digest.Digest) bool {
+	s.lazyMu.RLock()
+	defer s.lazyMu.RUnlock()
+	r, ok := s.lazyRetry[blob]
+	return !ok || time.Now().After(r.next)
+}
+
+func (s *Store) lazyFailed(blob digest.Digest) {
+	s.lazyMu.Lock()
+	defer s.lazyMu.Unlock()
+	if s.lazyRetry == nil {
+		s.lazyRetry = map[digest.Digest]retry{}
+	}
+	r := s.lazyRetry[blob]
+	r.wait = min(max(2*r.wait, time.Minute), time.Hour)
+	r.next = time.Now().Add(r.wait)
+	s.lazyRetry[blob] = r
+}
+
+// retry is when a failed unpack of a lazy layer is tried again.
+type retry struct {
+	wait time.Duration
+	next time.Time
 }
 
 // releaseLazy unmounts a layer no record needs (it is unpacked, or

@@ -99,9 +99,11 @@ type Store struct {
 	// lazyMu: held for reading from the moment a lazy layer's mount is
 	// handed out until the overlay on it is mounted, for writing while
 	// one is unmounted; it guards lazyCreds, the pulls' credentials by
-	// blob. lazyStop ends lazyLoop, which closes lazyDone.
+	// blob, and lazyRetry, the layers whose unpack failed. lazyStop ends
+	// lazyLoop, which closes lazyDone.
 	lazyMu       sync.RWMutex
 	lazyCreds    map[digest.Digest]lazy.Remote
+	lazyRetry    map[digest.Digest]retry
 	lazyStop     chan struct{}
 	lazyDone     chan struct{}
 	lazyStopOnce sync.Once

@@ -34,6 +34,32 @@ func randomContent(seed uint64, n int) string {
 
 func sha256Hex(s string) string { return fmt.Sprintf("%x", sha256.Sum256([]byte(s))) }
 
+// lazyImage is an image of the busybox layer and an eStargz layer with
+// an 8 MiB file, pushed to the suite's registry.
+type lazyImage struct {
+	repoTag           string
+	big, middle, tail string
+	layer             v1.Descriptor // the eStargz layer's
+}
+
+func pushLazyImage(t *testing.T, repoTag string) lazyImage {
+	t.Helper()
+	img := lazyImage{repoTag: repoTag, big: randomContent(11, 8<<20), middle: randomContent(12, 256<<10), tail: randomContent(13, 100<<10)}
+	layout := testutil.BuildOCI(t, t.TempDir(), "v1", testutil.ImageSpec{
+		Layers: []testutil.Layer{suite.base, {Compression: "estargz", EStargzChunkSize: 256 << 10, Files: []testutil.File{
+			{Path: "data/", Type: '5'},
+			{Path: "data/hello", Content: "hello from a lazy layer\n"},
+			{Path: "data/big", Content: img.big},
+			{Path: "data/middle", Content: img.middle},
+			{Path: "data/tail", Content: img.tail},
+		}}},
+		Config: v1.ImageConfig{Cmd: []string{"sleep", "3600"}, Env: []string{"PATH=/bin"}},
+	})
+	suite.reg.Push(t, layout, repoTag)
+	img.layer = suite.reg.Manifest(t, repoTag).Layers[1]
+	return img
+}
+
 // lazyStatus is berth-lazy's view of the daemon's lazily served layers.
 func lazyStatus(t *testing.T, d *daemon) []lazy.LayerStatus {
 	t.Helper()
@@ -51,23 +77,8 @@ func lazyStatus(t *testing.T, d *daemon) []lazy.LayerStatus {
 // and not hang; once the layer is local berthd unpacks it and new
 // containers use it with the registry gone.
 func TestLazyPullThroughCRI(t *testing.T) {
-	const bigSize = 8 << 20
-	big := randomContent(11, bigSize)
-	middle := randomContent(12, 256<<10)
-	tail := randomContent(13, 100<<10)
-	layout := testutil.BuildOCI(t, t.TempDir(), "v1", testutil.ImageSpec{
-		Layers: []testutil.Layer{suite.base, {Compression: "estargz", EStargzChunkSize: 256 << 10, Files: []testutil.File{
-			{Path: "data/", Type: '5'},
-			{Path: "data/hello", Content: "hello from a lazy layer\n"},
-			{Path: "data/big", Content: big},
-			{Path: "data/middle", Content: middle},
-			{Path: "data/tail", Content: tail},
-		}}},
-		Config: v1.ImageConfig{Cmd: []string{"sleep", "3600"}, Env: []string{"PATH=/bin"}},
-	})
-	suite.reg.Push(t, layout, "lazy/cri:v1")
-	m := suite.reg.Manifest(t, "lazy/cri:v1")
-	lazyLayer := m.Layers[1]
+	img := pushLazyImage(t, "lazy/cri:v1")
+	big, middle, tail, lazyLayer := img.big, img.middle, img.tail, img.layer
 
 	// The background fetch of the eStargz layer waits until the test
 	// lets it go.
@@ -77,7 +88,7 @@ func TestLazyPullThroughCRI(t *testing.T) {
 		registriesConf: testutil.RegistriesConf(t, "", suite.reg.Addr, proxy.Addr),
 		extra:          "[lazy_pull]\nenabled = true\n",
 	})
-	ref := proxy.Addr + "/lazy/cri:v1"
+	ref := proxy.Addr + "/" + img.repoTag
 	d.pull(t, ref)
 	st := lazyStatus(t, d)
 	if len(st) != 1 || st[0].Blob != lazyLayer.Digest || st[0].Complete || st[0].Local >= lazyLayer.Size/2 {
@@ -164,5 +175,67 @@ func TestLazyPullThroughCRI(t *testing.T) {
 	}
 	if _, err := d.RT.StopPodSandbox(ctxT(t), &runtimeapi.StopPodSandboxRequest{PodSandboxId: pod}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A crash of berth-lazy: berthd starts it again and has it serve the
+// layer again, whose background fetch goes on; containers created from
+// then on work. (Containers whose root filesystem was on the dead
+// server's mount cannot read what their page cache lacks: the kernel's
+// FUSE connection died with the process.)
+func TestLazyPullHelperCrash(t *testing.T) {
+	img := pushLazyImage(t, "lazy/crash:v1")
+	proxy := testutil.StartBlobProxy(t, suite.reg.Addr)
+	proxy.Hold(img.layer.Digest.String())
+	d := startDaemon(t, daemonOptions{
+		registriesConf: testutil.RegistriesConf(t, "", suite.reg.Addr, proxy.Addr),
+		extra:          "[lazy_pull]\nenabled = true\n",
+	})
+	ref := proxy.Addr + "/" + img.repoTag
+	d.pull(t, ref)
+	podCfg := d.podConfig("lazy-crash")
+	pod := d.runPod(t, podCfg)
+	c1 := d.run(t, pod, podCfg, containerConfig("before", ref))
+	if got := d.mustExec(t, c1, "sha256sum", "/data/tail"); !strings.HasPrefix(got, sha256Hex(img.tail)) {
+		t.Errorf("sha256sum of the layer's last file: %q", got)
+	}
+
+	old := d.LazyHelperPid()
+	if old == 0 {
+		t.Fatal("no berth-lazy runs")
+	}
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	berthd.Eventually(t, time.Minute, "berth-lazy started again and serving the layer", func() error {
+		pid := d.LazyHelperPid()
+		if pid == 0 || pid == old {
+			return fmt.Errorf("berth-lazy pid %d (was %d)", pid, old)
+		}
+		st, err := lazyhelper.NewClient(filepath.Join(d.State, "lazy.sock")).Status(context.Background())
+		if err != nil || len(st) != 1 || st[0].Blob != img.layer.Digest {
+			return fmt.Errorf("berth-lazy serves %+v, %v", st, err)
+		}
+		return nil
+	})
+	if !strings.Contains(d.LogLines("started berth-lazy"), "pid=") {
+		t.Errorf("berthd did not log the restart of berth-lazy")
+	}
+	_, stderr, code := d.execSync(t, c1, "cat", "/data/middle")
+	t.Logf("a container on the dead server's mount reading a file not yet read: exit %d, %q", code, strings.TrimSpace(stderr))
+
+	c2 := d.run(t, pod, podCfg, containerConfig("after", ref))
+	if got := d.mustExec(t, c2, "sha256sum", "/data/middle"); !strings.HasPrefix(got, sha256Hex(img.middle)) {
+		t.Errorf("sha256sum in a container created after the crash: %q", got)
+	}
+	proxy.Release()
+	berthd.Eventually(t, 2*time.Minute, "the lazy layer unpacked and unmounted", func() error {
+		if st := lazyStatus(t, d); len(st) != 0 {
+			return fmt.Errorf("berth-lazy serves %+v", st)
+		}
+		return nil
+	})
+	if got := d.mustExec(t, c2, "sha256sum", "/data/big"); !strings.HasPrefix(got, sha256Hex(img.big)) {
+		t.Errorf("sha256sum of the big file once local: %q", got)
 	}
 }

@@ -42,6 +42,10 @@ type Remote struct {
 	UserAgent         string `json:"userAgent,omitempty"`
 }
 
+func (r Remote) hasCredentials() bool {
+	return r.Username != "" || r.Password != "" || r.IdentityToken != "" || r.RegistryToken != ""
+}
+
 // LayerRequest asks a Service to serve one eStargz layer.
 type LayerRequest struct {
 	// Blob and Size are the layer's descriptor; TOC its TOC's digest
@@ -276,7 +280,8 @@ func octal(s string) (byte, bool) {
 
 // Mount serves the layer and returns its mount directory. A layer that
 // is served already is served on, with the request's Remote for its
-// fetches from then on (a kubelet's credentials expire).
+// fetches from then on (a kubelet's credentials expire), unless the
+// request has no credentials and the served layer has.
 func (s *Service) Mount(ctx context.Context, req LayerRequest) (string, error) {
 	if err := req.Blob.Validate(); err != nil {
 		return "", fmt.Errorf("lazy layer: blob digest: %w", err)
@@ -296,7 +301,9 @@ func (s *Service) Mount(ctx context.Context, req LayerRequest) (string, error) {
 		if sv.req.TOC != req.TOC || sv.req.Size != req.Size {
 			return "", fmt.Errorf("lazy layer %s: served with TOC %s and size %d, asked with %s and %d", req.Blob, sv.req.TOC, sv.req.Size, req.TOC, req.Size)
 		}
-		if sv.remote() != req.Remote {
+		// A request without credentials (berthd's after a restart, which
+		// keeps none on disk) does not replace a pull's own.
+		if cur := sv.remote(); cur != req.Remote && (req.Remote.hasCredentials() || !cur.hasCredentials()) {
 			if err := s.setSource(ctx, sv, req.Remote); err != nil {
 				return "", fmt.Errorf("lazy layer %s: %w", req.Blob, err)
 			}

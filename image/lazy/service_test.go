@@ -28,7 +28,10 @@ func openDocker(ctx context.Context, r lazy.Remote) (types.ImageSource, error) {
 
 func newService(t *testing.T, opts lazy.ServiceOptions) *lazy.Service {
 	t.Helper()
-	opts.RunDir, opts.StateDir, opts.Open = t.TempDir(), t.TempDir(), openDocker
+	opts.RunDir, opts.StateDir = t.TempDir(), t.TempDir()
+	if opts.Open == nil {
+		opts.Open = openDocker
+	}
 	opts.Retry, opts.MaxRetry = 50*time.Millisecond, 200*time.Millisecond
 	s, err := lazy.NewService(opts)
 	if err != nil {
@@ -181,5 +184,41 @@ func TestServiceRefusesBadRequests(t *testing.T) {
 	}
 	if len(s.Status()) != 0 {
 		t.Errorf("status after bad requests: %+v", s.Status())
+	}
+}
+
+// A Mount of a served layer with other credentials has its fetches use
+// them from then on; one without credentials keeps the pull's.
+func TestServiceKeepsTheNewestCredentials(t *testing.T) {
+	requireFUSE(t)
+	rl := pushLayer(t, files)
+	var opened []lazy.Remote
+	s := newService(t, lazy.ServiceOptions{Open: func(ctx context.Context, r lazy.Remote) (types.ImageSource, error) {
+		opened = append(opened, r)
+		return openDocker(ctx, r)
+	}})
+	req := rl.request(t)
+	req.Remote.Username, req.Remote.Password = "kubelet", "first"
+	mount := func(user, password string) {
+		t.Helper()
+		r := req
+		r.Remote.Username, r.Remote.Password = user, password
+		if _, err := s.Mount(context.Background(), r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mount("kubelet", "first")
+	mount("", "")
+	mount("kubelet", "first")
+	mount("kubelet", "second")
+	var passwords []string
+	for _, r := range opened {
+		passwords = append(passwords, r.Password)
+	}
+	if strings.Join(passwords, ",") != "first,second" {
+		t.Errorf("sources opened with passwords %q; want first, then second", passwords)
+	}
+	if got, err := os.ReadFile(filepath.Join(s.Status()[0].Dir, "etc/hello")); err != nil || string(got) != files[1].Content {
+		t.Errorf("etc/hello after the credentials changed: %q, %v", got, err)
 	}
 }
