@@ -40,7 +40,7 @@ func newMounter(t *testing.T) serviceMounter {
 		t.Skipf("no /dev/fuse on this host: %v", err)
 	}
 	svc, err := lazy.NewService(lazy.ServiceOptions{RunDir: t.TempDir(), StateDir: t.TempDir(), Open: image.LazySource,
-		Retry: 50 * time.Millisecond, MaxRetry: 200 * time.Millisecond})
+		Retry: 50 * time.Millisecond, MaxRetry: 200 * time.Millisecond, Quiet: 50 * time.Millisecond})
 	must(t, err)
 	t.Cleanup(func() {
 		if err := svc.Close(); err != nil {

@@ -5,10 +5,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/berth-runtime/berth/internal/testutil"
 )
 
 // Peers are the builds berth is measured against: containerd 2.x with its
@@ -51,6 +55,10 @@ type daemonSetup struct {
 	// removeDir: stop removes dir too (a pull's daemon, whose root holds
 	// the unpacked image).
 	removeDir bool
+	// extra is TOML added to berthd's configuration.
+	extra string
+	// afterStop runs once the daemon has stopped, before dir goes.
+	afterStop func()
 }
 
 // daemonLogLevel is both daemons' level: equal logging work.
@@ -71,8 +79,8 @@ cni_bin_dirs = [%q]
 registries_conf = %q
 log_level = %q
 stream_address = "127.0.0.1:0"
-`, filepath.Join(s.dir, "root"), filepath.Join(s.dir, "state"), sock, CgroupParent+"/berthd",
-		s.cniConf, s.cniBin, s.regConf, daemonLogLevel)
+%s`, filepath.Join(s.dir, "root"), filepath.Join(s.dir, "state"), sock, CgroupParent+"/berthd",
+		s.cniConf, s.cniBin, s.regConf, daemonLogLevel, s.extra)
 	if err := os.MkdirAll(s.dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -84,6 +92,9 @@ stream_address = "127.0.0.1:0"
 		return startProcess(filepath.Join(s.dir, "berthd.log"), filepath.Join(binDir, "berthd"), nil, "--config", cfgFile)
 	}
 	dir := s.dir
+	// berth-lazy, which berthd starts with [lazy_pull] on, outlives it as
+	// on a node: stopped here, once the pods are gone.
+	s.afterStop = func() { stopByPidFile(filepath.Join(s.dir, "state", "lazy", "berth-lazy.pid"), 30*time.Second) }
 	return connectCRI(ctx, "berth", sock, launch, s, func(exe, cmdline string) bool {
 		return filepath.Base(exe) == "berth-shim" && strings.Contains(cmdline, dir)
 	})
@@ -201,6 +212,9 @@ func connectCRI(ctx context.Context, name, sock string, launch func() (*daemonPr
 			d.conn.Close()
 			proc.stop(30 * time.Second)
 		}
+		if s.afterStop != nil {
+			s.afterStop()
+		}
 		if s.removeDir {
 			os.RemoveAll(s.dir)
 		}
@@ -209,4 +223,28 @@ func connectCRI(ctx context.Context, name, sock string, launch func() (*daemonPr
 		}
 	}
 	return d, nil
+}
+
+// stopByPidFile sends SIGTERM to the berth-lazy a pid file names (a
+// stale file's pid, reused by another program, is left alone), waits up
+// to grace for it to go, then kills it.
+func stopByPidFile(pidFile string, grace time.Duration) {
+	data, err := os.ReadFile(pidFile)
+	if err != nil {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || pid <= 1 {
+		return
+	}
+	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil || !strings.HasPrefix(filepath.Base(exe), "berth-lazy") {
+		return
+	}
+	_ = unix.Kill(pid, unix.SIGTERM)
+	for deadline := time.Now().Add(grace); testutil.Alive(pid) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if testutil.Alive(pid) {
+		_ = unix.Kill(pid, unix.SIGKILL)
+	}
 }

@@ -76,18 +76,7 @@ func (b *PodBench) Run(ctx context.Context, res *Results) error {
 		})
 		reg.Push(s, bb, "bench/busybox:latest")
 		busybox = reg.Addr + "/bench/busybox:latest"
-		// containerd runs its sandboxes from an image; berth's pause binary
-		// in one keeps the two pause processes the same.
-		pauseBin, err := os.ReadFile(filepath.Join(b.BinDir, "pause"))
-		if err != nil {
-			s.Fatal(err)
-		}
-		p := testutil.BuildOCI(s, s.TempDir(), "latest", testutil.ImageSpec{
-			Layers: []testutil.Layer{{Files: []testutil.File{{Path: "pause", Content: string(pauseBin), Mode: 0o755}}}},
-			Config: v1.ImageConfig{Entrypoint: []string{"/pause"}},
-		})
-		reg.Push(s, p, "bench/pause:latest")
-		pause = reg.Addr + "/bench/pause:latest"
+		pause = pushPause(s, reg, b.BinDir)
 	}); err != nil {
 		return err
 	}
@@ -358,4 +347,20 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// pushPause pushes an image of berth's pause binary and returns its
+// reference: containerd runs its sandboxes from an image, and the same
+// program in it keeps the two runtimes' pause processes the same.
+func pushPause(s *testutil.Scratch, reg *testutil.Registry, binDir string) string {
+	pauseBin, err := os.ReadFile(filepath.Join(binDir, "pause"))
+	if err != nil {
+		s.Fatal(err)
+	}
+	p := testutil.BuildOCI(s, s.TempDir(), "latest", testutil.ImageSpec{
+		Layers: []testutil.Layer{{Files: []testutil.File{{Path: "pause", Content: string(pauseBin), Mode: 0o755}}}},
+		Config: v1.ImageConfig{Entrypoint: []string{"/pause"}},
+	})
+	reg.Push(s, p, "bench/pause:latest")
+	return reg.Addr + "/bench/pause:latest"
 }

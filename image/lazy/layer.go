@@ -24,6 +24,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	digest "github.com/opencontainers/go-digest"
@@ -64,7 +65,10 @@ type Layer struct {
 	verifier estargz.TOCEntryVerifier
 
 	fetched atomic.Int64 // bytes fetched from the blob, TOC included
-	group   singleflight.Group
+	// lastRead is when a file was last read (Unix nanoseconds), for the
+	// background fetch to keep out of the way of a container's reads.
+	lastRead atomic.Int64
+	group    singleflight.Group
 
 	// blobPath and file: the blob file (WithBlobFile), if any.
 	blobPath string
@@ -219,6 +223,14 @@ func (ra *readerAt) ReadAt(p []byte, off int64) (int, error) {
 	return int(n), nil
 }
 
+// LastRead is when a file of the layer was last read; zero if never.
+func (l *Layer) LastRead() time.Time {
+	if n := l.lastRead.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
 // Fetched is how many bytes of the blob this Layer has fetched.
 func (l *Layer) Fetched() int64 { return l.fetched.Load() }
 
@@ -285,6 +297,7 @@ func (l *Layer) walk(name string, e *estargz.TOCEntry, seen map[*estargz.TOCEntr
 // io.EOF at the file's end, as io.ReaderAt does. No byte of a chunk that
 // does not match its digest is copied to p.
 func (l *Layer) ReadAt(ctx context.Context, name string, p []byte, off int64) (int, error) {
+	l.lastRead.Store(time.Now().UnixNano())
 	name = clean(name)
 	e, ok := l.Lookup(name)
 	if !ok {

@@ -121,6 +121,8 @@ type rangeProxy struct {
 	stall   chan struct{} // while non-nil, range requests wait on it
 	// while non-nil, requests for a whole blob wait on it
 	stallWhole chan struct{}
+	// whole counts the requests for a whole blob.
+	whole atomic.Int32
 }
 
 func newRangeProxy(t *testing.T, target string) *rangeProxy {
@@ -153,6 +155,7 @@ func newRangeProxy(t *testing.T, target string) *rangeProxy {
 			stall = nil
 			if strings.Contains(r.URL.Path, "/blobs/") {
 				stall = p.stallWhole
+				p.whole.Add(1)
 			}
 		}
 		p.mu.Unlock()

@@ -86,7 +86,13 @@ type ServiceOptions struct {
 	// fetch is tried again, doubled up to MaxRetry (a second and a
 	// minute if zero).
 	FetchTimeout, StallTimeout, Retry, MaxRetry time.Duration
-	Logger                                      *slog.Logger
+	// Quiet: the background fetch of the whole blob starts once no file
+	// of the layer has been read for this long (2 s if zero), and at
+	// the latest a minute after the mount, so that it does not compete
+	// with a starting container's own reads (stargz-snapshotter's
+	// silence period).
+	Quiet  time.Duration
+	Logger *slog.Logger
 }
 
 // Service serves eStargz layers over FUSE, one mount per blob, and makes
@@ -115,6 +121,8 @@ type served struct {
 	file   string
 	cancel context.CancelFunc
 	done   chan struct{}
+	// mounted is when the layer was mounted.
+	mounted time.Time
 
 	mu sync.Mutex
 	// src and fetch: the source of the request's Remote (replaced when
@@ -173,6 +181,9 @@ func NewService(opts ServiceOptions) (*Service, error) {
 	}
 	if opts.StallTimeout <= 0 {
 		opts.StallTimeout = time.Minute
+	}
+	if opts.Quiet <= 0 {
+		opts.Quiet = 2 * time.Second
 	}
 	if opts.Retry <= 0 {
 		opts.Retry = time.Second
@@ -325,7 +336,7 @@ func (s *Service) Mount(ctx context.Context, req LayerRequest) (string, error) {
 
 // serve opens and mounts the layer; what it made is undone on failure.
 func (s *Service) serve(ctx context.Context, req LayerRequest) (_ *served, retErr error) {
-	sv := &served{req: req, file: filepath.Join(s.blobsDir(), req.Blob.Encoded()), done: make(chan struct{})}
+	sv := &served{req: req, file: filepath.Join(s.blobsDir(), req.Blob.Encoded()), done: make(chan struct{}), mounted: time.Now()}
 	if err := s.setSource(ctx, sv, req.Remote); err != nil {
 		return nil, err
 	}
@@ -386,6 +397,9 @@ func (s *Service) complete(ctx context.Context, sv *served) {
 	if err := sv.layer.Prefetch(ctx); err != nil && ctx.Err() == nil {
 		log.Warn("prefetch of a lazy layer failed; its files are fetched as they are read", "error", err)
 	}
+	if !s.waitQuiet(ctx, sv) {
+		return
+	}
 	wait := s.opts.Retry
 	for {
 		err := sv.layer.FetchAll(ctx, sv.req.Blob, func(ctx context.Context) (io.ReadCloser, error) {
@@ -407,6 +421,27 @@ func (s *Service) complete(ctx context.Context, sv *served) {
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, s.opts.MaxRetry)
+	}
+}
+
+// waitQuiet waits until no file of the layer has been read for Quiet, or
+// a minute after the mount; false if the layer went meanwhile.
+func (s *Service) waitQuiet(ctx context.Context, sv *served) bool {
+	latest := sv.mounted.Add(time.Minute)
+	for {
+		last := sv.layer.LastRead()
+		if last.Before(sv.mounted) {
+			last = sv.mounted
+		}
+		wait := min(time.Until(last.Add(s.opts.Quiet)), time.Until(latest))
+		if wait <= 0 {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(wait):
+		}
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	"go.podman.io/image/v5/docker"
 	"go.podman.io/image/v5/types"
+	"golang.org/x/sys/unix"
 
 	"github.com/berth-runtime/berth/image/lazy"
 )
@@ -33,6 +34,9 @@ func newService(t *testing.T, opts lazy.ServiceOptions) *lazy.Service {
 		opts.Open = openDocker
 	}
 	opts.Retry, opts.MaxRetry = 50*time.Millisecond, 200*time.Millisecond
+	if opts.Quiet == 0 {
+		opts.Quiet = 50 * time.Millisecond
+	}
 	s, err := lazy.NewService(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -220,5 +224,40 @@ func TestServiceKeepsTheNewestCredentials(t *testing.T) {
 	}
 	if got, err := os.ReadFile(filepath.Join(s.Status()[0].Dir, "etc/hello")); err != nil || string(got) != files[1].Content {
 		t.Errorf("etc/hello after the credentials changed: %q, %v", got, err)
+	}
+}
+
+// The background fetch of the whole blob keeps out of the way of a
+// container's reads: it starts once the layer has not been read for the
+// quiet time.
+func TestServiceBackgroundFetchWaitsForQuiet(t *testing.T) {
+	requireFUSE(t)
+	rl := pushLayer(t, files)
+	s := newService(t, lazy.ServiceOptions{Quiet: 700 * time.Millisecond})
+	dir, err := s.Mount(context.Background(), rl.request(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 8; i++ {
+		// Past the page cache, so that each read reaches the layer.
+		f, err := os.Open(filepath.Join(dir, "data/big"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.ReadAt(make([]byte, 10), int64(i%4)*10*chunkSize); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		time.Sleep(200 * time.Millisecond)
+	}
+	if n := rl.proxy.whole.Load(); n != 0 {
+		t.Errorf("%d requests for the whole blob while the layer was being read", n)
+	}
+	waitStatus(t, s, "the layer to be local once quiet", func(st lazy.LayerStatus) bool { return st.Complete })
+	if n := rl.proxy.whole.Load(); n != 1 {
+		t.Errorf("%d requests for the whole blob; want 1", n)
 	}
 }

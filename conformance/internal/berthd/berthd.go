@@ -378,6 +378,10 @@ func (d *Daemon) LazyHelperPid() int {
 	if err != nil || !testutil.Alive(pid) {
 		return 0
 	}
+	// A stale file's pid may be another program's by now.
+	if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err != nil || !strings.HasPrefix(filepath.Base(exe), "berth-lazy") {
+		return 0
+	}
 	return pid
 }
 

@@ -41,6 +41,8 @@ func main() {
 	parallelRounds := flag.Int("parallel-rounds", 3, "rounds of the concurrency benchmark")
 	pullMB := flag.Int("pull-mb", 200, "unpacked size of the pull benchmark's image, in MiB")
 	pullRounds := flag.Int("pull-rounds", 5, "rounds of the pull benchmark")
+	lazyMB := flag.Int("lazy-mb", 1024, "unpacked size of the lazy pull benchmark's image, in MiB")
+	lazyRounds := flag.Int("lazy-rounds", 3, "rounds of the lazy pull benchmark")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if os.Geteuid() != 0 {
@@ -64,6 +66,7 @@ func main() {
 		}
 	}
 	cfg := config{binDir: *binDir, peers: bench.Peers{Dir: *peers}, rounds: *rounds, groups: groups, pullMB: *pullMB, pullRounds: *pullRounds,
+		lazyMB: *lazyMB, lazyRounds: *lazyRounds,
 		cniBin: *cniBin, podRounds: *podRounds, density: *density, densityRounds: *densityRounds, parallel: *parallel, parallelRounds: *parallelRounds}
 	if err := run(ctx, res, cfg, log); err != nil {
 		fatal(err)
@@ -77,7 +80,7 @@ func main() {
 }
 
 // allGroups are the benchmark groups, in the order they run.
-var allGroups = []string{"oci", "pull", "pod"}
+var allGroups = []string{"oci", "pull", "lazy", "pod"}
 
 // config is what the command line chose.
 type config struct {
@@ -87,6 +90,8 @@ type config struct {
 	groups     map[string]bool
 	pullMB     int
 	pullRounds int
+	lazyMB     int
+	lazyRounds int
 	cniBin     string
 	podRounds  int
 	density    int
@@ -197,6 +202,16 @@ func run(ctx context.Context, res *bench.Results, cfg config, log *slog.Logger) 
 			Log: func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) }}
 		log.Info("pull benchmarks", "rounds", cfg.pullRounds, "MiB", cfg.pullMB)
 		if err := pull.Run(ctx, res); err != nil {
+			return err
+		}
+	}
+	if cfg.groups["lazy"] {
+		scratch := testutil.NewScratch(work)
+		defer scratch.Close()
+		lazy := &bench.LazyBench{Scratch: scratch, BinDir: absBin, Peers: cfg.peers, Rounds: cfg.lazyRounds, SizeMB: cfg.lazyMB,
+			Log: func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...)) }}
+		log.Info("lazy pull benchmarks", "rounds", cfg.lazyRounds, "MiB", cfg.lazyMB)
+		if err := lazy.Run(ctx, res); err != nil {
 			return err
 		}
 	}
