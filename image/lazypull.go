@@ -8,12 +8,14 @@ import (
 	"io"
 	"os"
 	"slices"
+	"sync"
 	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 	"go.podman.io/image/v5/docker/reference"
 	"go.podman.io/image/v5/types"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/berth-runtime/berth/image/lazy"
 )
@@ -272,7 +274,13 @@ func (s *Store) reconcileLazy(ctx context.Context) error {
 	if err != nil {
 		return storeIOError("read layers", err)
 	}
-	var errs []error
+	var (
+		mu   sync.Mutex
+		errs []error
+	)
+	// Unpacked side by side, as a pull unpacks its layers.
+	var g errgroup.Group
+	g.SetLimit(s.opts.MaxParallelLayers)
 	served := map[digest.Digest]bool{}
 	for _, l := range st {
 		served[l.Blob] = true
@@ -282,10 +290,15 @@ func (s *Store) reconcileLazy(ctx context.Context) error {
 				continue
 			}
 			for _, c := range chains {
-				if err := s.makeLocal(ctx, c, l.BlobFile); err != nil {
-					s.lazyFailed(l.Blob)
-					errs = append(errs, err)
-				}
+				g.Go(func() error {
+					if err := s.makeLocal(ctx, c, l.BlobFile); err != nil {
+						s.lazyFailed(l.Blob)
+						mu.Lock()
+						errs = append(errs, err)
+						mu.Unlock()
+					}
+					return nil
+				})
 			}
 			continue
 		}
@@ -293,6 +306,7 @@ func (s *Store) reconcileLazy(ctx context.Context) error {
 			s.releaseLazy(ctx, l.Blob)
 		}
 	}
+	_ = g.Wait()
 	// A layer berth-lazy does not serve (it was restarted) is served
 	// again, so that its background fetch goes on.
 	for blob, ll := range recs {

@@ -187,6 +187,7 @@ func (b *LazyBench) once(ctx context.Context, name string, start func(context.Co
 	if err != nil {
 		return f, fmt.Errorf("%s: RunPodSandbox: %w", name, err)
 	}
+	podReady := time.Since(t0)
 	cc, err := d.rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: pod.PodSandboxId, SandboxConfig: cfg,
 		Config: &runtimeapi.ContainerConfig{
 			Metadata: &runtimeapi.ContainerMetadata{Name: "server"},
@@ -199,9 +200,11 @@ func (b *LazyBench) once(ctx context.Context, name string, start func(context.Co
 	if err != nil {
 		return f, fmt.Errorf("%s: CreateContainer: %w", name, err)
 	}
+	created := time.Since(t0)
 	if _, err := d.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: cc.ContainerId}); err != nil {
 		return f, fmt.Errorf("%s: StartContainer: %w", name, err)
 	}
+	started := time.Since(t0)
 	if err := waitHTTP(ctx, fmt.Sprintf("http://127.0.0.1:%d/", port)); err != nil {
 		return f, fmt.Errorf("%s: %w (its log: %s)", name, err, lastLines(string(readFile(filepath.Join(dir, "logs", "server.log"))), 5))
 	}
@@ -216,8 +219,9 @@ func (b *LazyBench) once(ctx context.Context, name string, start func(context.Co
 		f.allLocal = time.Since(t0)
 	}
 	f.bytesInAll = proxy.served.Load()
-	b.Log("%s: first answer after %v (%.1f MiB fetched), all local after %v (%.1f MiB)", name,
-		f.answer.Round(time.Millisecond), mib(f.bytesAtAnswer), f.allLocal.Round(time.Millisecond), mib(f.bytesInAll))
+	ms := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
+	b.Log("%s: pulled %s, pod ready %s, created %s, started %s, first answer %s (%.1f MiB fetched), all local %s (%.1f MiB)", name,
+		ms(pulled), ms(podReady), ms(created), ms(started), ms(f.answer), mib(f.bytesAtAnswer), ms(f.allLocal), mib(f.bytesInAll))
 	return f, nil
 }
 

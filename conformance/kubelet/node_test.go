@@ -32,6 +32,8 @@ var suite struct {
 	reg     *testutil.Registry
 	regConf string
 	busybox string
+	// base is the busybox layer, for images made on the way.
+	base testutil.Layer
 }
 
 func TestMain(m *testing.M) {
@@ -41,7 +43,7 @@ func TestMain(m *testing.M) {
 		}
 		suite.reg = testutil.StartRegistry(s, testutil.RegistryOptions{})
 		suite.regConf = testutil.RegistriesConf(s, "", suite.reg.Addr)
-		suite.busybox, _ = berthd.PushBusybox(s, suite.reg, "PATH=/usr/sbin:/usr/bin:/sbin:/bin")
+		suite.busybox, suite.base = berthd.PushBusybox(s, suite.reg, "PATH=/usr/sbin:/usr/bin:/sbin:/bin")
 		return nil
 	})
 }
@@ -91,8 +93,24 @@ var kubeletSysctls = []string{
 	"kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes",
 }
 
+// nodeOptions tune a node's berthd.
+type nodeOptions struct {
+	// registriesConf; default the suite's.
+	registriesConf string
+	// extra TOML lines for berthd's configuration.
+	extra string
+}
+
 func startNode(t *testing.T) *node {
 	t.Helper()
+	return startNodeWith(t, nodeOptions{})
+}
+
+func startNodeWith(t *testing.T, o nodeOptions) *node {
+	t.Helper()
+	if o.registriesConf == "" {
+		o.registriesConf = suite.regConf
+	}
 	n := &node{t: t, bin: kubeletBin(t), dir: t.TempDir()}
 	n.manifests = filepath.Join(n.dir, "manifests")
 	n.podLogs = filepath.Join(n.dir, "pod-logs")
@@ -134,8 +152,8 @@ func startNode(t *testing.T) *node {
 	bridge := fmt.Sprintf("bk%d", os.Getpid()%100000)
 	confDir, _ := berthd.BridgeNetwork(t, bridge, fmt.Sprintf("10.221.%d.0/24", os.Getpid()%250))
 	n.d = berthd.Start(t, berthd.Options{
-		CNIConfDir: confDir, RegistriesConf: suite.regConf, CgroupParent: n.berthdParent,
-		Extra: fmt.Sprintf("cni_bin_dirs = [%q]", berthd.CNIBinDir(t)),
+		CNIConfDir: confDir, RegistriesConf: o.registriesConf, CgroupParent: n.berthdParent,
+		Extra: fmt.Sprintf("cni_bin_dirs = [%q]\n%s", berthd.CNIBinDir(t), o.extra),
 	})
 	// The kubelet's chains (KUBE-FIREWALL, KUBE-KUBELET-CANARY, ...) and
 	// the jumps into them go after the kubelet.
