@@ -104,13 +104,42 @@ type Service struct {
 	opts ServiceOptions
 	log  *slog.Logger
 
-	// changing is held through a Mount or Unmount, which may wait on a
-	// registry or the kernel; mu guards layers, which Status reads.
-	changing sync.Mutex
+	// mu guards layers, which Status reads, and changing: a blob's
+	// lock, held through a Mount or Unmount of it, which may wait on a
+	// registry or the kernel; the layers of one image mount side by
+	// side.
 	mu       sync.Mutex
 	layers   map[digest.Digest]*served
+	changing map[digest.Digest]*blobLock
 	// draining counts unmounted layers still served to an overlay.
 	draining sync.WaitGroup
+}
+
+// blobLock is a blob's lock, and how many hold or wait for it.
+type blobLock struct {
+	sync.Mutex
+	users int
+}
+
+// lock takes blob's lock and returns its release.
+func (s *Service) lock(blob digest.Digest) (unlock func()) {
+	s.mu.Lock()
+	l, ok := s.changing[blob]
+	if !ok {
+		l = &blobLock{}
+		s.changing[blob] = l
+	}
+	l.users++
+	s.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		s.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(s.changing, blob)
+		}
+		s.mu.Unlock()
+	}
 }
 
 // served is one mounted layer and its background fetch.
@@ -194,7 +223,7 @@ func NewService(opts ServiceOptions) (*Service, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Service{opts: opts, log: opts.Logger, layers: map[digest.Digest]*served{}}
+	s := &Service{opts: opts, log: opts.Logger, layers: map[digest.Digest]*served{}, changing: map[digest.Digest]*blobLock{}}
 	for _, d := range []string{s.mountsDir(), s.blobsDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("lazy layer service: %w", err)
@@ -303,8 +332,7 @@ func (s *Service) Mount(ctx context.Context, req LayerRequest) (string, error) {
 	if req.Size <= 0 {
 		return "", fmt.Errorf("lazy layer %s: size %d", req.Blob, req.Size)
 	}
-	s.changing.Lock()
-	defer s.changing.Unlock()
+	defer s.lock(req.Blob)()
 	s.mu.Lock()
 	sv, ok := s.layers[req.Blob]
 	s.mu.Unlock()
@@ -525,8 +553,7 @@ func (s *Service) Status() []LayerStatus {
 // reads on. The blob file goes then (whoever wanted the complete blob
 // has taken it).
 func (s *Service) Unmount(blob digest.Digest) error {
-	s.changing.Lock()
-	defer s.changing.Unlock()
+	defer s.lock(blob)()
 	s.mu.Lock()
 	sv, ok := s.layers[blob]
 	s.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -259,5 +260,31 @@ func TestServiceBackgroundFetchWaitsForQuiet(t *testing.T) {
 	waitStatus(t, s, "the layer to be local once quiet", func(st lazy.LayerStatus) bool { return st.Complete })
 	if n := rl.proxy.whole.Load(); n != 1 {
 		t.Errorf("%d requests for the whole blob; want 1", n)
+	}
+}
+
+// Mounts of one layer at once serve it once; of two layers, both.
+func TestServiceConcurrentMounts(t *testing.T) {
+	requireFUSE(t)
+	a, b := pushLayer(t, files), pushLayer(t, mountFiles)
+	s := newService(t, lazy.ServiceOptions{})
+	dirs := make([]string, 8)
+	errs := make([]error, 8)
+	var wg sync.WaitGroup
+	for i := range dirs {
+		req := a.request(t)
+		if i%2 == 1 {
+			req = b.request(t)
+		}
+		wg.Go(func() { dirs[i], errs[i] = s.Mount(context.Background(), req) })
+	}
+	wg.Wait()
+	for i := range dirs {
+		if errs[i] != nil || dirs[i] != dirs[i%2] {
+			t.Errorf("mount %d: %q, %v; want %q", i, dirs[i], errs[i], dirs[i%2])
+		}
+	}
+	if st := s.Status(); len(st) != 2 || dirs[0] == dirs[1] {
+		t.Errorf("status after concurrent mounts: %+v", st)
 	}
 }
