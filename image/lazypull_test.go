@@ -3,7 +3,6 @@ package image_test
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -50,15 +49,6 @@ func newMounter(t *testing.T) serviceMounter {
 	return serviceMounter{svc}
 }
 
-func randomText(n int) string {
-	r := rand.New(rand.NewPCG(3, 3))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return string(b)
-}
-
 // lowerDirs returns the lowerdir option of the overlay mounted at target.
 func lowerDirs(t *testing.T, target string) string {
 	t.Helper()
@@ -77,7 +67,7 @@ func lowerDirs(t *testing.T, target string) string {
 	return ""
 }
 
-var lazyBig = randomText(2 << 20)
+var lazyBig = testutil.IncompressibleFrom(3, 2<<20)
 
 // An eStargz image pulled lazily: the pull ends with its eStargz layer
 // mounted, not fetched (an ordinary layer above it is unpacked onto it);

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -23,15 +22,6 @@ import (
 	"github.com/berth-runtime/berth/internal/testutil"
 )
 
-func randomContent(seed uint64, n int) string {
-	r := rand.New(rand.NewPCG(seed, seed))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return string(b)
-}
-
 func sha256Hex(s string) string { return fmt.Sprintf("%x", sha256.Sum256([]byte(s))) }
 
 // lazyImage is an image of the busybox layer and an eStargz layer with
@@ -44,7 +34,7 @@ type lazyImage struct {
 
 func pushLazyImage(t *testing.T, repoTag string) lazyImage {
 	t.Helper()
-	img := lazyImage{repoTag: repoTag, big: randomContent(11, 8<<20), middle: randomContent(12, 256<<10), tail: randomContent(13, 100<<10)}
+	img := lazyImage{repoTag: repoTag, big: testutil.IncompressibleFrom(11, 8<<20), middle: testutil.IncompressibleFrom(12, 256<<10), tail: testutil.IncompressibleFrom(13, 100<<10)}
 	layout := testutil.BuildOCI(t, t.TempDir(), "v1", testutil.ImageSpec{
 		Layers: []testutil.Layer{suite.base, {Compression: "estargz", EStargzChunkSize: 256 << 10, Files: []testutil.File{
 			{Path: "data/", Type: '5'},

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -20,22 +19,13 @@ import (
 	"github.com/berth-runtime/berth/internal/testutil"
 )
 
-func randomContent(seed uint64, n int) string {
-	r := rand.New(rand.NewPCG(seed, seed))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return string(b)
-}
-
 // A kubelet's static pod from an eStargz image pulled lazily: Ready
 // before the image's big layer is fetched, with the file at the end of
 // that layer read; berthd killed while the layer is fetched in the
 // background leaves the container running and its files whole; the
 // layer ends up local.
 func TestKubeletLazyPull(t *testing.T) {
-	big, tail := randomContent(21, 8<<20), randomContent(22, 100<<10)
+	big, tail := testutil.IncompressibleFrom(21, 8<<20), testutil.IncompressibleFrom(22, 100<<10)
 	layout := testutil.BuildOCI(t, t.TempDir(), "v1", testutil.ImageSpec{
 		Layers: []testutil.Layer{suite.base, {Compression: "estargz", EStargzChunkSize: 256 << 10, Files: []testutil.File{
 			{Path: "data/", Type: '5'},

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -33,22 +32,11 @@ func TestMain(m *testing.M) { testutil.Main(m) }
 
 const chunkSize = 64 << 10
 
-// random is n bytes that do not compress: a chunk's compressed size is
-// about its size, so fetched bytes say which chunks were fetched.
-func random(seed uint64, n int) string {
-	r := rand.New(rand.NewPCG(seed, seed))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return string(b)
-}
-
 var files = []testutil.File{
 	{Path: "etc/", Type: '5'},
 	{Path: "etc/hello", Content: "hello from a lazy layer\n"},
 	{Path: "data/", Type: '5'},
-	{Path: "data/big", Content: random(1, 40*chunkSize+123)},
+	{Path: "data/big", Content: testutil.IncompressibleFrom(1, 40*chunkSize+123)},
 	{Path: "data/link", Type: '2', Linkname: "big"},
 	{Path: "data/hard", Type: '1', Linkname: "data/big"},
 	{Path: "empty", Content: ""},
@@ -338,7 +326,7 @@ func buildBlob(t testing.TB, fs []testutil.File, opts ...estargz.Option) ([]byte
 // is the TOC's digest, not gzip's own.
 func TestChunkDigestIsChecked(t *testing.T) {
 	other := slices.Clone(files)
-	other[3].Content = random(2, len(files[3].Content))
+	other[3].Content = testutil.IncompressibleFrom(2, len(files[3].Content))
 	// Stored, not compressed: the two blobs have the same layout.
 	a, toc := buildBlob(t, files, estargz.WithCompressionLevel(gzip.NoCompression))
 	b, _ := buildBlob(t, other, estargz.WithCompressionLevel(gzip.NoCompression))

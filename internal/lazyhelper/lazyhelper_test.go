@@ -3,7 +3,6 @@ package lazyhelper_test
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,22 +20,13 @@ import (
 
 func TestMain(m *testing.M) { testutil.Main(m) }
 
-func random(n int) string {
-	r := rand.New(rand.NewPCG(7, 7))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return string(b)
-}
-
 var files = []testutil.File{
 	{Path: "etc/", Type: '5'},
 	{Path: "etc/hello", Content: "hello from berth-lazy\n"},
 	{Path: "data/", Type: '5'},
 	// Last in the blob: read only after the registry is cut, so its
 	// chunks cannot have been fetched before.
-	{Path: "data/tail", Content: random(3 << 20)},
+	{Path: "data/tail", Content: testutil.IncompressibleFrom(7, 3<<20)},
 }
 
 // helper is a berth-lazy process this test started, and its

@@ -4,17 +4,7 @@ import "io"
 
 // Incompressible returns n bytes that gzip cannot shrink much, the same
 // every time.
-func Incompressible(n int) string {
-	b := make([]byte, n)
-	x := uint32(2463534242)
-	for i := range b {
-		x ^= x << 13
-		x ^= x >> 17
-		x ^= x << 5
-		b[i] = byte(x)
-	}
-	return string(b)
-}
+func Incompressible(n int) string { return IncompressibleFrom(0, n) }
 
 // CutAfter passes N bytes of R, then calls Cut (once) and fails as a
 // dropped connection does.
