@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -32,9 +33,11 @@ type lazyImage struct {
 	layer             v1.Descriptor // the eStargz layer's
 }
 
-func pushLazyImage(t *testing.T, repoTag string) lazyImage {
+// pushLazyImage pushes the image, its files' content made from seed.
+func pushLazyImage(t *testing.T, repoTag string, seed uint64) lazyImage {
 	t.Helper()
-	img := lazyImage{repoTag: repoTag, big: testutil.IncompressibleFrom(11, 8<<20), middle: testutil.IncompressibleFrom(12, 256<<10), tail: testutil.IncompressibleFrom(13, 100<<10)}
+	img := lazyImage{repoTag: repoTag, big: testutil.IncompressibleFrom(seed, 8<<20),
+		middle: testutil.IncompressibleFrom(seed+1, 256<<10), tail: testutil.IncompressibleFrom(seed+2, 100<<10)}
 	layout := testutil.BuildOCI(t, t.TempDir(), "v1", testutil.ImageSpec{
 		Layers: []testutil.Layer{suite.base, {Compression: "estargz", EStargzChunkSize: 256 << 10, Files: []testutil.File{
 			{Path: "data/", Type: '5'},
@@ -67,7 +70,7 @@ func lazyStatus(t *testing.T, d *daemon) []lazy.LayerStatus {
 // and not hang; once the layer is local berthd unpacks it and new
 // containers use it with the registry gone.
 func TestLazyPullThroughCRI(t *testing.T) {
-	img := pushLazyImage(t, "lazy/cri:v1")
+	img := pushLazyImage(t, "lazy/cri:v1", 10)
 	big, middle, tail, lazyLayer := img.big, img.middle, img.tail, img.layer
 
 	// The background fetch of the eStargz layer waits until the test
@@ -174,7 +177,7 @@ func TestLazyPullThroughCRI(t *testing.T) {
 // server's mount cannot read what their page cache lacks: the kernel's
 // FUSE connection died with the process.)
 func TestLazyPullHelperCrash(t *testing.T) {
-	img := pushLazyImage(t, "lazy/crash:v1")
+	img := pushLazyImage(t, "lazy/crash:v1", 20)
 	proxy := testutil.StartBlobProxy(t, suite.reg.Addr)
 	proxy.Hold(img.layer.Digest.String())
 	d := startDaemon(t, daemonOptions{
@@ -227,5 +230,51 @@ func TestLazyPullHelperCrash(t *testing.T) {
 	})
 	if got := d.mustExec(t, c2, "sha256sum", "/data/big"); !strings.HasPrefix(got, sha256Hex(img.big)) {
 		t.Errorf("sha256sum of the big file once local: %q", got)
+	}
+}
+
+// A hostile registry: a chunk that does not match the TOC's digest is
+// refused, and not a byte of it reaches the container, which reads the
+// file once the registry serves it right; a TOC that does not match the
+// manifest's digest has its layer pulled whole instead.
+func TestLazyPullHostileRegistry(t *testing.T) {
+	img := pushLazyImage(t, "lazy/hostile:v1", 30)
+	other := pushLazyImage(t, "lazy/hostile-toc:v1", 40)
+	proxy := testutil.StartBlobProxy(t, suite.reg.Addr)
+	proxy.Hold(img.layer.Digest.String())
+	d := startDaemon(t, daemonOptions{
+		registriesConf: testutil.RegistriesConf(t, "", suite.reg.Addr, proxy.Addr),
+		extra:          "[lazy_pull]\nenabled = true\n",
+	})
+	ref := proxy.Addr + "/" + img.repoTag
+	d.pull(t, ref)
+	podCfg := d.podConfig("lazy-hostile")
+	pod := d.runPod(t, podCfg)
+	c := d.run(t, pod, podCfg, containerConfig("reader", ref))
+
+	proxy.CorruptRanges(true)
+	stdout, stderr, code := d.execSync(t, c, "cat", "/data/middle")
+	if code == 0 || !strings.Contains(stderr, "Input/output error") || stdout != "" {
+		t.Errorf("reading a file whose chunks the registry corrupts: exit %d, %d bytes out, %q; want EIO and nothing", code, len(stdout), stderr)
+	}
+	logData, _ := os.ReadFile(filepath.Join(d.State, "berth-lazy.log"))
+	if !strings.Contains(string(logData), "content does not match its digest") {
+		t.Errorf("berth-lazy's log does not say the chunk was refused:\n%s", logData)
+	}
+	// The TOC itself, corrupted: the layer is pulled whole.
+	d.pull(t, proxy.Addr+"/"+other.repoTag)
+	if st := lazyStatus(t, d); len(st) != 1 || st[0].Blob != img.layer.Digest {
+		t.Errorf("after a pull whose TOC the registry corrupts, berth-lazy serves %+v; want only the first image's layer", st)
+	}
+	if !strings.Contains(d.LogLines("it cannot be served lazily"), other.layer.Digest.String()) {
+		t.Errorf("berthd did not log the layer pulled whole")
+	}
+	proxy.CorruptRanges(false)
+	if got := d.mustExec(t, c, "sha256sum", "/data/middle"); !strings.HasPrefix(got, sha256Hex(img.middle)) {
+		t.Errorf("sha256sum once the registry serves it right: %q", got)
+	}
+	c2 := d.run(t, pod, podCfg, containerConfig("whole", proxy.Addr+"/"+other.repoTag))
+	if got := d.mustExec(t, c2, "sha256sum", "/data/middle"); !strings.HasPrefix(got, sha256Hex(other.middle)) {
+		t.Errorf("sha256sum in the image pulled whole: %q", got)
 	}
 }

@@ -11,9 +11,10 @@ import (
 )
 
 // BlobProxy forwards a new port on 127.0.0.1 to a registry. It can hold
-// the requests for whole blobs (not ranges of them) and cut every
-// request, as a registry that goes away does: for tests of lazy pulls,
-// whose background fetch must not finish before the test says so.
+// the requests for whole blobs (not ranges of them), cut every request,
+// as a registry that goes away does, and corrupt what it serves of
+// ranges, as a hostile registry would: for tests of lazy pulls, whose
+// background fetch must not finish before the test says so.
 type BlobProxy struct {
 	// Addr is host:port.
 	Addr string
@@ -21,9 +22,10 @@ type BlobProxy struct {
 	mu sync.Mutex
 	// hold, while non-nil, holds the whole-blob requests for held (every
 	// blob if empty).
-	hold chan struct{}
-	held []string
-	cut  bool
+	hold    chan struct{}
+	held    []string
+	cut     bool
+	corrupt bool
 }
 
 // StartBlobProxy starts a proxy to the registry at addr until the
@@ -35,6 +37,15 @@ func StartBlobProxy(t T, addr string) *BlobProxy {
 	rp := httputil.NewSingleHostReverseProxy(u)
 	rp.Transport = &http.Transport{DisableKeepAlives: true}
 	rp.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) }
+	rp.ModifyResponse = func(r *http.Response) error {
+		p.mu.Lock()
+		corrupt := p.corrupt
+		p.mu.Unlock()
+		if corrupt && r.Request.Header.Get("Range") != "" && strings.Contains(r.Request.URL.Path, "/blobs/") {
+			r.Body = &FlipByte{R: r.Body, At: 100}
+		}
+		return nil
+	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if hold := p.holds(r); hold != nil {
 			select {
@@ -93,6 +104,13 @@ func (p *BlobProxy) Release() {
 		close(p.hold)
 		p.hold = nil
 	}
+}
+
+// CorruptRanges flips a byte of every range of a blob served while on.
+func (p *BlobProxy) CorruptRanges(on bool) {
+	p.mu.Lock()
+	p.corrupt = on
+	p.mu.Unlock()
 }
 
 // Cut answers every request with 502 Bad Gateway while on.
