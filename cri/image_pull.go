@@ -75,7 +75,6 @@ func pullAuth(a *runtimeapi.AuthConfig) (*image.Auth, error) {
 	return out, nil
 }
 
-// Pulls lists the pulls in flight, for the admin side channel.
 // LazyLayers lists the layers served lazily, for the side channel and
 // the metrics.
 func (s *Server) LazyLayers(ctx context.Context) ([]adminapi.LazyLayer, error) {
@@ -90,6 +89,7 @@ func (s *Server) LazyLayers(ctx context.Context) ([]adminapi.LazyLayer, error) {
 	return out, nil
 }
 
+// Pulls lists the pulls in flight, for the admin side channel.
 func (s *Server) Pulls() []adminapi.Pull {
 	out := []adminapi.Pull{}
 	for _, p := range s.images.Pulls() {
