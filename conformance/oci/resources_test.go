@@ -1,8 +1,10 @@
 package oci_test
 
 import (
+	"bufio"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -154,14 +156,57 @@ func TestEventsStats(t *testing.T) {
 		t.Fatalf("events --stats: %+v", ev)
 	}
 
-	// The streaming form prints stats every interval.
-	done := make(chan testutil.Result, 1)
-	go func() { done <- b.run("events", "--interval", "100ms", "ev") }()
-	time.Sleep(500 * time.Millisecond)
+	// The streaming form prints stats every interval: two of them are
+	// awaited, however long the binary takes to start (seconds under a
+	// VM's software emulation).
+	cmd := exec.Command(b.bin, b.global([]string{"events", "--interval", "100ms", "ev"})...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+		exited <- cmd.Wait()
+	}()
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	var stats int
+	timeout := time.After(time.Minute)
+	for stats < 2 {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("events stream ended after %d stats events", stats)
+			}
+			if strings.Contains(l, `"type":"stats"`) {
+				stats++
+			}
+		case <-timeout:
+			t.Fatalf("events stream printed %d stats events in a minute", stats)
+		}
+	}
 	// Deleting the container removes its cgroup, which ends the stream.
 	b.ok("delete", "--force", "ev")
-	out := (<-done).Stdout
-	if n := strings.Count(out, `"type":"stats"`); n < 2 {
-		t.Fatalf("events stream printed %d stats events: %q", n, out)
+	for {
+		select {
+		case _, ok := <-lines:
+			if ok {
+				continue
+			}
+			if err := <-exited; err != nil {
+				t.Errorf("events stream after the container's deletion: %v", err)
+			}
+			return
+		case <-time.After(time.Minute):
+			t.Fatal("events stream did not end with the container")
+		}
 	}
 }
