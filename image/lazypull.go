@@ -392,17 +392,19 @@ func (s *Store) makeLocal(ctx context.Context, chainID digest.Digest, blobFile s
 		}
 	}()
 	var parents []digest.Digest
-	for p := rec.Parent; p != ""; {
-		parents = append(parents, p)
-		var pr layerRecord
-		err := s.db.View(func(tx *bolt.Tx) error {
-			_, err := getJSON(tx.Bucket(bucketLayers), string(p), &pr)
-			return err
-		})
-		if err != nil {
-			return err
+	err = s.db.View(func(tx *bolt.Tx) error {
+		for p := rec.Parent; p != ""; {
+			parents = append(parents, p)
+			var pr layerRecord
+			if _, err := getJSON(tx.Bucket(bucketLayers), string(p), &pr); err != nil {
+				return err
+			}
+			p = pr.Parent
 		}
-		p = pr.Parent
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	job := layerJob{
 		src:     blobFileSource{path: blobFile},
