@@ -3,14 +3,10 @@ package cri
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"sync"
-	"syscall"
-	"time"
 
 	digest "github.com/opencontainers/go-digest"
 
@@ -82,11 +78,6 @@ func (m *lazyMounter) start(ctx context.Context) error {
 	if _, err := m.client.Status(ctx); err == nil {
 		return nil
 	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		return err
-	}
-	defer r.Close()
 	logPath := filepath.Join(m.cfg.State, "berth-lazy.log")
 	args := []string{
 		"--socket", m.cfg.lazySocket(), "--run-dir", filepath.Join(m.cfg.State, "lazy"),
@@ -96,34 +87,8 @@ func (m *lazyMounter) start(ctx context.Context) error {
 		args = append(args, "--debug")
 	}
 	cmd := exec.Command(m.cfg.LazyPull.HelperPath, args...)
-	cmd.ExtraFiles = []*os.File{w}
-	// A session of its own, as a shim's: no signal aimed at berthd's
-	// process group reaches the server of containers' files.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	cmd.Dir = "/"
-	if err := cmd.Start(); err != nil {
-		w.Close()
-		return fmt.Errorf("start berth-lazy: %w", err)
-	}
-	w.Close()
-	// berthd reaps the berth-lazy it started; after a restart, init does.
-	go func() { _ = cmd.Wait() }()
-	ready := make(chan error, 1)
-	go func() {
-		_, err := r.Read(make([]byte, 1))
-		ready <- err
-	}()
-	select {
-	case err := <-ready:
-		if err != nil {
-			return fmt.Errorf("berth-lazy exited before it served: see %s", logPath)
-		}
-	case <-time.After(20 * time.Second):
-		_ = cmd.Process.Kill()
-		return errors.New("berth-lazy did not start within 20s")
-	case <-ctx.Done():
-		_ = cmd.Process.Kill()
-		return ctx.Err()
+	if err := startDetached(ctx, cmd, "berth-lazy", logPath); err != nil {
+		return err
 	}
 	m.log.Info("started berth-lazy, the server of lazily pulled layers", "pid", cmd.Process.Pid, "log", logPath)
 	return nil

@@ -109,11 +109,6 @@ func (m *shimManager) client(podID string) *shim.Client {
 // start starts the pod's shim, which runs the OCI runtime at runtimePath
 // with runtimeRoot (the pod's handler's), and waits until it serves.
 func (m *shimManager) start(ctx context.Context, podID, runtimePath, runtimeRoot string) (*shim.Client, error) {
-	r, w, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	defer r.Close()
 	args := []string{
 		"--id", podID, "--socket", m.socket(podID), "--state-dir", m.stateDir(podID),
 		"--runtime", runtimePath, "--runtime-root", runtimeRoot, "--ready-fd", "3",
@@ -131,36 +126,8 @@ func (m *shimManager) start(ctx context.Context, podID, runtimePath, runtimeRoot
 	// caches, once made, stay (measured: 290 KiB of anonymous memory per
 	// shim on this 2-core machine, 80 KiB more than the environment).
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
-	cmd.ExtraFiles = []*os.File{w}
-	// A session of its own: no signal aimed at berthd's process group or
-	// terminal reaches the keeper of the pod's processes.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	cmd.Dir = "/"
-	if err := cmd.Start(); err != nil {
-		w.Close()
-		return nil, fmt.Errorf("start shim: %w", err)
-	}
-	w.Close()
-	// berthd reaps the shim it started; after a restart, init does.
-	go func() { _ = cmd.Wait() }()
-	ready := make(chan error, 1)
-	go func() {
-		b := make([]byte, 1)
-		_, err := r.Read(b)
-		ready <- err
-	}()
-	select {
-	case err := <-ready:
-		if err != nil {
-			_ = cmd.Process.Kill()
-			return nil, fmt.Errorf("shim exited before it served: see %s/shim.log", m.stateDir(podID))
-		}
-	case <-time.After(20 * time.Second):
-		_ = cmd.Process.Kill()
-		return nil, errors.New("shim did not start within 20s")
-	case <-ctx.Done():
-		_ = cmd.Process.Kill()
-		return nil, ctx.Err()
+	if err := startDetached(ctx, cmd, "shim", m.stateDir(podID)+"/shim.log"); err != nil {
+		return nil, err
 	}
 	if err := m.recordPid(podID, cmd.Process.Pid); err != nil {
 		m.log.Warn("record shim pid", "pod", podID, "error", err)
@@ -249,4 +216,45 @@ func (m *shimManager) stop(ctx context.Context, podID string) {
 	_ = os.Remove(m.socket(podID))
 	_ = os.Remove(m.pidFile(podID))
 	_ = os.RemoveAll(m.stateDir(podID))
+}
+
+// startDetached starts cmd (a shim, berth-lazy: a process that outlives
+// berthd) in a session of its own, so that no signal aimed at berthd's
+// process group or terminal reaches it, and waits until it writes a byte
+// to its descriptor 3 (--ready-fd 3). berthd reaps what it started;
+// after a restart, init does. log is where to look if it fails.
+func startDetached(ctx context.Context, cmd *exec.Cmd, name, log string) error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	cmd.Dir = "/"
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return fmt.Errorf("start %s: %w", name, err)
+	}
+	w.Close()
+	go func() { _ = cmd.Wait() }()
+	ready := make(chan error, 1)
+	go func() {
+		_, err := r.Read(make([]byte, 1))
+		ready <- err
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			_ = cmd.Process.Kill()
+			return fmt.Errorf("%s exited before it served: see %s", name, log)
+		}
+	case <-time.After(20 * time.Second):
+		_ = cmd.Process.Kill()
+		return fmt.Errorf("%s did not start within 20s", name)
+	case <-ctx.Done():
+		_ = cmd.Process.Kill()
+		return ctx.Err()
+	}
+	return nil
 }
