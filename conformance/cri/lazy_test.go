@@ -53,6 +53,20 @@ func pushLazyImage(t *testing.T, repoTag string, seed uint64) lazyImage {
 	return img
 }
 
+// startLazyDaemon starts a berthd with [lazy_pull] on, pulling through a
+// proxy that holds the fetch of img's whole eStargz layer until the test
+// releases it, and returns the image's reference through the proxy.
+func startLazyDaemon(t *testing.T, img lazyImage) (*daemon, *testutil.BlobProxy, string) {
+	t.Helper()
+	proxy := testutil.StartBlobProxy(t, suite.reg.Addr)
+	proxy.Hold(img.layer.Digest.String())
+	d := startDaemon(t, daemonOptions{
+		registriesConf: testutil.RegistriesConf(t, "", suite.reg.Addr, proxy.Addr),
+		extra:          "[lazy_pull]\nenabled = true\n",
+	})
+	return d, proxy, proxy.Addr + "/" + img.repoTag
+}
+
 // lazyStatus is berth-lazy's view of the daemon's lazily served layers.
 func lazyStatus(t *testing.T, d *daemon) []lazy.LayerStatus {
 	t.Helper()
@@ -73,15 +87,7 @@ func TestLazyPullThroughCRI(t *testing.T) {
 	img := pushLazyImage(t, "lazy/cri:v1", 10)
 	big, middle, tail, lazyLayer := img.big, img.middle, img.tail, img.layer
 
-	// The background fetch of the eStargz layer waits until the test
-	// lets it go.
-	proxy := testutil.StartBlobProxy(t, suite.reg.Addr)
-	proxy.Hold(lazyLayer.Digest.String())
-	d := startDaemon(t, daemonOptions{
-		registriesConf: testutil.RegistriesConf(t, "", suite.reg.Addr, proxy.Addr),
-		extra:          "[lazy_pull]\nenabled = true\n",
-	})
-	ref := proxy.Addr + "/" + img.repoTag
+	d, proxy, ref := startLazyDaemon(t, img)
 	d.pull(t, ref)
 	st := lazyStatus(t, d)
 	if len(st) != 1 || st[0].Blob != lazyLayer.Digest || st[0].Complete || st[0].Local >= lazyLayer.Size/2 {
@@ -178,13 +184,7 @@ func TestLazyPullThroughCRI(t *testing.T) {
 // FUSE connection died with the process.)
 func TestLazyPullHelperCrash(t *testing.T) {
 	img := pushLazyImage(t, "lazy/crash:v1", 20)
-	proxy := testutil.StartBlobProxy(t, suite.reg.Addr)
-	proxy.Hold(img.layer.Digest.String())
-	d := startDaemon(t, daemonOptions{
-		registriesConf: testutil.RegistriesConf(t, "", suite.reg.Addr, proxy.Addr),
-		extra:          "[lazy_pull]\nenabled = true\n",
-	})
-	ref := proxy.Addr + "/" + img.repoTag
+	d, proxy, ref := startLazyDaemon(t, img)
 	d.pull(t, ref)
 	podCfg := d.podConfig("lazy-crash")
 	pod := d.runPod(t, podCfg)
@@ -240,13 +240,7 @@ func TestLazyPullHelperCrash(t *testing.T) {
 func TestLazyPullHostileRegistry(t *testing.T) {
 	img := pushLazyImage(t, "lazy/hostile:v1", 30)
 	other := pushLazyImage(t, "lazy/hostile-toc:v1", 40)
-	proxy := testutil.StartBlobProxy(t, suite.reg.Addr)
-	proxy.Hold(img.layer.Digest.String())
-	d := startDaemon(t, daemonOptions{
-		registriesConf: testutil.RegistriesConf(t, "", suite.reg.Addr, proxy.Addr),
-		extra:          "[lazy_pull]\nenabled = true\n",
-	})
-	ref := proxy.Addr + "/" + img.repoTag
+	d, proxy, ref := startLazyDaemon(t, img)
 	d.pull(t, ref)
 	podCfg := d.podConfig("lazy-hostile")
 	pod := d.runPod(t, podCfg)
