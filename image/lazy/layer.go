@@ -344,6 +344,15 @@ func (l *Layer) chunk(ctx context.Context, ce *estargz.TOCEntry) ([]byte, error)
 		return data, nil
 	}
 	v, err, _ := l.group.Do(fmt.Sprint(key.offset, "+", key.inner), func() (any, error) {
+		// A reader that missed the cache just before another's fetch
+		// ended and left the group finds the chunk here, not in a
+		// second fetch.
+		l.mu.Lock()
+		data, ok := l.cache[key]
+		l.mu.Unlock()
+		if ok {
+			return data, nil
+		}
 		// Shared by every reader waiting for it: one reader giving up
 		// does not fail the others (the Fetcher bounds its time).
 		data, err := l.fetchChunk(context.WithoutCancel(ctx), ce)
