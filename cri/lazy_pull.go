@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	digest "github.com/opencontainers/go-digest"
@@ -37,6 +39,13 @@ type lazyMounter struct {
 	log    *slog.Logger
 	client *lazyhelper.Client
 	mu     sync.Mutex // one start at a time
+
+	// kept are duplicates of berth-lazy's FUSE connections, by blob:
+	// while berthd holds one, a crash of berth-lazy leaves the layer's
+	// mount alive (its readers wait), and the next berth-lazy, given
+	// them at its start, serves them again.
+	keptMu sync.Mutex
+	kept   map[digest.Digest]lazy.Connection
 }
 
 func (m *lazyMounter) Mount(ctx context.Context, req lazy.LayerRequest) (dir string, err error) {
@@ -44,6 +53,9 @@ func (m *lazyMounter) Mount(ctx context.Context, req lazy.LayerRequest) (dir str
 		dir, err = m.client.Mount(ctx, req)
 		return err
 	})
+	if err == nil {
+		m.keep(ctx, []digest.Digest{req.Blob})
+	}
 	return dir, err
 }
 
@@ -52,7 +64,51 @@ func (m *lazyMounter) Status(ctx context.Context) (st []lazy.LayerStatus, err er
 		st, err = m.client.Status(ctx)
 		return err
 	})
+	if err == nil {
+		served := make([]digest.Digest, len(st))
+		for i, s := range st {
+			served[i] = s.Blob
+		}
+		m.keep(ctx, served)
+		m.forget(served)
+	}
 	return st, err
+}
+
+// keep fetches berth-lazy's connections if one of the served blobs has
+// none kept.
+func (m *lazyMounter) keep(ctx context.Context, served []digest.Digest) {
+	m.keptMu.Lock()
+	defer m.keptMu.Unlock()
+	if m.kept == nil {
+		m.kept = map[digest.Digest]lazy.Connection{}
+	}
+	if !slices.ContainsFunc(served, func(b digest.Digest) bool { _, ok := m.kept[b]; return !ok }) {
+		return
+	}
+	conns, err := m.client.Connections(ctx)
+	if err != nil {
+		m.log.Warn("keep berth-lazy's FUSE connections: a crash of berth-lazy would break the containers reading its layers", "error", err)
+		return
+	}
+	for _, c := range conns {
+		if old, ok := m.kept[c.Blob]; ok {
+			old.File.Close()
+		}
+		m.kept[c.Blob] = c
+	}
+}
+
+// forget closes the kept connections of blobs berth-lazy no longer serves.
+func (m *lazyMounter) forget(served []digest.Digest) {
+	m.keptMu.Lock()
+	defer m.keptMu.Unlock()
+	for b, c := range m.kept {
+		if !slices.Contains(served, b) {
+			c.File.Close()
+			delete(m.kept, b)
+		}
+	}
 }
 
 func (m *lazyMounter) Unmount(ctx context.Context, blob digest.Digest) error {
@@ -86,10 +142,25 @@ func (m *lazyMounter) start(ctx context.Context) error {
 	if m.cfg.LogLevel == "debug" {
 		args = append(args, "--debug")
 	}
+	m.keptMu.Lock()
+	var conns []lazy.Connection
+	for _, c := range m.kept {
+		conns = append(conns, c)
+	}
+	m.keptMu.Unlock()
+	var files []*os.File
+	if len(conns) > 0 {
+		// Descriptors 4 on: 3 is the ready pipe.
+		args = append(args, "--adopt", lazyhelper.AdoptFlag(conns, 4))
+		for _, c := range conns {
+			files = append(files, c.File)
+		}
+	}
 	cmd := exec.Command(m.cfg.LazyPull.HelperPath, args...)
+	cmd.ExtraFiles = files
 	if err := startDetached(ctx, cmd, "berth-lazy", logPath); err != nil {
 		return err
 	}
-	m.log.Info("started berth-lazy, the server of lazily pulled layers", "pid", cmd.Process.Pid, "log", logPath)
+	m.log.Info("started berth-lazy, the server of lazily pulled layers", "pid", cmd.Process.Pid, "log", logPath, "adopted", len(conns))
 	return nil
 }

@@ -229,7 +229,8 @@ func startDetached(ctx context.Context, cmd *exec.Cmd, name, log string) error {
 		return err
 	}
 	defer r.Close()
-	cmd.ExtraFiles = []*os.File{w}
+	// The ready pipe is fd 3; the caller's ExtraFiles follow it.
+	cmd.ExtraFiles = append([]*os.File{w}, cmd.ExtraFiles...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Dir = "/"
 	if err := cmd.Start(); err != nil {

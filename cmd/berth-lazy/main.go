@@ -32,6 +32,7 @@ func main() {
 		logPath  = flag.String("log", "", "log file (default: stderr)")
 		debugLog = flag.Bool("debug", false, "debug logging")
 		readyFd  = flag.Int("ready-fd", -1, "file descriptor to write one byte to once serving")
+		adopt    = flag.String("adopt", "", "FUSE connections of a crashed berth-lazy to serve again, as JSON (berthd passes them)")
 	)
 	flag.Parse()
 	level := slog.LevelInfo
@@ -44,24 +45,48 @@ func main() {
 		os.Exit(1)
 	}
 	defer closeLog()
-	if err := run(logger, *socket, *runDir, *stateDir, *readyFd); err != nil {
+	var conns []lazy.Connection
+	if *adopt != "" {
+		if conns, err = lazyhelper.ParseAdoptFlag(*adopt); err != nil {
+			logger.Error("berth-lazy", "error", err)
+			closeLog()
+			os.Exit(1)
+		}
+	}
+	if err := run(logger, *socket, *runDir, *stateDir, *readyFd, conns); err != nil {
 		logger.Error("berth-lazy", "error", err)
 		closeLog()
 		os.Exit(1)
 	}
 }
 
-func run(log *slog.Logger, socket, runDir, stateDir string, readyFd int) error {
+func run(log *slog.Logger, socket, runDir, stateDir string, readyFd int, adopt []lazy.Connection) error {
 	svc, err := lazy.NewService(lazy.ServiceOptions{
-		RunDir: runDir, StateDir: stateDir, Open: image.LazySource, Logger: log,
+		RunDir: runDir, StateDir: stateDir, Open: image.LazySource, Logger: log, Adopt: adopt,
 	})
 	if err != nil {
 		return err
+	}
+	if len(adopt) > 0 {
+		log.Info("kept FUSE connections of the previous berth-lazy, served again once their layers are asked for", "connections", len(adopt))
 	}
 	ln, err := lazyhelper.Listen(socket)
 	if err != nil {
 		return err
 	}
+	// berthd keeps duplicates of the FUSE connections from here, and
+	// gives them to the next berth-lazy after a crash.
+	connSocket := lazyhelper.ConnectionSocket(socket)
+	cln, err := lazyhelper.ListenConnections(connSocket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(connSocket)
+	go func() {
+		if err := lazyhelper.ServeConnections(cln, svc, log); err != nil {
+			log.Warn("connection socket", "error", err)
+		}
+	}()
 	srv := &http.Server{Handler: lazyhelper.Handler(svc, log)}
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
@@ -97,6 +122,7 @@ func run(log *slog.Logger, socket, runDir, stateDir string, readyFd int) error {
 			if err := srv.Shutdown(context.Background()); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return err
 			}
+			cln.Close()
 			os.Remove(socket)
 			return nil
 		}

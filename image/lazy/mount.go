@@ -1,20 +1,17 @@
 package lazy
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
-	"path"
+	"path/filepath"
+	"slices"
 	"sort"
-	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
-	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
@@ -24,41 +21,180 @@ import (
 type Mount struct {
 	Dir    string
 	server *fuse.Server
+	// dev is a duplicate of the connection's /dev/fuse descriptor and
+	// init the kernel's INIT of it: what another process needs to go on
+	// serving the connection (Adopt) after this one is gone.
+	dev  *os.File
+	init []byte
 }
 
 // attrTimeout is how long the kernel may cache names and attributes: the
 // layer never changes.
 const attrTimeout = time.Hour
 
+// mountOptions are the go-fuse options of every mount and adoption: an
+// adopted connection must be served as it was negotiated.
+func mountOptions() *fuse.MountOptions {
+	return &fuse.MountOptions{
+		FsName: "berth-lazy", Name: "berth-lazy", MaxReadAhead: 1 << 20,
+		MaxWrite: 128 << 10,
+	}
+}
+
 // MountLayer serves l at dir, an existing empty directory, until Unmount.
 // Every entry of the TOC is there with its mode, owner, size, times,
 // device numbers, link target and extended attributes; a file's content
 // is read through l, and a read that fails (the registry gone, a chunk
 // that does not match its digest) fails with EIO and a log line.
+//
+// berth mounts /dev/fuse itself rather than through go-fuse so that it
+// holds the connection's descriptor: Dev hands a duplicate of it to a
+// keeper, from which a new process adopts the connection.
 func MountLayer(dir string, l *Layer, log *slog.Logger) (*Mount, error) {
-	e, ok := l.Lookup("")
-	if !ok {
-		return nil, fmt.Errorf("mount eStargz layer at %s: %w: no root directory", dir, ErrCorrupt)
-	}
-	tree := &tree{l: l, log: log.With("mount", dir), root: e}
-	root := &dirNode{entry{tree: tree, e: e}}
-	timeout := attrTimeout
-	server, err := fs.Mount(dir, root, &fs.Options{
-		EntryTimeout: &timeout, AttrTimeout: &timeout, NegativeTimeout: &timeout,
-		// The layer's owners and modes, checked by the kernel for every
-		// user of the overlay above it.
-		NullPermissions: true,
-		MountOptions: fuse.MountOptions{
-			DirectMount: true, AllowOther: true,
-			DirectMountFlags: unix.MS_RDONLY | unix.MS_NOSUID | unix.MS_NODEV,
-			Options:          []string{"default_permissions"},
-			FsName:           "berth-lazy", Name: "berth-lazy", MaxReadAhead: 1 << 20,
-		},
-	})
+	fsys, err := newLayerFS(l, log.With("mount", dir))
 	if err != nil {
 		return nil, fmt.Errorf("mount eStargz layer at %s: %w", dir, err)
 	}
-	return &Mount{Dir: dir, server: server}, nil
+	opts := mountOptions()
+	fd, err := unix.Open("/dev/fuse", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("mount eStargz layer at %s: %w", dir, err)
+	}
+	data := fmt.Sprintf("fd=%d,rootmode=40000,user_id=0,group_id=0,max_read=%d,allow_other,default_permissions", fd, opts.MaxWrite)
+	// The layer's owners and modes are checked by the kernel
+	// (default_permissions) for every user of the overlay above it.
+	if err := unix.Mount("berth-lazy", dir, "fuse.berth-lazy", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("mount eStargz layer at %s: %w", dir, err)
+	}
+	dev, err := dupFile(fd)
+	if err == nil {
+		var server *fuse.Server
+		server, err = fuse.NewServer(fsys, fmt.Sprintf("/dev/fd/%d", fd), opts)
+		if err == nil {
+			go server.Serve()
+			pollHack(dir)
+			init := server.KernelSettings()
+			return &Mount{Dir: dir, server: server, dev: dev, init: initBytes(init)}, nil
+		}
+		dev.Close()
+	} else {
+		unix.Close(fd)
+	}
+	_ = unix.Unmount(dir, unix.MNT_DETACH)
+	return nil, fmt.Errorf("mount eStargz layer at %s: %w", dir, err)
+}
+
+// Dev is a duplicate of the mount's /dev/fuse descriptor, owned by the
+// Mount, and the kernel's INIT of the connection, for Adopt. The kernel
+// keeps a connection while any of its descriptors is open: a keeper
+// holding a duplicate keeps the layer's overlays working, their reads
+// waiting, until a new server adopts it.
+func (m *Mount) Dev() (*os.File, []byte) { return m.dev, m.init }
+
+// Adopt serves l on the FUSE connection dev, mounted at dir by a server
+// that is gone, from which init is the kernel's INIT (Dev). The kernel
+// sends INIT only once per connection, and go-fuse starts a server only
+// on one: Adopt gives go-fuse that INIT from a socket, then puts the
+// connection in the socket's place before go-fuse reads a request.
+// Requests the old server read and never answered are sent again
+// (FUSE_NOTIFY_RESEND, Linux 6.9); on older kernels their readers wait
+// until they are killed. Node IDs are TOC order, the same in every
+// process serving the layer: the kernel's names stay valid.
+func Adopt(dir string, dev *os.File, init []byte, l *Layer, log *slog.Logger) (*Mount, error) {
+	fsys, err := newLayerFS(l, log.With("mount", dir))
+	if err != nil {
+		return nil, fmt.Errorf("adopt eStargz mount at %s: %w", dir, err)
+	}
+	// The kernel's INIT may be shorter than go-fuse's InitIn (older
+	// kernels): its header says how long.
+	if in := (*fuse.InHeader)(unsafe.Pointer(unsafe.SliceData(init))); len(init) != int(unsafe.Sizeof(fuse.InitIn{})) || in.Length > uint32(len(init)) || in.Length < uint32(unsafe.Sizeof(fuse.InHeader{}))+16 || in.Opcode != opInit {
+		return nil, fmt.Errorf("adopt eStargz mount at %s: not a FUSE INIT of %d bytes", dir, len(init))
+	}
+	msg := init[:(*fuse.InHeader)(unsafe.Pointer(unsafe.SliceData(init))).Length]
+	own, err := dupFile(int(dev.Fd()))
+	if err != nil {
+		return nil, fmt.Errorf("adopt eStargz mount at %s: %w", dir, err)
+	}
+	server, err := adoptServer(fsys, int(own.Fd()), msg)
+	if err != nil {
+		own.Close()
+		return nil, fmt.Errorf("adopt eStargz mount at %s: %w", dir, err)
+	}
+	go server.Serve()
+	if err := notifyResend(int(own.Fd())); err != nil {
+		log.Warn("eStargz mount adopted, but requests its old server had read are not sent again: their readers wait until killed", "mount", dir, "error", err)
+	}
+	return &Mount{Dir: dir, server: server, dev: own, init: slices.Clone(init)}, nil
+}
+
+// adoptServer starts a go-fuse server on a socket that holds only INIT,
+// then replaces the socket by a duplicate of the connection fd under the
+// same descriptor number (go-fuse reads its descriptor by number).
+// init is the kernel's INIT message as it sent it.
+func adoptServer(fsys fuse.RawFileSystem, fd int, init []byte) (*fuse.Server, error) {
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(pair[1])
+	// go-fuse's InitIn starts with the request's header: init is the
+	// kernel's whole INIT message.
+	if _, err := unix.Write(pair[1], init); err != nil {
+		unix.Close(pair[0])
+		return nil, fmt.Errorf("replay INIT: %w", err)
+	}
+	server, err := fuse.NewServer(fsys, fmt.Sprintf("/dev/fd/%d", pair[0]), mountOptions())
+	if err != nil {
+		// go-fuse closed pair[0] or never owned it; either way the
+		// number must not be closed twice.
+		return nil, fmt.Errorf("replay INIT: %w", err)
+	}
+	// go-fuse answered INIT on the socket; from now on the same number
+	// is the connection.
+	if err := unix.Dup3(fd, pair[0], unix.O_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("take over connection: %w", err)
+	}
+	return server, nil
+}
+
+// opInit is FUSE_INIT's opcode.
+const opInit = 26
+
+// pollHack makes the kernel ask for poll support once, answered "not
+// supported" by go-fuse for its magic name, as go-fuse's own mounts do:
+// otherwise a Go program opening a file of the mount (the tests, which
+// run the server in the same process) registers it with epoll, and the
+// kernel's poll request can deadlock against the runtime's poller. The
+// answer holds for the connection, adopted ones too.
+func pollHack(dir string) {
+	fd, err := unix.Open(filepath.Join(dir, ".go-fuse-epoll-hack"), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	_, _ = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLPRI | unix.POLLOUT}}, 0)
+	unix.Close(fd)
+}
+
+// notifyResend asks the kernel to send again the requests a dead server
+// had read and not answered.
+func notifyResend(fd int) error {
+	const notifyResend = 7 // FUSE_NOTIFY_RESEND
+	hdr := fuse.OutHeader{Length: uint32(unsafe.Sizeof(fuse.OutHeader{})), Status: notifyResend}
+	_, err := unix.Write(fd, unsafe.Slice((*byte)(unsafe.Pointer(&hdr)), unsafe.Sizeof(hdr)))
+	return err
+}
+
+func initBytes(in *fuse.InitIn) []byte {
+	return slices.Clone(unsafe.Slice((*byte)(unsafe.Pointer(in)), unsafe.Sizeof(*in)))
+}
+
+func dupFile(fd int) (*os.File, error) {
+	d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 3)
+	if err != nil {
+		return nil, fmt.Errorf("dup /dev/fuse: %w", err)
+	}
+	return os.NewFile(uintptr(d), "/dev/fuse"), nil
 }
 
 // Detach unmounts the layer's directory. It fails (EBUSY) while a file
@@ -77,6 +213,7 @@ func (m *Mount) Detach() error {
 // server has ended.
 func (m *Mount) Drained() {
 	m.server.Wait()
+	m.dev.Close()
 }
 
 // Unmount detaches the layer and waits for its server to end.
@@ -88,72 +225,8 @@ func (m *Mount) Unmount() error {
 	return nil
 }
 
-// tree makes the inodes of a layer's entries once the root is mounted.
-type tree struct {
-	l    *Layer
-	log  *slog.Logger
-	root *estargz.TOCEntry
-}
-
-// build makes an inode for every entry the layer's Walk lists, numbered in
-// its order, under the inode of the directory it is in. A hard link's
-// names are one inode; a second name of a directory (a hard link to it,
-// which a hostile TOC can name) is left out: it would make a cycle.
-func (t *tree) build(ctx context.Context, root *fs.Inode) {
-	dirs := map[string]*fs.Inode{"": root}
-	links := map[*estargz.TOCEntry]*fs.Inode{t.root: root}
-	ino := uint64(1) // the root's
-	_ = t.l.Walk(func(name string, e *estargz.TOCEntry) error {
-		if name == "" {
-			return nil
-		}
-		parentName, base := path.Split(name)
-		parent, ok := dirs[strings.TrimSuffix(parentName, "/")]
-		if !ok {
-			return nil // in a directory left out
-		}
-		if in, ok := links[e]; ok {
-			if e.Type == "dir" {
-				t.log.Warn("eStargz hard link to a directory left out", "name", name)
-				return nil
-			}
-			parent.AddChild(base, in, false)
-			return nil
-		}
-		var node fs.InodeEmbedder
-		var mode uint32
-		switch e.Type {
-		case "dir":
-			mode, node = fuse.S_IFDIR, &dirNode{entry{tree: t, e: e}}
-		case "reg":
-			mode, node = fuse.S_IFREG, &fileNode{entry: entry{tree: t, e: e}, name: name}
-		case "symlink":
-			mode, node = fuse.S_IFLNK, &linkNode{entry{tree: t, e: e}}
-		case "char":
-			mode, node = syscall.S_IFCHR, &specialNode{entry{tree: t, e: e}}
-		case "block":
-			mode, node = syscall.S_IFBLK, &specialNode{entry{tree: t, e: e}}
-		case "fifo":
-			mode, node = syscall.S_IFIFO, &specialNode{entry{tree: t, e: e}}
-		default:
-			t.log.Warn("eStargz entry of an unknown type left out", "name", name, "type", e.Type)
-			return nil
-		}
-		ino++
-		in := parent.NewPersistentInode(ctx, node, fs.StableAttr{Mode: mode, Ino: ino})
-		parent.AddChild(base, in, false)
-		if e.Type == "dir" {
-			dirs[name] = in
-		}
-		if e.Type == "dir" || e.NumLink > 1 {
-			links[e] = in
-		}
-		return nil
-	})
-}
-
 // fill is an entry's attributes as the kernel sees them.
-func (t *tree) fill(e *estargz.TOCEntry, out *fuse.Attr) {
+func fill(e *estargz.TOCEntry, out *fuse.Attr) {
 	fi := e.Stat().Mode()
 	out.Mode = uint32(fi.Perm())
 	if fi&os.ModeSetuid != 0 {
@@ -206,68 +279,3 @@ func listXattr(e *estargz.TOCEntry, dest []byte) (uint32, syscall.Errno) {
 	}
 	return uint32(copy(dest, buf)), 0
 }
-
-// entry is what every node of the tree is: an inode of one TOC entry,
-// with its attributes and extended attributes.
-type entry struct {
-	fs.Inode
-	tree *tree
-	e    *estargz.TOCEntry
-}
-
-func (n *entry) Getattr(_ context.Context, _ fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	n.tree.fill(n.e, &out.Attr)
-	return 0
-}
-
-func (n *entry) Getxattr(_ context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
-	return xattr(n.e, attr, dest)
-}
-
-func (n *entry) Listxattr(_ context.Context, dest []byte) (uint32, syscall.Errno) {
-	return listXattr(n.e, dest)
-}
-
-type dirNode struct{ entry }
-
-var _ = (fs.NodeOnAdder)((*dirNode)(nil))
-
-// OnAdd makes the whole tree when the root is mounted.
-func (d *dirNode) OnAdd(ctx context.Context) {
-	if d.e == d.tree.root {
-		d.tree.build(ctx, d.EmbeddedInode())
-	}
-}
-
-type fileNode struct {
-	entry
-	name string
-}
-
-func (f *fileNode) Open(_ context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND) != 0 {
-		return nil, 0, syscall.EROFS
-	}
-	// The content never changes: the page cache may keep it.
-	return nil, fuse.FOPEN_KEEP_CACHE, 0
-}
-
-func (f *fileNode) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	n, err := f.tree.l.ReadAt(ctx, f.name, dest, off)
-	// A short read is what the kernel gets before a failing chunk; the
-	// failure itself is EIO on its next request.
-	if err != nil && n == 0 && !errors.Is(err, io.EOF) {
-		f.tree.log.Error("lazy read failed", "file", f.name, "offset", off, "error", err)
-		return nil, syscall.EIO
-	}
-	return fuse.ReadResultData(dest[:n]), 0
-}
-
-type linkNode struct{ entry }
-
-func (s *linkNode) Readlink(context.Context) ([]byte, syscall.Errno) {
-	return []byte(s.e.LinkName), 0
-}
-
-// specialNode is a device or a FIFO: its attributes are all it has here.
-type specialNode struct{ entry }

@@ -1,15 +1,21 @@
 package lazy_test
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-runtime/berth/image/lazy"
@@ -165,5 +171,182 @@ func TestMountLayer(t *testing.T) {
 	}()
 	if _, err := os.ReadFile(filepath.Join(dir, "bin/su")); !errors.Is(err, syscall.EIO) {
 		t.Errorf("read from a registry that does not answer: %v; want EIO", err)
+	}
+}
+
+// adoptHelperEnv names the blob file and TOC digest a TestAdopt child
+// serves; its fd 3 is a socket to the test.
+const adoptHelperEnv = "BERTH_LAZY_ADOPT_HELPER"
+
+// TestAdoptHelperProcess is TestAdopt's first server, in a process of its
+// own that the test kills: it mounts the layer at the directory named in
+// its environment, sends the test a duplicate of the connection and its
+// INIT, and once the test writes a byte, blocks every fetch (writing a
+// byte back at the first), as a server that dies in the middle of one.
+func TestAdoptHelperProcess(t *testing.T) {
+	spec := os.Getenv(adoptHelperEnv)
+	if spec == "" {
+		t.Skip("the child of TestAdopt")
+	}
+	parts := strings.Split(spec, ",")
+	blob, err := os.ReadFile(parts[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := os.NewFile(3, "sock")
+	var blocking atomic.Bool
+	var once sync.Once
+	f := &memFetcher{blob: func(off, n int64) []byte {
+		if blocking.Load() {
+			once.Do(func() { _, _ = sock.Write([]byte{1}) })
+			select {}
+		}
+		return blob[off : off+n]
+	}}
+	l, err := lazy.Open(context.Background(), f, int64(len(blob)), digest.Digest(parts[2]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := lazy.MountLayer(parts[0], l, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, init := m.Dev()
+	if err := unix.Sendmsg(3, init, unix.UnixRights(int(dev.Fd())), nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sock.Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	blocking.Store(true)
+	select {}
+}
+
+// A server killed while it fetches a chunk for a reader: the connection,
+// kept by a duplicate of its descriptor, is adopted by another server,
+// which answers the kernel's node IDs and the read the dead one had taken.
+// The files already open, the names already looked up and the waiting
+// reader all go on as if nothing had happened.
+func TestAdopt(t *testing.T) {
+	requireFUSE(t)
+	blob, toc := buildBlob(t, mountFiles)
+	tmp := t.TempDir()
+	blobFile := filepath.Join(tmp, "blob")
+	if err := os.WriteFile(blobFile, blob, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(tmp, "layer")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ours, theirs := os.NewFile(uintptr(pair[0]), "sock"), os.NewFile(uintptr(pair[1]), "sock")
+	defer ours.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	child := exec.Command(exe, "-test.run=^TestAdoptHelperProcess$")
+	child.Env = append(os.Environ(), adoptHelperEnv+"="+dir+","+blobFile+","+toc.String())
+	child.ExtraFiles = []*os.File{theirs}
+	child.Stderr = os.Stderr
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	theirs.Close()
+	killed := false
+	t.Cleanup(func() {
+		if !killed {
+			_ = child.Process.Kill()
+			_ = child.Wait()
+		}
+		_ = unix.Unmount(dir, unix.MNT_DETACH)
+	})
+	init := make([]byte, 4096)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := unix.Recvmsg(pair[0], init, oob, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("no descriptor from the child: %v", err)
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		t.Fatalf("no descriptor from the child: %v", err)
+	}
+	dev := os.NewFile(uintptr(fds[0]), "/dev/fuse")
+	defer dev.Close()
+	init = init[:n]
+
+	// Before the crash: a name looked up, a file open, a chunk read.
+	if b, err := os.ReadFile(filepath.Join(dir, "etc/hello")); err != nil || string(b) != files[1].Content {
+		t.Fatalf("etc/hello: %q, %v", b, err)
+	}
+	big, err := os.Open(filepath.Join(dir, "data/big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer big.Close()
+	// The child now blocks its fetches; a read of data/big waits in it.
+	if _, err := ours.Write([]byte{1}); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		b   []byte
+		err error
+	}
+	read := make(chan result, 1)
+	go func() {
+		b := make([]byte, 100)
+		n, err := big.ReadAt(b, 3*chunkSize)
+		read <- result{b[:n], err}
+	}()
+	if _, err := ours.Read(make([]byte, 1)); err != nil {
+		t.Fatalf("the child took no fetch: %v", err)
+	}
+	if err := child.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = child.Wait()
+	killed = true
+
+	m := &memFetcher{blob: func(off, n int64) []byte { return blob[off : off+n] }}
+	l, err := lazy.Open(context.Background(), m, int64(len(blob)), toc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adopted, err := lazy.Adopt(dir, dev, init, l, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := adopted.Unmount(); err != nil {
+			t.Errorf("clean-up: %v", err)
+		}
+	})
+	select {
+	case r := <-read:
+		if want := files[3].Content[3*chunkSize : 3*chunkSize+100]; r.err != nil || string(r.b) != want {
+			t.Errorf("the read the dead server had taken: %q, %v", r.b, r.err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the read the dead server had taken is not answered after 30 s")
+	}
+	big.Close()
+	if b, err := os.ReadFile(filepath.Join(dir, "data/hard")); err != nil || string(b) != files[3].Content {
+		t.Errorf("data/hard after the adoption: %d bytes, %v", len(b), err)
+	}
+	ents, err := os.ReadDir(filepath.Join(dir, "home/user"))
+	if err != nil || len(ents) != 1 || ents[0].Name() != "notes" {
+		t.Errorf("home/user after the adoption: %v, %v", ents, err)
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(dir, "etc/hello"), &st); err != nil || st.Size != int64(len(files[1].Content)) {
+		t.Errorf("etc/hello after the adoption: %d bytes, %v", st.Size, err)
 	}
 }

@@ -94,6 +94,23 @@ type ServiceOptions struct {
 	// silence period).
 	Quiet  time.Duration
 	Logger *slog.Logger
+	// Adopt are the FUSE connections of a previous process that
+	// crashed, kept open by berthd: each is served again, where it is
+	// mounted, by the first Mount of its blob; one that no Mount asks
+	// for within AdoptTimeout (a minute if zero) is detached, and its
+	// readers fail.
+	Adopt        []Connection
+	AdoptTimeout time.Duration
+}
+
+// Connection is a served layer's FUSE connection: a duplicate of its
+// /dev/fuse descriptor and the kernel's INIT of it. A process that holds
+// one keeps the layer's mount alive, its reads waiting, while no server
+// runs; a new Service adopts it (ServiceOptions.Adopt).
+type Connection struct {
+	Blob digest.Digest
+	Init []byte
+	File *os.File
 }
 
 // Service serves eStargz layers over FUSE, one mount per blob, and makes
@@ -114,6 +131,9 @@ type Service struct {
 	changing map[digest.Digest]*blobLock
 	// draining counts unmounted layers still served to an overlay.
 	draining sync.WaitGroup
+	// orphans are the connections of ServiceOptions.Adopt not adopted
+	// yet, by blob; guarded by mu.
+	orphans map[digest.Digest]Connection
 }
 
 // blobLock is a blob's lock, and how many hold or wait for it.
@@ -224,7 +244,16 @@ func NewService(opts ServiceOptions) (*Service, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	s := &Service{opts: opts, log: opts.Logger, layers: map[digest.Digest]*served{}, changing: map[digest.Digest]*blobLock{}}
+	if opts.AdoptTimeout <= 0 {
+		opts.AdoptTimeout = time.Minute
+	}
+	s := &Service{opts: opts, log: opts.Logger, layers: map[digest.Digest]*served{}, changing: map[digest.Digest]*blobLock{}, orphans: map[digest.Digest]Connection{}}
+	for _, c := range opts.Adopt {
+		if err := c.Blob.Validate(); err != nil || c.File == nil {
+			return nil, fmt.Errorf("lazy layer service: connection to adopt of blob %q: %v", c.Blob, err)
+		}
+		s.orphans[c.Blob] = c
+	}
 	for _, d := range []string{s.mountsDir(), s.blobsDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("lazy layer service: %w", err)
@@ -233,20 +262,83 @@ func NewService(opts ServiceOptions) (*Service, error) {
 	if err := s.detachStale(); err != nil {
 		return nil, err
 	}
+	if len(s.orphans) > 0 {
+		time.AfterFunc(opts.AdoptTimeout, s.dropOrphans)
+	}
 	return s, nil
+}
+
+// dropOrphans detaches the mounts of connections nobody asked for: their
+// readers get ENOTCONN instead of waiting on.
+func (s *Service) dropOrphans() {
+	s.mu.Lock()
+	orphans := s.orphans
+	s.orphans = map[digest.Digest]Connection{}
+	s.mu.Unlock()
+	for blob, c := range orphans {
+		s.dropOrphan(blob, c, "a lazy layer of the previous berth-lazy was not asked for again")
+	}
+}
+
+func (s *Service) dropOrphan(blob digest.Digest, c Connection, why string) {
+	dir := filepath.Join(s.mountsDir(), blob.Encoded())
+	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+		s.log.Warn("detach an unadopted lazy layer", "mount", dir, "error", err)
+	}
+	c.File.Close()
+	os.Remove(dir)
+	s.log.Warn(why+"; containers above it fail to read its files", "blob", blob)
+}
+
+// takeOrphan returns the connection of blob left to adopt, if any.
+func (s *Service) takeOrphan(blob digest.Digest) (Connection, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.orphans[blob]
+	delete(s.orphans, blob)
+	return c, ok
+}
+
+// Connections are duplicates of the served layers' FUSE connections, for
+// a keeper that hands them to the next process after a crash; the caller
+// closes their files.
+func (s *Service) Connections() ([]Connection, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []Connection
+	for blob, sv := range s.layers {
+		dev, init := sv.mount.Dev()
+		f, err := dupFile(int(dev.Fd()))
+		if err != nil {
+			for _, c := range out {
+				c.File.Close()
+			}
+			return nil, err
+		}
+		out = append(out, Connection{Blob: blob, Init: init, File: f})
+	}
+	return out, nil
 }
 
 func (s *Service) mountsDir() string { return filepath.Join(s.opts.RunDir, "mnt") }
 func (s *Service) blobsDir() string  { return filepath.Join(s.opts.StateDir, "blobs") }
 
 // detachStale detaches the FUSE mounts under the mount directory and
-// removes the directories and blob files of layers no longer served.
+// removes the directories and blob files of layers no longer served; the
+// mounts of connections to adopt stay.
 func (s *Service) detachStale() error {
 	mounts, err := mountsUnder(s.mountsDir())
 	if err != nil {
 		return fmt.Errorf("lazy layer service: %w", err)
 	}
+	keep := map[string]bool{}
+	for blob := range s.orphans {
+		keep[blob.Encoded()] = true
+	}
 	for _, m := range mounts {
+		if filepath.Dir(m) == s.mountsDir() && keep[filepath.Base(m)] {
+			continue
+		}
 		// Lazily: an overlay above it keeps a reference until its
 		// container goes.
 		if err := unix.Unmount(m, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
@@ -260,6 +352,9 @@ func (s *Service) detachStale() error {
 			return fmt.Errorf("lazy layer service: %w", err)
 		}
 		for _, e := range entries {
+			if d == s.mountsDir() && keep[e.Name()] {
+				continue
+			}
 			if err := os.RemoveAll(filepath.Join(d, e.Name())); err != nil {
 				return fmt.Errorf("lazy layer service: %w", err)
 			}
@@ -351,6 +446,15 @@ func (s *Service) serve(ctx context.Context, req LayerRequest) (_ *served, retEr
 		}
 	}()
 	dir := filepath.Join(s.mountsDir(), req.Blob.Encoded())
+	if c, ok := s.takeOrphan(req.Blob); ok {
+		sv.mount, err = Adopt(dir, c.File, c.Init, sv.layer, s.log.With("blob", req.Blob))
+		if err == nil {
+			c.File.Close()
+			s.log.Info("adopted the mount of a lazy layer from the previous berth-lazy", "blob", req.Blob, "dir", dir)
+			return sv, nil
+		}
+		s.dropOrphan(req.Blob, c, "the mount of a lazy layer could not be adopted ("+err.Error()+"); mounting it anew")
+	}
 	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, err
 	}
@@ -561,6 +665,7 @@ func (s *Service) Unmount(blob digest.Digest) error {
 // are gone; layers with a file open stay served, and their errors are
 // returned.
 func (s *Service) Close() error {
+	s.dropOrphans()
 	s.mu.Lock()
 	blobs := make([]digest.Digest, 0, len(s.layers))
 	for b := range s.layers {

@@ -206,3 +206,160 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	return json.Unmarshal(data, out)
 }
+
+// ConnectionSocket is where berth-lazy hands out duplicates of its FUSE
+// connections, beside its API socket: a SOCK_SEQPACKET socket, one
+// message per connection (a JSON connectionHeader with the descriptor),
+// then end of file. HTTP cannot carry descriptors.
+func ConnectionSocket(socket string) string {
+	return strings.TrimSuffix(socket, ".sock") + "-fuse.sock"
+}
+
+type connectionHeader struct {
+	Blob digest.Digest `json:"blob"`
+	Init []byte        `json:"init"`
+}
+
+// ListenConnections listens on the connection socket, root's alone.
+func ListenConnections(socket string) (*net.UnixListener, error) {
+	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	old := unix.Umask(0o177)
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: socket, Net: "unixpacket"})
+	unix.Umask(old)
+	return ln, err
+}
+
+// ServeConnections sends each client of ln the Service's connections,
+// until ln is closed.
+func ServeConnections(ln *net.UnixListener, svc *lazy.Service, log *slog.Logger) error {
+	for {
+		conn, err := ln.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		go func() {
+			defer conn.Close()
+			if err := sendConnections(conn, svc); err != nil {
+				log.Warn("hand out FUSE connections", "error", err)
+			}
+		}()
+	}
+}
+
+func sendConnections(conn *net.UnixConn, svc *lazy.Service) error {
+	conns, err := svc.Connections()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, c := range conns {
+			c.File.Close()
+		}
+	}()
+	_ = conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	for _, c := range conns {
+		hdr, err := json.Marshal(connectionHeader{Blob: c.Blob, Init: c.Init})
+		if err != nil {
+			return err
+		}
+		if _, _, err := conn.WriteMsgUnix(hdr, unix.UnixRights(int(c.File.Fd())), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Connections fetches duplicates of berth-lazy's FUSE connections; the
+// caller closes their files.
+func (c *Client) Connections(ctx context.Context) ([]lazy.Connection, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unixpacket", ConnectionSocket(c.socket))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	conn := nc.(*net.UnixConn)
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetReadDeadline(dl)
+	} else {
+		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	}
+	var out []lazy.Connection
+	fail := func(err error) ([]lazy.Connection, error) {
+		for _, c := range out {
+			c.File.Close()
+		}
+		return nil, fmt.Errorf("FUSE connections of berth-lazy: %w", err)
+	}
+	buf, oob := make([]byte, 4096), make([]byte, unix.CmsgSpace(4))
+	for {
+		n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
+		if errors.Is(err, io.EOF) || err == nil && n == 0 && oobn == 0 {
+			return out, nil
+		}
+		if err != nil {
+			return fail(err)
+		}
+		var fds []int
+		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+			for _, m := range msgs {
+				if got, err := unix.ParseUnixRights(&m); err == nil {
+					fds = append(fds, got...)
+				}
+			}
+		}
+		var hdr connectionHeader
+		err = json.Unmarshal(buf[:n], &hdr)
+		if err == nil && len(fds) != 1 {
+			err = fmt.Errorf("%d descriptors with one connection", len(fds))
+		}
+		if err != nil {
+			for _, fd := range fds {
+				unix.Close(fd)
+			}
+			return fail(err)
+		}
+		unix.CloseOnExec(fds[0])
+		out = append(out, lazy.Connection{Blob: hdr.Blob, Init: hdr.Init, File: os.NewFile(uintptr(fds[0]), "/dev/fuse")})
+	}
+}
+
+// adoptEntry is one connection berth-lazy's --adopt names: the
+// connection's header and the descriptor it inherited it as.
+type adoptEntry struct {
+	connectionHeader
+	Fd int `json:"fd"`
+}
+
+// AdoptFlag is the --adopt value for connections given to berth-lazy as
+// its descriptors from firstFd on, in their order (exec.Cmd.ExtraFiles).
+func AdoptFlag(conns []lazy.Connection, firstFd int) string {
+	entries := make([]adoptEntry, len(conns))
+	for i, c := range conns {
+		entries[i] = adoptEntry{connectionHeader{c.Blob, c.Init}, firstFd + i}
+	}
+	b, _ := json.Marshal(entries)
+	return string(b)
+}
+
+// ParseAdoptFlag is the connections an --adopt value names.
+func ParseAdoptFlag(v string) ([]lazy.Connection, error) {
+	var entries []adoptEntry
+	if err := json.Unmarshal([]byte(v), &entries); err != nil {
+		return nil, fmt.Errorf("--adopt: %w", err)
+	}
+	out := make([]lazy.Connection, 0, len(entries))
+	for _, e := range entries {
+		if e.Fd < 3 {
+			return nil, fmt.Errorf("--adopt: descriptor %d of %s", e.Fd, e.Blob)
+		}
+		unix.CloseOnExec(e.Fd)
+		out = append(out, lazy.Connection{Blob: e.Blob, Init: e.Init, File: os.NewFile(uintptr(e.Fd), "/dev/fuse")})
+	}
+	return out, nil
+}

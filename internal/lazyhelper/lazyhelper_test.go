@@ -3,6 +3,7 @@ package lazyhelper_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -65,10 +66,18 @@ func newHelper(t *testing.T) *helper {
 	return h
 }
 
-func (h *helper) start() {
+// start starts berth-lazy, with the connections to adopt as its
+// descriptors 3 on.
+func (h *helper) start(adopt ...lazy.Connection) {
 	h.t.Helper()
-	h.cmd = exec.Command(testutil.Bin(h.t, "berth-lazy"), "--socket", h.socket, "--run-dir", h.runDir,
-		"--state-dir", h.stateDir, "--log", h.log)
+	args := []string{"--socket", h.socket, "--run-dir", h.runDir, "--state-dir", h.stateDir, "--log", h.log}
+	if len(adopt) > 0 {
+		args = append(args, "--adopt", lazyhelper.AdoptFlag(adopt, 3))
+	}
+	h.cmd = exec.Command(testutil.Bin(h.t, "berth-lazy"), args...)
+	for _, c := range adopt {
+		h.cmd.ExtraFiles = append(h.cmd.ExtraFiles, c.File)
+	}
 	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := h.cmd.Start(); err != nil {
 		h.t.Fatal(err)
@@ -257,6 +266,75 @@ func TestHelperRestartAfterCrash(t *testing.T) {
 	}
 	if !h.logged("detached the mount of a lazy layer whose server is gone", dir) {
 		t.Errorf("the restarted helper did not log the detach")
+	}
+}
+
+// A crash of berth-lazy with its connections kept (as berthd keeps them):
+// the mount stays, a read of it waits instead of failing, and the next
+// berth-lazy, given the connections, serves it again where it is once the
+// layer is asked for.
+func TestHelperAdoptsKeptConnections(t *testing.T) {
+	h := newHelper(t)
+	_, req := pushLayer(t)
+	c := lazyhelper.NewClient(h.socket)
+	dir, err := c.Mount(context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A file read and closed: the kernel learns that the layer wants no
+	// FLUSH. Otherwise the close-on-exec of the file kept open below, in
+	// the child that becomes the next berth-lazy, would wait for the
+	// server that child is about to be.
+	if got, err := os.ReadFile(filepath.Join(dir, "etc/hello")); err != nil || string(got) != files[1].Content {
+		t.Fatalf("etc/hello: %q, %v", got, err)
+	}
+	hello, err := os.Open(filepath.Join(dir, "etc/hello"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hello.Close()
+	kept, err := c.Connections(context.Background())
+	if err != nil || len(kept) != 1 || kept[0].Blob != req.Blob || len(kept[0].Init) == 0 {
+		t.Fatalf("connections of berth-lazy: %+v, %v; want the one of %s", kept, err, req.Blob)
+	}
+	defer kept[0].File.Close()
+	h.kill()
+
+	read := make(chan error, 1)
+	go func() {
+		b, err := os.ReadFile(filepath.Join(dir, "data/tail"))
+		if err == nil && string(b) != files[3].Content {
+			err = fmt.Errorf("data/tail: %d bytes, not the layer's", len(b))
+		}
+		read <- err
+	}()
+	h.start(kept...)
+	if m := mountsUnder(t, h.runDir); len(m) != 1 || m[0] != dir {
+		t.Errorf("mounts of the new berth-lazy before the layer is asked for: %v; want %s kept", m, dir)
+	}
+	select {
+	case err := <-read:
+		t.Fatalf("a read of the kept mount ended before the layer was asked for: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	again, err := c.Mount(context.Background(), req)
+	if err != nil || again != dir {
+		t.Fatalf("mount after the restart: %q, %v; want %q", again, err, dir)
+	}
+	select {
+	case err := <-read:
+		if err != nil {
+			t.Errorf("the read waiting through the crash: %v", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("the read waiting through the crash did not end a minute after the adoption")
+	}
+	b := make([]byte, 64)
+	if n, err := hello.ReadAt(b, 0); string(b[:n]) != files[1].Content {
+		t.Errorf("etc/hello, opened before the crash: %q, %v", b[:n], err)
+	}
+	if !h.logged("adopted the mount of a lazy layer", req.Blob.String()) {
+		t.Errorf("the new berth-lazy did not log the adoption")
 	}
 }
 
