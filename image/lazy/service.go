@@ -262,6 +262,18 @@ func NewService(opts ServiceOptions) (*Service, error) {
 	if err := s.detachStale(); err != nil {
 		return nil, err
 	}
+	for blob, c := range s.orphans {
+		// A connection whose mount is gone (its berth-lazy stopped
+		// cleanly, or someone unmounted it) has nothing to adopt: an
+		// adoption would serve a directory that is not mounted.
+		dir := filepath.Join(s.mountsDir(), blob.Encoded())
+		if mounted, err := mountinfo.Mounted(dir); err != nil || !mounted {
+			c.File.Close()
+			delete(s.orphans, blob)
+			os.Remove(dir)
+			s.log.Info("a kept FUSE connection has no mount any more; not adopted", "blob", blob)
+		}
+	}
 	if len(s.orphans) > 0 {
 		time.AfterFunc(opts.AdoptTimeout, s.dropOrphans)
 	}

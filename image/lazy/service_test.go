@@ -288,3 +288,24 @@ func TestServiceConcurrentMounts(t *testing.T) {
 		t.Errorf("status after concurrent mounts: %+v", st)
 	}
 }
+
+// A connection to adopt whose mount is gone (its berth-lazy stopped
+// cleanly) is not adopted: the directory would be served unmounted.
+func TestServiceDropsConnectionsWithoutMount(t *testing.T) {
+	run, state := t.TempDir(), t.TempDir()
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := digest.FromString("gone")
+	s, err := lazy.NewService(lazy.ServiceOptions{RunDir: run, StateDir: state,
+		Open:  func(context.Context, lazy.Remote) (types.ImageSource, error) { return nil, errors.New("not used") },
+		Adopt: []lazy.Connection{{Blob: blob, Init: []byte{1}, File: f}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := f.Stat(); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("the connection without a mount is still held: %v", err)
+	}
+}
