@@ -232,9 +232,8 @@ func TestHelperServesThroughRegistryCut(t *testing.T) {
 	}
 }
 
-// After a crash of berth-lazy its mounts are dead; the next one detaches
-// them, so that the layers can be served again at the same places.
-func TestHelperRestartAfterCrash(t *testing.T) {
+// mountedLayer starts berth-lazy and has it mount a pushed layer.
+func mountedLayer(t *testing.T) (*helper, *lazyhelper.Client, lazy.LayerRequest, string) {
 	h := newHelper(t)
 	_, req := pushLayer(t)
 	c := lazyhelper.NewClient(h.socket)
@@ -242,6 +241,13 @@ func TestHelperRestartAfterCrash(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return h, c, req, dir
+}
+
+// After a crash of berth-lazy its mounts are dead; the next one detaches
+// them, so that the layers can be served again at the same places.
+func TestHelperRestartAfterCrash(t *testing.T) {
+	h, c, req, dir := mountedLayer(t)
 	h.kill()
 	if _, err := os.ReadFile(filepath.Join(dir, "etc/hello")); !errors.Is(err, syscall.ENOTCONN) {
 		t.Errorf("read from the dead helper's mount: %v; want ENOTCONN", err)
@@ -274,13 +280,7 @@ func TestHelperRestartAfterCrash(t *testing.T) {
 // berth-lazy, given the connections, serves it again where it is once the
 // layer is asked for.
 func TestHelperAdoptsKeptConnections(t *testing.T) {
-	h := newHelper(t)
-	_, req := pushLayer(t)
-	c := lazyhelper.NewClient(h.socket)
-	dir, err := c.Mount(context.Background(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, c, req, dir := mountedLayer(t)
 	// A file read and closed: the kernel learns that the layer wants no
 	// FLUSH. Otherwise the close-on-exec of the file kept open below, in
 	// the child that becomes the next berth-lazy, would wait for the
