@@ -105,6 +105,9 @@ type Config struct {
 // first read and the rest in the background, and berthd unpacks each
 // layer once it is local. Other images pull as usual.
 type LazyPullConfig struct {
+	// Enabled is on by default. Left at its default, it turns itself
+	// off (with a warning at start) on a node without /dev/fuse or
+	// without berth-lazy; set explicitly, those are errors.
 	Enabled bool `toml:"enabled"`
 	// Registries are the registries (host[:port], as image names
 	// give them) whose images are pulled lazily; empty means all.
@@ -112,6 +115,11 @@ type LazyPullConfig struct {
 	// HelperPath is the berth-lazy binary; by default found next to
 	// berthd's own binary, then in $PATH.
 	HelperPath string `toml:"helper_path"`
+
+	// explicit is whether the file set enabled.
+	explicit bool
+	// offBecause is why lazy pulling, on by default, is off.
+	offBecause string
 }
 
 // RuntimeConfig is a runtime handler's OCI runtime.
@@ -168,6 +176,7 @@ func DefaultConfig() Config {
 		StreamAddress:        "127.0.0.1:0",
 		StreamIdleTimeout:    Duration{4 * time.Hour},
 		CDISpecDirs:          slices.Clone(cdi.DefaultSpecDirs),
+		LazyPull:             LazyPullConfig{Enabled: true},
 	}
 }
 
@@ -203,6 +212,7 @@ func LoadConfig(path string, explicit bool) (Config, error) {
 		}
 		return cfg, fmt.Errorf("config %s: unknown keys: %s", path, strings.Join(keys, ", "))
 	}
+	cfg.LazyPull.explicit = md.IsDefined("lazy_pull", "enabled")
 	return cfg, nil
 }
 
@@ -275,11 +285,31 @@ func (c *Config) validateLazyPull() error {
 	} else {
 		_, err = os.Stat(lp.HelperPath)
 	}
+	if err == nil {
+		err = fuseDevice()
+	}
 	if err != nil {
-		return fmt.Errorf("lazy_pull: %w", err)
+		if lp.explicit {
+			return fmt.Errorf("lazy_pull: %w", err)
+		}
+		lp.Enabled, lp.offBecause = false, err.Error()
+		return nil
 	}
 	lp.HelperPath, err = filepath.Abs(lp.HelperPath)
 	return err
+}
+
+// fuseDevice checks that FUSE file systems can be served here: nodes in
+// containers (kind's) often have no /dev/fuse.
+func fuseDevice() error {
+	fi, err := os.Stat("/dev/fuse")
+	if err != nil {
+		return fmt.Errorf("FUSE: %w", err)
+	}
+	if fi.Mode()&os.ModeCharDevice == 0 {
+		return errors.New("FUSE: /dev/fuse is not a character device")
+	}
+	return nil
 }
 
 // validateRuntimes checks the [runtimes.NAME] handlers and fills in

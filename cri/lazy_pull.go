@@ -20,6 +20,9 @@ import (
 // lazyOptions is the image store's lazy pulling as [lazy_pull] says.
 func lazyOptions(cfg *Config, log *slog.Logger) image.LazyOptions {
 	if !cfg.LazyPull.Enabled {
+		if why := cfg.LazyPull.offBecause; why != "" {
+			log.Warn("lazy pulling of eStargz images is off: eStargz images are pulled whole", "reason", why)
+		}
 		return image.LazyOptions{}
 	}
 	return image.LazyOptions{
@@ -59,11 +62,23 @@ func (m *lazyMounter) Mount(ctx context.Context, req lazy.LayerRequest) (dir str
 	return dir, err
 }
 
+// Status lists what berth-lazy serves. It starts berth-lazy only to
+// serve the connections berthd kept from a berth-lazy that crashed: with
+// lazy pulling on by default, a node that never mounted a lazy layer
+// runs no berth-lazy, and one whose berth-lazy stopped has none to list.
 func (m *lazyMounter) Status(ctx context.Context) (st []lazy.LayerStatus, err error) {
-	err = m.call(ctx, func() error {
-		st, err = m.client.Status(ctx)
-		return err
-	})
+	st, err = m.client.Status(ctx)
+	if errors.Is(err, lazyhelper.ErrUnavailable) {
+		m.keptMu.Lock()
+		kept := len(m.kept)
+		m.keptMu.Unlock()
+		if kept == 0 {
+			return nil, nil
+		}
+		if err = m.start(ctx); err == nil {
+			st, err = m.client.Status(ctx)
+		}
+	}
 	if err == nil {
 		served := make([]digest.Digest, len(st))
 		for i, s := range st {

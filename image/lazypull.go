@@ -26,7 +26,9 @@ type LazyMounter interface {
 	// Mount serves the layer (again, if it is served already) and
 	// returns its directory.
 	Mount(ctx context.Context, req lazy.LayerRequest) (string, error)
-	// Status lists the served layers.
+	// Status lists the served layers. It need not start a server that
+	// does not run (none is served then); the store's reconcile round
+	// calls it every Interval, on nodes that pull no eStargz image too.
 	Status(ctx context.Context) ([]lazy.LayerStatus, error)
 	// Unmount stops serving a layer at its directory (overlays on it
 	// keep it served until they go); it fails while a file is open
@@ -119,8 +121,12 @@ func (s *Store) mountLazy(ctx context.Context, job layerJob) (bool, error) {
 		return false, nil
 	}
 	s.rememberCredentials(req)
+	// Until it is unpacked, the layer takes its blob's size on disk (as
+	// berth-lazy fetches it): the image's size and ImageFsInfo count it
+	// so, as containerd counts every layer by its blob.
 	rec := layerRecord{
 		ChainID: job.chainID, DiffID: job.diffID, Parent: job.parent, Compressed: job.info.Digest,
+		Size: job.info.Size, Inodes: 1,
 		Lazy: &lazyLayer{Blob: req.Blob, Size: req.Size, TOC: toc, Remote: withoutCredentials(req.Remote)},
 	}
 	err = s.db.Update(func(tx *bolt.Tx) error {

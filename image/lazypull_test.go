@@ -119,6 +119,13 @@ func TestLazyPull(t *testing.T) {
 	if err != nil || len(ll) != 1 || ll[0].Blob != layers[0] || ll[0].Local >= ll[0].Size {
 		t.Fatalf("lazy layers after the pull: %+v, %v", ll, err)
 	}
+	// The lazy layer counts by its blob, which berth-lazy keeps on disk.
+	if img.Size <= ll[0].Size {
+		t.Errorf("the image's size %d does not count its lazy layer's blob (%d bytes)", img.Size, ll[0].Size)
+	}
+	if u, err := e.store.Usage(); err != nil || u.Bytes <= ll[0].Size {
+		t.Errorf("the store's usage %+v (%v) does not count the lazy layer's blob (%d bytes)", u, err, ll[0].Size)
+	}
 	if n := p.count(layers[1].String()); n != 1 {
 		t.Errorf("the gzip layer was fetched %d times; want once", n)
 	}

@@ -109,10 +109,10 @@ func (b *LazyBench) Run(ctx context.Context, res *Results) error {
 	prePull := []string{strings.Replace(pause, reg.Addr, proxy.addr, 1)}
 	runners := []runner{
 		{name: "berth", lazy: true, start: func(ctx context.Context, dir string) (*criDaemon, error) {
-			return startBerthdCRI(ctx, b.BinDir, setup(dir, "[lazy_pull]\nenabled = true\n"))
+			return startBerthdCRI(ctx, b.BinDir, setup(dir, "")) // [lazy_pull] is on by default
 		}},
 		{name: "berth, whole pull", start: func(ctx context.Context, dir string) (*criDaemon, error) {
-			return startBerthdCRI(ctx, b.BinDir, setup(dir, ""))
+			return startBerthdCRI(ctx, b.BinDir, setup(dir, "[lazy_pull]\nenabled = false\n"))
 		}},
 		{name: "containerd", start: func(ctx context.Context, dir string) (*criDaemon, error) {
 			return startContainerdCRI(ctx, b.Peers, setup(dir, ""))

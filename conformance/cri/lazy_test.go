@@ -53,17 +53,15 @@ func pushLazyImage(t *testing.T, repoTag string, seed uint64) lazyImage {
 	return img
 }
 
-// startLazyDaemon starts a berthd with [lazy_pull] on, pulling through a
-// proxy that holds the fetch of img's whole eStargz layer until the test
-// releases it, and returns the image's reference through the proxy.
+// startLazyDaemon starts a berthd with [lazy_pull] as it is by default
+// (on), pulling through a proxy that holds the fetch of img's whole
+// eStargz layer until the test releases it, and returns the image's
+// reference through the proxy.
 func startLazyDaemon(t *testing.T, img lazyImage) (*daemon, *testutil.BlobProxy, string) {
 	t.Helper()
 	proxy := testutil.StartBlobProxy(t, suite.reg.Addr)
 	proxy.Hold(img.layer.Digest.String())
-	d := startDaemon(t, daemonOptions{
-		registriesConf: testutil.RegistriesConf(t, "", suite.reg.Addr, proxy.Addr),
-		extra:          "[lazy_pull]\nenabled = true\n",
-	})
+	d := startDaemon(t, daemonOptions{registriesConf: testutil.RegistriesConf(t, "", suite.reg.Addr, proxy.Addr)})
 	return d, proxy, proxy.Addr + "/" + img.repoTag
 }
 
@@ -88,6 +86,16 @@ func TestLazyPullThroughCRI(t *testing.T) {
 	big, middle, tail, lazyLayer := img.big, img.middle, img.tail, img.layer
 
 	d, proxy, ref := startLazyDaemon(t, img)
+	// On by default, lazy pulling starts nothing on a node that pulls
+	// no eStargz image, through a few rounds of berthd's reconcile (2 s).
+	d.pull(t, suite.busybox)
+	time.Sleep(5 * time.Second)
+	if pid := d.LazyHelperPid(); pid != 0 {
+		t.Errorf("berth-lazy (pid %d) runs on a node that pulled no eStargz image", pid)
+	}
+	if _, err := os.Stat(filepath.Join(d.State, "lazy.sock")); !os.IsNotExist(err) {
+		t.Errorf("lazy.sock on a node that pulled no eStargz image: %v", err)
+	}
 	d.pull(t, ref)
 	st := lazyStatus(t, d)
 	if len(st) != 1 || st[0].Blob != lazyLayer.Digest || st[0].Complete || st[0].Local >= lazyLayer.Size/2 {
