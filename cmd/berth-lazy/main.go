@@ -33,6 +33,7 @@ func main() {
 		debugLog = flag.Bool("debug", false, "debug logging")
 		readyFd  = flag.Int("ready-fd", -1, "file descriptor to write one byte to once serving")
 		adopt    = flag.String("adopt", "", "FUSE connections of a crashed berth-lazy to serve again, as JSON (berthd passes them)")
+		syncEach = flag.Int64("sync-every", lazy.DefaultSyncEvery, "sync a blob file, and record how far its background fetch got, every this many bytes (what a crash loses)")
 	)
 	flag.Parse()
 	level := slog.LevelInfo
@@ -53,16 +54,16 @@ func main() {
 			os.Exit(1)
 		}
 	}
-	if err := run(logger, *socket, *runDir, *stateDir, *readyFd, conns); err != nil {
+	if err := run(logger, *socket, *runDir, *stateDir, *readyFd, conns, *syncEach); err != nil {
 		logger.Error("berth-lazy", "error", err)
 		closeLog()
 		os.Exit(1)
 	}
 }
 
-func run(log *slog.Logger, socket, runDir, stateDir string, readyFd int, adopt []lazy.Connection) error {
+func run(log *slog.Logger, socket, runDir, stateDir string, readyFd int, adopt []lazy.Connection, syncEvery int64) error {
 	svc, err := lazy.NewService(lazy.ServiceOptions{
-		RunDir: runDir, StateDir: stateDir, Open: image.LazySource, Logger: log, Adopt: adopt,
+		RunDir: runDir, StateDir: stateDir, Open: image.LazySource, Logger: log, Adopt: adopt, SyncEvery: syncEvery,
 	})
 	if err != nil {
 		return err

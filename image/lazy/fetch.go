@@ -118,6 +118,78 @@ func (f *sourceFetcher) Fetch(ctx context.Context, off, n int64) ([]byte, error)
 	return data, nil
 }
 
+// Streamer streams a blob from an offset to its end, for a whole fetch
+// that goes on where a broken one stopped; SourceFetcher's fetchers are
+// Streamers.
+type Streamer interface {
+	Stream(ctx context.Context, off int64) (io.ReadCloser, error)
+}
+
+// Stream is one range request for the blob from off to its end; closing
+// the stream ends the request.
+func (f *sourceFetcher) Stream(ctx context.Context, off int64) (io.ReadCloser, error) {
+	if off < 0 || off >= f.info.Size {
+		return nil, fmt.Errorf("stream %s from %d: outside its %d bytes", f.info.Digest, off, f.info.Size)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	chunks := reflect.MakeSlice(f.chunks, 1, 1)
+	chunks.Index(0).FieldByName("Offset").SetUint(uint64(off))
+	chunks.Index(0).FieldByName("Length").SetUint(uint64(f.info.Size - off))
+	out := f.getBlobAt.Call([]reflect.Value{reflect.ValueOf(ctx), reflect.ValueOf(f.info), chunks})
+	if err, _ := out[2].Interface().(error); err != nil {
+		cancel()
+		return nil, fmt.Errorf("stream %s from %d: %w", f.info.Digest, off, err)
+	}
+	streams, _ := out[0].Interface().(chan io.ReadCloser)
+	errs, _ := out[1].Interface().(chan error)
+	for {
+		select {
+		case rc, ok := <-streams:
+			if !ok {
+				// No stream: the error, if any, is on errs.
+				err := io.ErrUnexpectedEOF
+				if errs != nil {
+					if e, ok := <-errs; ok && e != nil {
+						err = e
+					}
+				}
+				cancel()
+				go func() { _ = consume(context.Background(), nil, errs, nil) }()
+				return nil, fmt.Errorf("stream %s from %d: %w", f.info.Digest, off, err)
+			}
+			return &rangeStream{ReadCloser: rc, cancel: cancel, streams: streams, errs: errs}, nil
+		case err, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			cancel()
+			go func() { _ = consume(context.Background(), streams, errs, nil) }()
+			return nil, fmt.Errorf("stream %s from %d: %w", f.info.Digest, off, err)
+		case <-ctx.Done():
+			cancel()
+			go func() { _ = consume(context.Background(), streams, errs, nil) }()
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// rangeStream is Stream's stream; Close ends its request and takes what
+// GetBlobAt still sends.
+type rangeStream struct {
+	io.ReadCloser
+	cancel  context.CancelFunc
+	streams chan io.ReadCloser
+	errs    chan error
+}
+
+func (r *rangeStream) Close() error {
+	err := r.ReadCloser.Close()
+	r.cancel()
+	go func() { _ = consume(context.Background(), r.streams, r.errs, nil) }()
+	return err
+}
+
 // consume follows GetBlobAt's contract for its channels: each stream read
 // to its end in order, at most one error, both channels closed at the
 // end. first reads the first stream. Should ctx end first, what is still

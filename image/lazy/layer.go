@@ -70,9 +70,14 @@ type Layer struct {
 	lastRead atomic.Int64
 	group    singleflight.Group
 
-	// blobPath and file: the blob file (WithBlobFile), if any.
-	blobPath string
-	file     *os.File
+	// blobPath and file: the blob file (WithBlobFile), if any;
+	// syncEvery: FetchAll's sync interval (WithSyncEvery); resumed: the
+	// bytes of it a previous process had fetched (FetchAll goes on).
+	blobPath  string
+	file      *os.File
+	syncEvery int64
+	resumed   int64
+	pmu       sync.Mutex // blobPath's changes and the progress file
 
 	mu    sync.Mutex
 	cache map[chunkKey][]byte // verified chunks

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	digest "github.com/opencontainers/go-digest"
@@ -18,16 +20,71 @@ type Option func(*Layer)
 // WithBlobFile keeps the blob's bytes that have been fetched and verified
 // in the file at path (created, sparse, the blob's size): what was read
 // once is read from disk after, and FetchAll makes the whole layer local,
-// so that its reads no longer need the registry.
+// so that its reads no longer need the registry. A blob file a previous
+// process left at path, with its progress file (path.fetched), is taken
+// up: FetchAll goes on where that process's last sync was.
 func WithBlobFile(path string) Option {
 	return func(l *Layer) { l.blobPath = path }
 }
 
+// WithSyncEvery makes FetchAll sync the blob file, and record how far it
+// got, every n bytes of the blob instead of every DefaultSyncEvery.
+func WithSyncEvery(n int64) Option {
+	return func(l *Layer) { l.syncEvery = n }
+}
+
+// DefaultSyncEvery is how often FetchAll syncs the blob file: what a
+// crash loses of the background fetch, for one sync per 64 MiB.
+const DefaultSyncEvery = 64 << 20
+
 // span is a byte range [start, end) of the blob.
 type span struct{ start, end int64 }
 
-// openBlobFile creates the blob file.
+// progressPath is the file that records how much of the blob file
+// FetchAll wrote and synced, as a decimal number.
+func progressPath(blobPath string) string { return blobPath + ".fetched" }
+
+// MoveBlobFile renames the blob file and its progress file, so that
+// another Layer of the blob can start at the old path while this one
+// drains; this one's progress is recorded beside the new path.
+func (l *Layer) MoveBlobFile(path string) error {
+	l.pmu.Lock()
+	defer l.pmu.Unlock()
+	if err := os.Rename(l.blobPath, path); err != nil {
+		return err
+	}
+	if err := os.Rename(progressPath(l.blobPath), progressPath(path)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		os.Remove(progressPath(l.blobPath))
+	}
+	l.blobPath = path
+	return nil
+}
+
+// RemoveBlobFile removes the blob file and its progress file.
+func (l *Layer) RemoveBlobFile() error {
+	l.pmu.Lock()
+	defer l.pmu.Unlock()
+	os.Remove(progressPath(l.blobPath))
+	if err := os.Remove(l.blobPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// openBlobFile opens the blob file a previous process left, with what
+// its progress file says was written, or creates it.
 func (l *Layer) openBlobFile() error {
+	if l.syncEvery <= 0 {
+		l.syncEvery = DefaultSyncEvery
+	}
+	if n := l.resumable(); n > 0 {
+		f, err := os.OpenFile(l.blobPath, os.O_RDWR, 0)
+		if err == nil {
+			l.file, l.streamed, l.resumed = f, n, n
+			return nil
+		}
+	}
+	os.Remove(progressPath(l.blobPath))
 	f, err := os.OpenFile(l.blobPath, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("blob file: %w", err)
@@ -38,6 +95,43 @@ func (l *Layer) openBlobFile() error {
 	}
 	l.file = f
 	return nil
+}
+
+// resumable is how many bytes of a blob file left by a previous process
+// its progress file vouches for (written and synced by FetchAll; checked
+// against the blob's digest once the rest is there), or 0.
+func (l *Layer) resumable() int64 {
+	data, err := os.ReadFile(progressPath(l.blobPath))
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
+	if err != nil || n <= 0 || n > l.size {
+		return 0
+	}
+	if fi, err := os.Stat(l.blobPath); err != nil || !fi.Mode().IsRegular() || fi.Size() != l.size {
+		return 0
+	}
+	return n
+}
+
+// Resumed is how many bytes of the blob a previous process had fetched,
+// which FetchAll does not fetch again.
+func (l *Layer) Resumed() int64 { return l.resumed }
+
+// recordProgress syncs the blob file and records that its first n bytes
+// are written. A failure only means a crash loses more.
+func (l *Layer) recordProgress(n int64) error {
+	if err := l.file.Sync(); err != nil {
+		return err
+	}
+	l.pmu.Lock()
+	defer l.pmu.Unlock()
+	p := progressPath(l.blobPath)
+	if err := os.WriteFile(p+".tmp", []byte(strconv.FormatInt(n, 10)+"\n"), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(p+".tmp", p)
 }
 
 // Close closes the blob file; reads fail after it.
@@ -173,29 +267,55 @@ func (l *Layer) chunkFromFile(ce *estargz.TOCEntry) []byte {
 }
 
 // FetchAll makes the whole blob local: it reads the blob from open (the
-// pull's own stream of it), writes it to the blob file, checks it against
-// the blob's digest and syncs it. Reads are local from then on, and the
-// file is the blob an ordinary pull would have fetched. A blob that does
-// not match its digest is dropped, whatever it overwrote.
-func (l *Layer) FetchAll(ctx context.Context, blob digest.Digest, open func(context.Context) (io.ReadCloser, error)) error {
+// pull's own stream of it, from the offset given), writes it to the blob
+// file, checks it against the blob's digest and syncs it. Reads are local
+// from then on, and the file is the blob an ordinary pull would have
+// fetched. A stream that breaks is taken up where it broke by the next
+// FetchAll, which hashes again what is on disk and opens the rest; a
+// blob that does not match its digest is dropped, whatever it overwrote,
+// and the next FetchAll starts from its first byte.
+func (l *Layer) FetchAll(ctx context.Context, blob digest.Digest, open func(ctx context.Context, off int64) (io.ReadCloser, error)) error {
 	if l.file == nil {
 		return errors.New("fetch the whole layer: no blob file (WithBlobFile)")
 	}
 	if l.Complete() {
 		return nil
 	}
-	rc, err := open(ctx)
-	if err != nil {
-		return fmt.Errorf("fetch the whole layer %s: %w", blob, err)
+	l.mu.Lock()
+	off := l.streamed
+	l.mu.Unlock()
+	var rc io.ReadCloser = io.NopCloser(eofReader{})
+	if off < l.size {
+		var err error
+		rc, err = open(ctx, off)
+		if err != nil && off > 0 {
+			// Perhaps a registry that takes no range requests: the
+			// whole blob. If that fails too (the registry is away),
+			// what is on disk stays for the next try.
+			if whole, werr := open(ctx, 0); werr == nil {
+				rc, err, off = whole, nil, 0
+				l.restart()
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("fetch the whole layer %s from byte %d: %w", blob, off, err)
+		}
 	}
 	defer rc.Close()
-	verifier := blob.Verifier()
+	digester := blob.Algorithm().Digester()
+	if off > 0 {
+		if _, err := io.Copy(digester.Hash(), io.NewSectionReader(l.file, 0, off)); err != nil {
+			l.restart()
+			return fmt.Errorf("fetch the whole layer %s: read the %d bytes fetched before: %w", blob, off, err)
+		}
+	}
+	from := off
 	buf := make([]byte, 1<<20)
-	var off int64
+	synced := off
 	for off < l.size {
 		n, err := io.ReadFull(rc, buf[:min(int64(len(buf)), l.size-off)])
 		if n > 0 {
-			verifier.Write(buf[:n])
+			digester.Hash().Write(buf[:n])
 			if _, werr := l.file.WriteAt(buf[:n], off); werr != nil {
 				l.dropAll()
 				return fmt.Errorf("fetch the whole layer %s: %w", blob, werr)
@@ -204,17 +324,25 @@ func (l *Layer) FetchAll(ctx context.Context, blob digest.Digest, open func(cont
 			l.mu.Lock()
 			l.streamed = off
 			l.mu.Unlock()
+			if off-synced >= l.syncEvery && off < l.size {
+				if err := l.recordProgress(off); err == nil {
+					synced = off
+				}
+			}
 		}
 		if err != nil {
-			l.dropAll()
+			// What was written stays: the next try goes on from here.
 			return fmt.Errorf("fetch the whole layer %s at %d of %d bytes: %w", blob, off, l.size, err)
 		}
 	}
-	if extra, _ := rc.Read(buf[:1]); extra > 0 || !verifier.Verified() {
+	if extra, _ := rc.Read(buf[:1]); extra > 0 || digester.Digest() != blob {
 		l.dropAll()
+		if from > 0 {
+			return fmt.Errorf("fetch the whole layer %s (its first %d bytes fetched before): %w", blob, from, ErrCorrupt)
+		}
 		return fmt.Errorf("fetch the whole layer %s: %w", blob, ErrCorrupt)
 	}
-	if err := l.file.Sync(); err != nil {
+	if err := l.recordProgress(l.size); err != nil {
 		l.dropAll()
 		return fmt.Errorf("fetch the whole layer %s: %w", blob, err)
 	}
@@ -224,12 +352,29 @@ func (l *Layer) FetchAll(ctx context.Context, blob digest.Digest, open func(cont
 	return nil
 }
 
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+// restart makes the next FetchAll start from the blob's first byte.
+func (l *Layer) restart() {
+	l.mu.Lock()
+	l.streamed = 0
+	l.mu.Unlock()
+	l.pmu.Lock()
+	os.Remove(progressPath(l.blobPath))
+	l.pmu.Unlock()
+}
+
 // dropAll forgets every local byte: the blob file's content is no longer
 // what was verified.
 func (l *Layer) dropAll() {
 	l.mu.Lock()
 	l.local, l.complete, l.streamed = nil, false, 0
 	l.mu.Unlock()
+	l.pmu.Lock()
+	os.Remove(progressPath(l.blobPath))
+	l.pmu.Unlock()
 }
 
 // Prefetch fetches, in one request, what the image marks for prefetch

@@ -17,10 +17,185 @@ import (
 	"github.com/berth-runtime/berth/internal/testutil"
 )
 
-// fullBlob opens the layer's whole blob as the pull does.
-func (rl *registryLayer) fullBlob(ctx context.Context) (io.ReadCloser, error) {
-	rc, _, err := rl.src.GetBlob(ctx, types.BlobInfo{Digest: rl.desc.Digest, Size: rl.desc.Size}, none.NoCache)
-	return rc, err
+// fullBlob opens the layer's blob from off as the Service does: the
+// pull's GetBlob from the start, a range request from elsewhere.
+func (rl *registryLayer) fullBlob(ctx context.Context, off int64) (io.ReadCloser, error) {
+	info := types.BlobInfo{Digest: rl.desc.Digest, Size: rl.desc.Size}
+	if off == 0 {
+		rc, _, err := rl.src.GetBlob(ctx, info, none.NoCache)
+		return rc, err
+	}
+	f, err := lazy.SourceFetcher(rl.src, info, 0)
+	if err != nil {
+		return nil, err
+	}
+	return f.(lazy.Streamer).Stream(ctx, off)
+}
+
+// cutAfter is an open for FetchAll whose stream breaks after n bytes.
+func (rl *registryLayer) cutAfter(n int64) func(context.Context, int64) (io.ReadCloser, error) {
+	return func(ctx context.Context, off int64) (io.ReadCloser, error) {
+		rc, err := rl.fullBlob(ctx, off)
+		if err != nil {
+			return nil, err
+		}
+		return struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(io.LimitReader(rc, n), errReader{errors.New("connection reset")}), rc}, nil
+	}
+}
+
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+// A background fetch that breaks goes on where it broke: in the same
+// process from the last byte written, in a new one (a crash) from the
+// last sync; the bytes before are hashed again from disk, not fetched,
+// and a prefix that rotted on disk fails the digest and the next try
+// starts over.
+func TestFetchAllGoesOnWhereItStopped(t *testing.T) {
+	rl := pushLayer(t, files)
+	const mib = 1 << 20
+	if rl.desc.Size < 2*mib+200 {
+		t.Fatalf("the blob has %d bytes; the test cuts it after 2 MiB", rl.desc.Size)
+	}
+	var opened []int64
+	recordOpen := func(ctx context.Context, off int64) (io.ReadCloser, error) {
+		opened = append(opened, off)
+		return rl.fullBlob(ctx, off)
+	}
+	checkBlob := func(path string) {
+		t.Helper()
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fmt.Sprintf("sha256:%x", sha256.Sum256(data)); got != rl.desc.Digest.String() {
+			t.Errorf("the blob file is %s; want %s", got, rl.desc.Digest)
+		}
+	}
+
+	// In one process: from the byte where the stream broke.
+	dir := t.TempDir()
+	l := rl.open(t, 0, lazy.WithBlobFile(filepath.Join(dir, "one")))
+	if err := l.FetchAll(context.Background(), rl.desc.Digest, rl.cutAfter(mib+100)); err == nil {
+		t.Fatal("FetchAll of a stream cut short succeeded")
+	}
+	if l.Local() < mib+100 || l.Complete() {
+		t.Errorf("after a cut at %d bytes: %d local, complete %v", mib+100, l.Local(), l.Complete())
+	}
+	served := rl.proxy.served.Load()
+	if err := l.FetchAll(context.Background(), rl.desc.Digest, recordOpen); err != nil || !l.Complete() {
+		t.Fatalf("FetchAll after the cut: %v (complete %v)", err, l.Complete())
+	}
+	if len(opened) != 1 || opened[0] != mib+100 {
+		t.Errorf("the stream was opened again at %v; want at %d", opened, mib+100)
+	}
+	if got, want := rl.proxy.served.Load()-served, rl.desc.Size-(mib+100); got != want {
+		t.Errorf("going on fetched %d bytes; want the %d left", got, want)
+	}
+	checkBlob(filepath.Join(dir, "one"))
+
+	// A registry away when the fetch goes on: what is on disk stays. One
+	// that takes no range requests: the whole blob from the start.
+	l = rl.open(t, 0, lazy.WithBlobFile(filepath.Join(dir, "norange")))
+	if err := l.FetchAll(context.Background(), rl.desc.Digest, rl.cutAfter(mib+100)); err == nil {
+		t.Fatal("FetchAll of a stream cut short succeeded")
+	}
+	opened = nil
+	away := func(_ context.Context, off int64) (io.ReadCloser, error) {
+		opened = append(opened, off)
+		return nil, errors.New("502 Bad Gateway")
+	}
+	if err := l.FetchAll(context.Background(), rl.desc.Digest, away); err == nil || l.Local() < mib+100 {
+		t.Fatalf("FetchAll with the registry away: %v, %d bytes local; want an error and the %d bytes kept", err, l.Local(), mib+100)
+	}
+	if len(opened) != 2 || opened[0] != mib+100 || opened[1] != 0 {
+		t.Errorf("with the registry away the blob was opened at %v; want at %d, then from the start", opened, mib+100)
+	}
+	opened = nil
+	noRanges := func(ctx context.Context, off int64) (io.ReadCloser, error) {
+		opened = append(opened, off)
+		if off > 0 {
+			return nil, errors.New("400 Bad Request")
+		}
+		return rl.fullBlob(ctx, 0)
+	}
+	if err := l.FetchAll(context.Background(), rl.desc.Digest, noRanges); err != nil || !l.Complete() {
+		t.Fatalf("FetchAll from a registry without ranges: %v", err)
+	}
+	if len(opened) != 2 || opened[0] != mib+100 || opened[1] != 0 {
+		t.Errorf("from a registry without ranges the blob was opened at %v; want at %d, then from the start", opened, mib+100)
+	}
+	checkBlob(filepath.Join(dir, "norange"))
+
+	// Across processes: from the last sync (every 256 KiB here; the
+	// stream is written a MiB at a time, so the sync at 2 MiB).
+	blobFile := filepath.Join(dir, "two")
+	l1 := rl.open(t, 0, lazy.WithBlobFile(blobFile), lazy.WithSyncEvery(256<<10))
+	if err := l1.FetchAll(context.Background(), rl.desc.Digest, rl.cutAfter(2*mib+100)); err == nil {
+		t.Fatal("FetchAll of a stream cut short succeeded")
+	}
+	l1.Close() // the process dies
+	l2 := rl.open(t, 0, lazy.WithBlobFile(blobFile), lazy.WithSyncEvery(256<<10))
+	if l2.Resumed() != 2*mib || l2.Local() < 2*mib {
+		t.Errorf("a new layer on the blob file takes up %d bytes (%d local); want the %d synced", l2.Resumed(), l2.Local(), 2*mib)
+	}
+	opened = nil
+	if err := l2.FetchAll(context.Background(), rl.desc.Digest, recordOpen); err != nil || !l2.Complete() {
+		t.Fatalf("FetchAll of the new layer: %v", err)
+	}
+	if len(opened) != 1 || opened[0] != 2*mib {
+		t.Errorf("the new layer opened the blob at %v; want at %d", opened, 2*mib)
+	}
+	checkBlob(blobFile)
+	if got := readAll(t, l2, "data/big", len(files[3].Content)); got != files[3].Content {
+		t.Errorf("data/big from the resumed blob differs")
+	}
+	l2.Close()
+
+	// A complete blob file left behind is checked, not fetched.
+	l3 := rl.open(t, 0, lazy.WithBlobFile(blobFile))
+	opened = nil
+	if err := l3.FetchAll(context.Background(), rl.desc.Digest, recordOpen); err != nil || !l3.Complete() || len(opened) != 0 {
+		t.Errorf("FetchAll over a complete blob file left behind: %v, complete %v, opened at %v", err, l3.Complete(), opened)
+	}
+	l3.Close()
+
+	// A prefix that rotted on disk: the digest fails, the next try
+	// starts from the first byte.
+	rotten := filepath.Join(dir, "three")
+	l4 := rl.open(t, 0, lazy.WithBlobFile(rotten), lazy.WithSyncEvery(256<<10))
+	if err := l4.FetchAll(context.Background(), rl.desc.Digest, rl.cutAfter(2*mib+100)); err == nil {
+		t.Fatal("FetchAll of a stream cut short succeeded")
+	}
+	l4.Close()
+	f, err := os.OpenFile(rotten, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("rot"), mib/2); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	l5 := rl.open(t, 0, lazy.WithBlobFile(rotten))
+	opened = nil
+	if err := l5.FetchAll(context.Background(), rl.desc.Digest, recordOpen); !errors.Is(err, lazy.ErrCorrupt) {
+		t.Fatalf("FetchAll over a rotten prefix: %v; want ErrCorrupt", err)
+	}
+	if l5.Local() != 0 {
+		t.Errorf("after a rotten prefix %d bytes count as local", l5.Local())
+	}
+	if err := l5.FetchAll(context.Background(), rl.desc.Digest, recordOpen); err != nil || !l5.Complete() {
+		t.Fatalf("FetchAll after a rotten prefix: %v", err)
+	}
+	if len(opened) != 2 || opened[0] != 2*mib || opened[1] != 0 {
+		t.Errorf("opened at %v; want at %d, then from the start", opened, 2*mib)
+	}
+	checkBlob(rotten)
+	l5.Close()
 }
 
 func readAll(t *testing.T, l *lazy.Layer, name string, size int) string {

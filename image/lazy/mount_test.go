@@ -219,6 +219,11 @@ func TestAdoptHelperProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	blocking.Store(true)
+	// Armed: only now may the test read, or its read could be served
+	// before the fetches block.
+	if _, err := sock.Write([]byte{2}); err != nil {
+		t.Fatal(err)
+	}
 	select {}
 }
 
@@ -295,6 +300,9 @@ func TestAdopt(t *testing.T) {
 	// The child now blocks its fetches; a read of data/big waits in it.
 	if _, err := ours.Write([]byte{1}); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := ours.Read(make([]byte, 1)); err != nil {
+		t.Fatalf("the child did not block its fetches: %v", err)
 	}
 	type result struct {
 		b   []byte

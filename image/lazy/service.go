@@ -101,6 +101,11 @@ type ServiceOptions struct {
 	// readers fail.
 	Adopt        []Connection
 	AdoptTimeout time.Duration
+	// SyncEvery is how often the background fetch syncs a blob file and
+	// records how far it got (DefaultSyncEvery if zero): the blob files
+	// a previous process left are kept until AdoptTimeout, and a layer
+	// asked for again meanwhile goes on with its fetch from there.
+	SyncEvery int64
 }
 
 // Connection is a served layer's FUSE connection: a duplicate of its
@@ -134,6 +139,10 @@ type Service struct {
 	// orphans are the connections of ServiceOptions.Adopt not adopted
 	// yet, by blob; guarded by mu.
 	orphans map[digest.Digest]Connection
+	// leftBlobs: a previous process left blob files; sweep drops the
+	// orphans and those blob files nobody asked for by AdoptTimeout.
+	leftBlobs bool
+	sweep     *time.Timer
 }
 
 // blobLock is a blob's lock, and how many hold or wait for it.
@@ -190,6 +199,18 @@ func (sv *served) Fetch(ctx context.Context, off, n int64) ([]byte, error) {
 	f := sv.fetch
 	sv.mu.Unlock()
 	return f.Fetch(ctx, off, n)
+}
+
+// stream streams the blob from off to its end through the current source.
+func (sv *served) stream(ctx context.Context, off int64) (io.ReadCloser, error) {
+	sv.mu.Lock()
+	f := sv.fetch
+	sv.mu.Unlock()
+	st, ok := f.(Streamer)
+	if !ok {
+		return nil, errors.New("the layer's source cannot stream a byte range")
+	}
+	return st.Stream(ctx, off)
 }
 
 func (sv *served) remote() Remote {
@@ -274,8 +295,11 @@ func NewService(opts ServiceOptions) (*Service, error) {
 			s.log.Info("a kept FUSE connection has no mount any more; not adopted", "blob", blob)
 		}
 	}
-	if len(s.orphans) > 0 {
-		time.AfterFunc(opts.AdoptTimeout, s.dropOrphans)
+	if len(s.orphans) > 0 || s.leftBlobs {
+		s.sweep = time.AfterFunc(opts.AdoptTimeout, func() {
+			s.dropOrphans()
+			s.sweepBlobs()
+		})
 	}
 	return s, nil
 }
@@ -367,12 +391,50 @@ func (s *Service) detachStale() error {
 			if d == s.mountsDir() && keep[e.Name()] {
 				continue
 			}
+			// Blob files and their progress stay for a while: a layer
+			// asked for again goes on with its fetch (sweepBlobs).
+			if d == s.blobsDir() && e.Type().IsRegular() && blobFileName(e.Name()) {
+				s.leftBlobs = true
+				continue
+			}
 			if err := os.RemoveAll(filepath.Join(d, e.Name())); err != nil {
 				return fmt.Errorf("lazy layer service: %w", err)
 			}
 		}
 	}
 	return nil
+}
+
+// blobFileName reports whether name is a blob file's (the blob's encoded
+// digest) or its progress file's.
+func blobFileName(name string) bool {
+	return digest.NewDigestFromEncoded(digest.SHA256, strings.TrimSuffix(name, ".fetched")).Validate() == nil
+}
+
+// sweepBlobs removes the blob files a previous process left that no
+// layer took up since the start.
+func (s *Service) sweepBlobs() {
+	entries, err := os.ReadDir(s.blobsDir())
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		name := e.Name()
+		if !blobFileName(name) {
+			continue
+		}
+		blob := digest.NewDigestFromEncoded(digest.SHA256, strings.TrimSuffix(name, ".fetched"))
+		unlock := s.lock(blob)
+		s.mu.Lock()
+		_, served := s.layers[blob]
+		s.mu.Unlock()
+		if !served {
+			if err := os.Remove(filepath.Join(s.blobsDir(), name)); err == nil {
+				s.log.Info("removed a lazy layer's blob file that the previous berth-lazy left and no one asked for again", "file", name)
+			}
+		}
+		unlock()
+	}
 }
 
 // mountsUnder lists the mount points below dir, deepest first.
@@ -447,14 +509,14 @@ func (s *Service) serve(ctx context.Context, req LayerRequest) (_ *served, retEr
 		}
 	}()
 	var err error
-	sv.layer, err = Open(ctx, sv, req.Size, req.TOC, WithBlobFile(sv.file))
+	sv.layer, err = Open(ctx, sv, req.Size, req.TOC, WithBlobFile(sv.file), WithSyncEvery(s.opts.SyncEvery))
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if retErr != nil {
 			sv.layer.Close()
-			os.Remove(sv.file)
+			_ = sv.layer.RemoveBlobFile()
 		}
 	}()
 	dir := filepath.Join(s.mountsDir(), req.Blob.Encoded())
@@ -504,6 +566,9 @@ func (s *Service) setSource(ctx context.Context, sv *served, r Remote) error {
 func (s *Service) complete(ctx context.Context, sv *served) {
 	defer close(sv.done)
 	log := s.log.With("blob", sv.req.Blob)
+	if n := sv.layer.Resumed(); n > 0 {
+		log.Info("the background fetch of a lazy layer goes on where the previous berth-lazy left it", "bytes", n, "of", sv.req.Size)
+	}
 	if err := sv.layer.Prefetch(ctx); err != nil && ctx.Err() == nil {
 		log.Warn("prefetch of a lazy layer failed; its files are fetched as they are read", "error", err)
 	}
@@ -512,8 +577,8 @@ func (s *Service) complete(ctx context.Context, sv *served) {
 	}
 	wait := s.opts.Retry
 	for {
-		err := sv.layer.FetchAll(ctx, sv.req.Blob, func(ctx context.Context) (io.ReadCloser, error) {
-			return s.openBlob(ctx, sv)
+		err := sv.layer.FetchAll(ctx, sv.req.Blob, func(ctx context.Context, off int64) (io.ReadCloser, error) {
+			return s.openBlob(ctx, sv, off)
 		})
 		if err == nil {
 			sv.setErr("")
@@ -555,14 +620,23 @@ func (s *Service) waitQuiet(ctx context.Context, sv *served) bool {
 	}
 }
 
-// openBlob streams the whole blob; a registry that sends nothing for
-// StallTimeout, before its answer or within it, ends the stream with an
-// error instead of a wait without end.
-func (s *Service) openBlob(ctx context.Context, sv *served) (io.ReadCloser, error) {
+// openBlob streams the blob from off to its end (a range request when
+// off is not 0); a registry that sends nothing for StallTimeout, before
+// its answer or within it, ends the stream with an error instead of a
+// wait without end.
+func (s *Service) openBlob(ctx context.Context, sv *served, off int64) (io.ReadCloser, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	st := &stallReader{cancel: cancel, timeout: s.opts.StallTimeout}
 	st.timer = time.AfterFunc(st.timeout, st.stall)
-	rc, _, err := sv.source().GetBlob(ctx, types.BlobInfo{Digest: sv.req.Blob, Size: sv.req.Size}, none.NoCache)
+	var (
+		rc  io.ReadCloser
+		err error
+	)
+	if off == 0 {
+		rc, _, err = sv.source().GetBlob(ctx, types.BlobInfo{Digest: sv.req.Blob, Size: sv.req.Size}, none.NoCache)
+	} else {
+		rc, err = sv.stream(ctx, off)
+	}
 	if err != nil {
 		st.timer.Stop()
 		cancel()
@@ -651,9 +725,8 @@ func (s *Service) Unmount(blob digest.Digest) error {
 	sv.cancel()
 	// Aside, for a new Mount of the blob; the layer keeps it open.
 	aside := fmt.Sprintf("%s.draining-%d", sv.file, time.Now().UnixNano())
-	if err := os.Rename(sv.file, aside); err != nil {
+	if err := sv.layer.MoveBlobFile(aside); err != nil {
 		s.log.Warn("move a lazy layer's blob file aside", "error", err)
-		aside = sv.file
 	}
 	if err := os.Remove(sv.mount.Dir); err != nil {
 		s.log.Warn("remove a lazy layer's mount directory", "error", err)
@@ -665,7 +738,7 @@ func (s *Service) Unmount(blob digest.Digest) error {
 		sv.mount.Drained()
 		sv.layer.Close()
 		sv.closeSources()
-		if err := os.Remove(aside); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := sv.layer.RemoveBlobFile(); err != nil {
 			s.log.Warn("remove a lazy layer's blob file", "error", err)
 		}
 		s.log.Debug("lazy layer's last user is gone", "blob", blob)
@@ -677,6 +750,9 @@ func (s *Service) Unmount(blob digest.Digest) error {
 // are gone; layers with a file open stay served, and their errors are
 // returned.
 func (s *Service) Close() error {
+	if s.sweep != nil {
+		s.sweep.Stop()
+	}
 	s.dropOrphans()
 	s.mu.Lock()
 	blobs := make([]digest.Digest, 0, len(s.layers))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -307,5 +308,49 @@ func TestServiceDropsConnectionsWithoutMount(t *testing.T) {
 	defer s.Close()
 	if _, err := f.Stat(); !errors.Is(err, os.ErrClosed) {
 		t.Errorf("the connection without a mount is still held: %v", err)
+	}
+}
+
+// The blob files a previous process left stay until AdoptTimeout, for a
+// layer asked for again to go on with its fetch; then those nobody asked
+// for go. Files of layers that were draining go at once.
+func TestServiceSweepsLeftBlobFiles(t *testing.T) {
+	run, state := t.TempDir(), t.TempDir()
+	blobs := filepath.Join(state, "blobs")
+	if err := os.MkdirAll(blobs, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	left := digest.FromString("left behind").Encoded()
+	for _, name := range []string{left, left + ".fetched", left + ".draining-1", left + ".fetched.tmp"} {
+		if err := os.WriteFile(filepath.Join(blobs, name), []byte("1\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := lazy.NewService(lazy.ServiceOptions{RunDir: run, StateDir: state, AdoptTimeout: 100 * time.Millisecond,
+		Open: func(context.Context, lazy.Remote) (types.ImageSource, error) { return nil, errors.New("not used") }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	names := func() []string {
+		entries, err := os.ReadDir(blobs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, e := range entries {
+			out = append(out, e.Name())
+		}
+		return out
+	}
+	if got := names(); !slices.Equal(got, []string{left, left + ".fetched"}) {
+		t.Errorf("blob files at the start: %v; want the blob file and its progress only", got)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(names()) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("blob files nobody asked for are still there: %v", names())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -7,11 +7,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
 	"github.com/berth-runtime/berth/image/lazy"
@@ -37,9 +40,10 @@ type helper struct {
 	socket, runDir, stateDir string
 	cmd                      *exec.Cmd
 	log                      string
+	args                     []string // more flags
 }
 
-func newHelper(t *testing.T) *helper {
+func newHelper(t *testing.T, args ...string) *helper {
 	if os.Geteuid() != 0 {
 		t.Skip("berth-lazy mounts FUSE: needs root")
 	}
@@ -48,7 +52,7 @@ func newHelper(t *testing.T) *helper {
 	}
 	dir := t.TempDir()
 	h := &helper{t: t, socket: filepath.Join(dir, "lazy.sock"), runDir: filepath.Join(dir, "run"),
-		stateDir: filepath.Join(dir, "state"), log: filepath.Join(dir, "lazy.log")}
+		stateDir: filepath.Join(dir, "state"), log: filepath.Join(dir, "lazy.log"), args: args}
 	t.Cleanup(func() {
 		h.kill()
 		// A killed helper leaves its mounts, dead: detach them.
@@ -70,7 +74,7 @@ func newHelper(t *testing.T) *helper {
 // descriptors 3 on.
 func (h *helper) start(adopt ...lazy.Connection) {
 	h.t.Helper()
-	args := []string{"--socket", h.socket, "--run-dir", h.runDir, "--state-dir", h.stateDir, "--log", h.log}
+	args := append([]string{"--socket", h.socket, "--run-dir", h.runDir, "--state-dir", h.stateDir, "--log", h.log}, h.args...)
 	if len(adopt) > 0 {
 		args = append(args, "--adopt", lazyhelper.AdoptFlag(adopt, 3))
 	}
@@ -272,6 +276,59 @@ func TestHelperRestartAfterCrash(t *testing.T) {
 	}
 	if !h.logged("detached the mount of a lazy layer whose server is gone", dir) {
 		t.Errorf("the restarted helper did not log the detach")
+	}
+}
+
+// A crash of berth-lazy in the middle of a background fetch: the next
+// berth-lazy, asked for the layer again, goes on from the last sync of
+// the blob file instead of fetching the blob again from its first byte.
+func TestHelperResumesFetchAfterCrash(t *testing.T) {
+	const mib = 1 << 20
+	h := newHelper(t, "--sync-every", strconv.Itoa(256<<10))
+	reg, req := pushLayer(t)
+	if req.Size < 2*mib+200 {
+		t.Fatalf("the blob has %d bytes; the test cuts it after 2 MiB", req.Size)
+	}
+	proxy := testutil.StartBlobProxy(t, reg.Addr)
+	req.Remote.Ref = "docker://" + proxy.Addr + "/lazy/helper:1"
+	req.Remote.RegistriesConf = testutil.RegistriesConf(t, "", proxy.Addr)
+	c := lazyhelper.NewClient(h.socket)
+	ctx := context.Background()
+	if _, err := c.Mount(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	// The background fetch starts 2 s after the mount; every try of it
+	// breaks after 2 MiB and 100 bytes, synced at 2 MiB (it writes a MiB
+	// at a time).
+	proxy.CutAt(2*mib + 100)
+	waitStatus(t, c, "the background fetch to break after 2 MiB", func(st lazy.LayerStatus) bool { return st.Error != "" && st.Local >= 2*mib })
+	h.kill()
+
+	h.start()
+	proxy.CutAt(0)
+	before := len(proxy.Ranges())
+	dir, err := c.Mount(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := waitStatus(t, c, "the layer to be local", func(st lazy.LayerStatus) bool { return st.Complete })
+	data, err := os.ReadFile(st.BlobFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := digest.FromBytes(data); got != req.Blob {
+		t.Errorf("the blob file is %s; want %s", got, req.Blob)
+	}
+	ranges := proxy.Ranges()[before:]
+	want := fmt.Sprintf("bytes=%d-", 2*mib)
+	if slices.Contains(ranges, "") || !slices.ContainsFunc(ranges, func(r string) bool { return strings.HasPrefix(r, want) }) {
+		t.Errorf("the new berth-lazy asked the registry for %q; want a range from %s and no whole blob", ranges, want)
+	}
+	if !h.logged("goes on where the previous berth-lazy left it", fmt.Sprintf(`"bytes":%d`, 2*mib)) {
+		t.Errorf("the new berth-lazy did not log where it went on from")
+	}
+	if got, err := os.ReadFile(filepath.Join(dir, "data/tail")); err != nil || string(got) != files[3].Content {
+		t.Errorf("data/tail once local: %d bytes, %v", len(got), err)
 	}
 }
 

@@ -1,11 +1,15 @@
 package testutil
 
 import (
+	"errors"
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -26,6 +30,11 @@ type BlobProxy struct {
 	held    []string
 	cut     bool
 	corrupt bool
+	// cutAt: while non-zero, a blob's bytes from there on are not sent
+	// (the connection breaks); ranges lists the Range headers of the
+	// blob requests, "" for a whole blob.
+	cutAt  int64
+	ranges []string
 }
 
 // StartBlobProxy starts a proxy to the registry at addr until the
@@ -36,6 +45,7 @@ func StartBlobProxy(t T, addr string) *BlobProxy {
 	u, _ := url.Parse("http://" + addr)
 	rp := httputil.NewSingleHostReverseProxy(u)
 	rp.Transport = &http.Transport{DisableKeepAlives: true}
+	rp.ErrorLog = log.New(io.Discard, "", 0) // cuts are the point
 	rp.ErrorHandler = func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) }
 	rp.ModifyResponse = func(r *http.Response) error {
 		p.mu.Lock()
@@ -44,9 +54,24 @@ func StartBlobProxy(t T, addr string) *BlobProxy {
 		if corrupt && r.Request.Header.Get("Range") != "" && strings.Contains(r.Request.URL.Path, "/blobs/") {
 			r.Body = &FlipByte{R: r.Body, At: 100}
 		}
+		p.mu.Lock()
+		cutAt := p.cutAt
+		p.mu.Unlock()
+		if cutAt > 0 && strings.Contains(r.Request.URL.Path, "/blobs/") && r.StatusCode/100 == 2 {
+			start := rangeStart(r.Request.Header.Get("Range"))
+			r.Body = struct {
+				io.Reader
+				io.Closer
+			}{io.MultiReader(io.LimitReader(r.Body, max(0, cutAt-start)), errorReader{}), r.Body}
+		}
 		return nil
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.Contains(r.URL.Path, "/blobs/") {
+			p.mu.Lock()
+			p.ranges = append(p.ranges, r.Header.Get("Range"))
+			p.mu.Unlock()
+		}
 		if hold := p.holds(r); hold != nil {
 			select {
 			case <-hold:
@@ -119,3 +144,39 @@ func (p *BlobProxy) Cut(on bool) {
 	p.cut = on
 	p.mu.Unlock()
 }
+
+// CutAt breaks every blob response before the blob's byte n (at once
+// for a range from there on), as a connection that drops in the middle
+// of a fetch; 0 turns it off.
+func (p *BlobProxy) CutAt(n int64) {
+	p.mu.Lock()
+	p.cutAt = n
+	p.mu.Unlock()
+}
+
+// Ranges are the Range headers of the blob requests so far, "" for a
+// request of a whole blob.
+func (p *BlobProxy) Ranges() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.ranges)
+}
+
+// rangeStart is where a Range header's (bytes=START-[END]) bytes start;
+// 0 without one.
+func rangeStart(h string) int64 {
+	spec, ok := strings.CutPrefix(h, "bytes=")
+	if !ok {
+		return 0
+	}
+	start, _, _ := strings.Cut(spec, "-")
+	n, err := strconv.ParseInt(start, 10, 64)
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+type errorReader struct{}
+
+func (errorReader) Read([]byte) (int, error) { return 0, errors.New("blob proxy: connection cut") }
