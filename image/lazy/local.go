@@ -361,6 +361,12 @@ func (l *Layer) restart() {
 	l.mu.Lock()
 	l.streamed = 0
 	l.mu.Unlock()
+	l.removeProgress()
+}
+
+// removeProgress removes the progress file: nothing of the blob file is
+// to be taken up by another process.
+func (l *Layer) removeProgress() {
 	l.pmu.Lock()
 	os.Remove(progressPath(l.blobPath))
 	l.pmu.Unlock()
@@ -372,9 +378,7 @@ func (l *Layer) dropAll() {
 	l.mu.Lock()
 	l.local, l.complete, l.streamed = nil, false, 0
 	l.mu.Unlock()
-	l.pmu.Lock()
-	os.Remove(progressPath(l.blobPath))
-	l.pmu.Unlock()
+	l.removeProgress()
 }
 
 // Prefetch fetches, in one request, what the image marks for prefetch

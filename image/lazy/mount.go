@@ -108,10 +108,14 @@ func Adopt(dir string, dev *os.File, init []byte, l *Layer, log *slog.Logger) (*
 	}
 	// The kernel's INIT may be shorter than go-fuse's InitIn (older
 	// kernels): its header says how long.
-	if in := (*fuse.InHeader)(unsafe.Pointer(unsafe.SliceData(init))); len(init) != int(unsafe.Sizeof(fuse.InitIn{})) || in.Length > uint32(len(init)) || in.Length < uint32(unsafe.Sizeof(fuse.InHeader{}))+16 || in.Opcode != opInit {
+	if len(init) != int(unsafe.Sizeof(fuse.InitIn{})) {
 		return nil, fmt.Errorf("adopt eStargz mount at %s: not a FUSE INIT of %d bytes", dir, len(init))
 	}
-	msg := init[:(*fuse.InHeader)(unsafe.Pointer(unsafe.SliceData(init))).Length]
+	in := (*fuse.InHeader)(unsafe.Pointer(unsafe.SliceData(init)))
+	if in.Length > uint32(len(init)) || in.Length < uint32(unsafe.Sizeof(fuse.InHeader{}))+16 || in.Opcode != opInit {
+		return nil, fmt.Errorf("adopt eStargz mount at %s: not a FUSE INIT of %d bytes", dir, len(init))
+	}
+	msg := init[:in.Length]
 	own, err := dupFile(int(dev.Fd()))
 	if err != nil {
 		return nil, fmt.Errorf("adopt eStargz mount at %s: %w", dir, err)

@@ -287,7 +287,7 @@ func NewService(opts ServiceOptions) (*Service, error) {
 		// A connection whose mount is gone (its berth-lazy stopped
 		// cleanly, or someone unmounted it) has nothing to adopt: an
 		// adoption would serve a directory that is not mounted.
-		dir := filepath.Join(s.mountsDir(), blob.Encoded())
+		dir := s.mountDir(blob)
 		if mounted, err := mountinfo.Mounted(dir); err != nil || !mounted {
 			c.File.Close()
 			delete(s.orphans, blob)
@@ -317,7 +317,7 @@ func (s *Service) dropOrphans() {
 }
 
 func (s *Service) dropOrphan(blob digest.Digest, c Connection, why string) {
-	dir := filepath.Join(s.mountsDir(), blob.Encoded())
+	dir := s.mountDir(blob)
 	if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
 		s.log.Warn("detach an unadopted lazy layer", "mount", dir, "error", err)
 	}
@@ -359,6 +359,11 @@ func (s *Service) Connections() ([]Connection, error) {
 func (s *Service) mountsDir() string { return filepath.Join(s.opts.RunDir, "mnt") }
 func (s *Service) blobsDir() string  { return filepath.Join(s.opts.StateDir, "blobs") }
 
+// mountDir is where blob's layer is mounted.
+func (s *Service) mountDir(blob digest.Digest) string {
+	return filepath.Join(s.mountsDir(), blob.Encoded())
+}
+
 // detachStale detaches the FUSE mounts under the mount directory and
 // removes the directories and blob files of layers no longer served; the
 // mounts of connections to adopt stay.
@@ -393,7 +398,7 @@ func (s *Service) detachStale() error {
 			}
 			// Blob files and their progress stay for a while: a layer
 			// asked for again goes on with its fetch (sweepBlobs).
-			if d == s.blobsDir() && e.Type().IsRegular() && blobFileName(e.Name()) {
+			if _, ok := blobOfFile(e.Name()); ok && d == s.blobsDir() && e.Type().IsRegular() {
 				s.leftBlobs = true
 				continue
 			}
@@ -405,10 +410,11 @@ func (s *Service) detachStale() error {
 	return nil
 }
 
-// blobFileName reports whether name is a blob file's (the blob's encoded
-// digest) or its progress file's.
-func blobFileName(name string) bool {
-	return digest.NewDigestFromEncoded(digest.SHA256, strings.TrimSuffix(name, ".fetched")).Validate() == nil
+// blobOfFile is the blob whose blob file (its encoded digest) or progress
+// file name is; false for other names.
+func blobOfFile(name string) (digest.Digest, bool) {
+	blob := digest.NewDigestFromEncoded(digest.SHA256, strings.TrimSuffix(name, ".fetched"))
+	return blob, blob.Validate() == nil
 }
 
 // sweepBlobs removes the blob files a previous process left that no
@@ -420,10 +426,10 @@ func (s *Service) sweepBlobs() {
 	}
 	for _, e := range entries {
 		name := e.Name()
-		if !blobFileName(name) {
+		blob, ok := blobOfFile(name)
+		if !ok {
 			continue
 		}
-		blob := digest.NewDigestFromEncoded(digest.SHA256, strings.TrimSuffix(name, ".fetched"))
 		unlock := s.lock(blob)
 		s.mu.Lock()
 		_, served := s.layers[blob]
@@ -519,7 +525,7 @@ func (s *Service) serve(ctx context.Context, req LayerRequest) (_ *served, retEr
 			_ = sv.layer.RemoveBlobFile()
 		}
 	}()
-	dir := filepath.Join(s.mountsDir(), req.Blob.Encoded())
+	dir := s.mountDir(req.Blob)
 	if c, ok := s.takeOrphan(req.Blob); ok {
 		sv.mount, err = Adopt(dir, c.File, c.Init, sv.layer, s.log.With("blob", req.Blob))
 		if err == nil {

@@ -95,12 +95,17 @@ func Listen(socket string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(socket), 0o700); err != nil {
 		return nil, err
 	}
+	return listenRootOnly("unix", socket)
+}
+
+// listenRootOnly listens on socket, replacing a stale one. The socket is
+// born root-only, not chmod'ed after.
+func listenRootOnly(network, socket string) (net.Listener, error) {
 	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	// The socket is born root-only, not chmod'ed after.
 	old := unix.Umask(0o177)
-	ln, err := net.Listen("unix", socket)
+	ln, err := net.Listen(network, socket)
 	unix.Umask(old)
 	return ln, err
 }
@@ -222,13 +227,11 @@ type connectionHeader struct {
 
 // ListenConnections listens on the connection socket, root's alone.
 func ListenConnections(socket string) (*net.UnixListener, error) {
-	if err := os.Remove(socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+	ln, err := listenRootOnly("unixpacket", socket)
+	if err != nil {
 		return nil, err
 	}
-	old := unix.Umask(0o177)
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: socket, Net: "unixpacket"})
-	unix.Umask(old)
-	return ln, err
+	return ln.(*net.UnixListener), nil
 }
 
 // ServeConnections sends each client of ln the Service's connections,
