@@ -112,6 +112,10 @@ func (s *Store) mountLazy(ctx context.Context, job layerJob) (bool, error) {
 		return false, nil
 	}
 	req := lazy.LayerRequest{Blob: job.info.Digest, Size: job.info.Size, TOC: toc, Remote: *job.remote}
+	// From the mount until the record is written, no record names the
+	// layer: the reconcile round must not take it for one to let go of.
+	done := s.mountingLazy(req.Blob)
+	defer done()
 	dir, err := s.opts.Lazy.Mounter.Mount(ctx, req)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -140,6 +144,25 @@ func (s *Store) mountLazy(ctx context.Context, job layerJob) (bool, error) {
 	}
 	s.log.Info("layer served lazily", "layer", job.info.Digest, "dir", dir)
 	return true, nil
+}
+
+// mountingLazy marks a pull's lazy layer as needed while no record
+// names it yet; done unmarks it, once the record is written or the pull
+// gave up on the layer.
+func (s *Store) mountingLazy(blob digest.Digest) (done func()) {
+	s.lazyMu.Lock()
+	defer s.lazyMu.Unlock()
+	if s.lazyMounting == nil {
+		s.lazyMounting = map[digest.Digest]int{}
+	}
+	s.lazyMounting[blob]++
+	return func() {
+		s.lazyMu.Lock()
+		defer s.lazyMu.Unlock()
+		if s.lazyMounting[blob]--; s.lazyMounting[blob] <= 0 {
+			delete(s.lazyMounting, blob)
+		}
+	}
 }
 
 func (s *Store) rememberCredentials(req lazy.LayerRequest) {
@@ -360,10 +383,21 @@ type retry struct {
 
 // releaseLazy unmounts a layer no record needs (it is unpacked, or
 // collected). Overlays on it keep it served until they go; a file open
-// in its directory keeps it mounted until a later round.
+// in its directory keeps it mounted until a later round. The round's
+// view is checked again under the lock: a pull may have mounted the
+// layer since, or written its record.
 func (s *Store) releaseLazy(ctx context.Context, blob digest.Digest) {
 	s.lazyMu.Lock()
 	defer s.lazyMu.Unlock()
+	if s.lazyMounting[blob] > 0 {
+		return
+	}
+	if named, err := s.lazyRecordNames(blob); err != nil || named {
+		if err != nil {
+			s.log.Warn("lazy layer kept: its records cannot be read", "layer", blob, "error", err)
+		}
+		return
+	}
 	err := s.opts.Lazy.Mounter.Unmount(ctx, blob)
 	switch {
 	case err == nil:
@@ -373,6 +407,23 @@ func (s *Store) releaseLazy(ctx context.Context, blob digest.Digest) {
 	default:
 		s.log.Debug("lazy layer still in use", "layer", blob, "error", err)
 	}
+}
+
+// lazyRecordNames reports whether a layer record is served lazily from
+// blob.
+func (s *Store) lazyRecordNames(blob digest.Digest) (bool, error) {
+	named := false
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketLayers).ForEach(func(k, v []byte) error {
+			var rec layerRecord
+			if err := json.Unmarshal(v, &rec); err != nil {
+				return fmt.Errorf("layer record %s: %w", k, err)
+			}
+			named = named || rec.Lazy != nil && rec.Lazy.Blob == blob
+			return nil
+		})
+	})
+	return named, err
 }
 
 // makeLocal unpacks a lazy layer's complete blob as a pull would have

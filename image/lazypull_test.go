@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -217,5 +218,76 @@ func TestLazyPullOnlyWhereItApplies(t *testing.T) {
 	e.pull(gzip)
 	if ll, err := e.store.LazyLayers(context.Background()); err != nil || len(ll) != 0 {
 		t.Errorf("lazy layers: %+v, %v; want none", ll, err)
+	}
+}
+
+// racingMounter holds the first Mount's answer (the pull's) back until
+// the store's reconcile round has run twice after the layer was mounted:
+// the window between a lazy layer's mount and its record, where a round
+// sees a served layer that no record names yet.
+type racingMounter struct {
+	serviceMounter
+	held      atomic.Bool
+	statuses  atomic.Int64
+	unmounted atomic.Int64
+}
+
+func (m *racingMounter) Mount(ctx context.Context, req lazy.LayerRequest) (string, error) {
+	dir, err := m.serviceMounter.Mount(ctx, req)
+	if err != nil || m.held.Swap(true) {
+		return dir, err
+	}
+	want := m.statuses.Load() + 2
+	for deadline := time.Now().Add(10 * time.Second); m.statuses.Load() < want; {
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("no reconcile round for 10 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return dir, nil
+}
+
+func (m *racingMounter) Status(ctx context.Context) ([]lazy.LayerStatus, error) {
+	defer m.statuses.Add(1)
+	return m.serviceMounter.Status(ctx)
+}
+
+func (m *racingMounter) Unmount(ctx context.Context, blob digest.Digest) error {
+	err := m.serviceMounter.Unmount(ctx, blob)
+	if err == nil {
+		m.unmounted.Add(1)
+	}
+	return err
+}
+
+// A reconcile round that runs while a pull mounts a lazy layer, before
+// the pull has written the layer's record, does not unmount the layer:
+// the pull's mount counts as needed. (CI saw this once: the pull ended
+// with its layer unmounted, and served again only a round later.)
+func TestLazyPullRacesReconcile(t *testing.T) {
+	m := &racingMounter{serviceMounter: newMounter(t)}
+	e := newEnv(t, testutil.RegistryOptions{})
+	ref := e.push("lazy/race:v1", testutil.ImageSpec{Layers: []testutil.Layer{
+		{Compression: "estargz", Files: []testutil.File{{Path: "f", Content: "lazy"}}},
+	}})
+	blob := e.reg.Manifest(t, "lazy/race:v1").Layers[0].Digest
+	e.reopen(func(o *image.Options) {
+		o.Lazy = image.LazyOptions{Mounter: m, Interval: 20 * time.Millisecond}
+	})
+	e.pull(ref)
+	if n := m.unmounted.Load(); n != 0 {
+		t.Errorf("the reconcile round unmounted the layer %d times while it was pulled", n)
+	}
+	// The layer stays served in the rounds after the pull too (unless
+	// its background fetch completes it first: then it is unpacked).
+	time.Sleep(100 * time.Millisecond)
+	if n := m.unmounted.Load(); n != 0 {
+		if ll, err := e.store.LazyLayers(context.Background()); err != nil || len(ll) != 0 {
+			t.Errorf("the layer was unmounted %d times, and is still served: %+v, %v", n, ll, err)
+		}
+		return
+	}
+	if ll, err := e.store.LazyLayers(context.Background()); err != nil || len(ll) != 1 || ll[0].Blob != blob {
+		t.Errorf("lazy layers after the pull: %+v, %v; want %s", ll, err, blob)
 	}
 }

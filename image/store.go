@@ -99,10 +99,12 @@ type Store struct {
 	// lazyMu: held for reading from the moment a lazy layer's mount is
 	// handed out until the overlay on it is mounted, for writing while
 	// one is unmounted; it guards lazyCreds, the pulls' credentials by
-	// blob, and lazyRetry, the layers whose unpack failed. lazyStop ends
+	// blob, lazyMounting, the layers pulls are mounting (not recorded
+	// yet), and lazyRetry, the layers whose unpack failed. lazyStop ends
 	// lazyLoop, which closes lazyDone.
 	lazyMu       sync.RWMutex
 	lazyCreds    map[digest.Digest]lazy.Remote
+	lazyMounting map[digest.Digest]int
 	lazyRetry    map[digest.Digest]retry
 	lazyStop     chan struct{}
 	lazyDone     chan struct{}
