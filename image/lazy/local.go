@@ -162,15 +162,40 @@ func (l *Layer) Complete() bool {
 }
 
 // readRange returns the blob's bytes [off, off+n): from the blob file
-// when they are there, else from the registry.
+// when they are there and verified, else from the registry. The TOC is
+// read so: bytes on disk that no longer match would fail its digest.
 func (l *Layer) readRange(ctx context.Context, off, n int64) ([]byte, error) {
-	if l.file != nil && l.covered(off, off+n) {
+	if l.file != nil && l.localFrom(off, false) >= n {
 		data := make([]byte, n)
 		if _, err := l.file.ReadAt(data, off); err == nil {
 			return data, nil
 		}
 	}
 	return l.fetchRemote(ctx, off, n)
+}
+
+// readChunks returns the blob's bytes [off, off+n) for a caller that
+// checks them chunk by chunk: from the blob file as far as they are
+// there from off on, written by the background fetch too (local says
+// how many), the rest from the registry.
+func (l *Layer) readChunks(ctx context.Context, off, n int64) (data []byte, local int64, err error) {
+	if l.file != nil {
+		local = min(l.localFrom(off, true), n)
+	}
+	data = make([]byte, local, n)
+	if local > 0 {
+		if _, err := l.file.ReadAt(data, off); err != nil {
+			data, local = data[:0], 0
+		}
+	}
+	if local == n {
+		return data, local, nil
+	}
+	rest, err := l.fetchRemote(ctx, off+local, n-local)
+	if err != nil {
+		return nil, 0, err
+	}
+	return append(data, rest...), local, nil
 }
 
 // keepLocal writes verified bytes of the blob to the blob file. A write
@@ -209,10 +234,24 @@ func (l *Layer) forget(off, end int64) {
 	l.local = out
 }
 
+// covered reports whether the blob's bytes [start, end) are in the blob
+// file, for a reader that checks each chunk against the TOC.
 func (l *Layer) covered(start, end int64) bool {
+	return start+l.localFrom(start, true) >= end
+}
+
+// localFrom is how many of the blob's bytes from off on are in the blob
+// file without a gap: verified spans and, with streamed, the prefix the
+// background fetch has written (in this process, or synced by an
+// earlier one), which is verified only once the whole blob is.
+func (l *Layer) localFrom(off int64, streamed bool) int64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	i, _ := slices.BinarySearchFunc(l.local, start, func(s span, v int64) int {
+	end := off
+	if streamed && off < l.streamed {
+		end = l.streamed
+	}
+	i, _ := slices.BinarySearchFunc(l.local, off, func(s span, v int64) int {
 		switch {
 		case s.end <= v:
 			return -1
@@ -221,7 +260,12 @@ func (l *Layer) covered(start, end int64) bool {
 		}
 		return 0
 	})
-	return i < len(l.local) && l.local[i].start <= start && l.local[i].end >= end
+	// Spans are disjoint and apart (addSpan merges what touches), but
+	// the streamed prefix may end inside one, or reach past several.
+	for ; i < len(l.local) && l.local[i].start <= end; i++ {
+		end = max(end, l.local[i].end)
+	}
+	return end - off
 }
 
 // addSpan adds s to sorted, disjoint spans, merging what touches it.
@@ -394,10 +438,25 @@ func (l *Layer) Prefetch(ctx context.Context) error {
 	if end <= 0 || end > l.size {
 		return fmt.Errorf("prefetch: %w: landmark at %d of a %d-byte blob", ErrCorrupt, end, l.size)
 	}
-	region, err := l.readRange(ctx, 0, end)
+	region, local, err := l.readChunks(ctx, 0, end)
 	if err != nil {
 		return fmt.Errorf("prefetch: %w", err)
 	}
+	err = l.prefetchFrom(region, end)
+	if local > 0 && errors.Is(err, ErrCorrupt) {
+		// Bytes on disk that no longer match (the registry's were
+		// checked): the whole region from the registry.
+		if region, err = l.fetchRemote(ctx, 0, end); err != nil {
+			return fmt.Errorf("prefetch: %w", err)
+		}
+		err = l.prefetchFrom(region, end)
+	}
+	return err
+}
+
+// prefetchFrom keeps the chunks of the prefetch region [0, end), checked
+// against the TOC.
+func (l *Layer) prefetchFrom(region []byte, end int64) error {
 	return l.Walk(func(name string, e *estargz.TOCEntry) error {
 		if e.Type != "reg" || e.Size == 0 {
 			return nil

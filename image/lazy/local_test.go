@@ -86,6 +86,14 @@ func TestFetchAllGoesOnWhereItStopped(t *testing.T) {
 	if l.Local() < mib+100 || l.Complete() {
 		t.Errorf("after a cut at %d bytes: %d local, complete %v", mib+100, l.Local(), l.Complete())
 	}
+	// Reads of what the broken stream wrote come from the disk.
+	fetched := l.Fetched()
+	if got := readFile(t, l, "data/big", 0, mib/2); got != files[3].Content[:mib/2] {
+		t.Errorf("the start of data/big, streamed before the cut, differs")
+	}
+	if n := l.Fetched() - fetched; n != 0 {
+		t.Errorf("reading what the background fetch wrote before its cut fetched %d bytes", n)
+	}
 	served := rl.proxy.served.Load()
 	if err := l.FetchAll(context.Background(), rl.desc.Digest, recordOpen); err != nil || !l.Complete() {
 		t.Fatalf("FetchAll after the cut: %v (complete %v)", err, l.Complete())
@@ -143,6 +151,14 @@ func TestFetchAllGoesOnWhereItStopped(t *testing.T) {
 	if l2.Resumed() != 2*mib || l2.Local() < 2*mib {
 		t.Errorf("a new layer on the blob file takes up %d bytes (%d local); want the %d synced", l2.Resumed(), l2.Local(), 2*mib)
 	}
+	// So do reads of what the earlier process synced.
+	fetched = l2.Fetched()
+	if got := readFile(t, l2, "data/big", mib/4, mib); got != files[3].Content[mib/4:mib/4+mib] {
+		t.Errorf("data/big's second MiB, synced by the earlier layer, differs")
+	}
+	if n := l2.Fetched() - fetched; n != 0 {
+		t.Errorf("reading what the earlier layer synced fetched %d bytes", n)
+	}
 	opened = nil
 	if err := l2.FetchAll(context.Background(), rl.desc.Digest, recordOpen); err != nil || !l2.Complete() {
 		t.Fatalf("FetchAll of the new layer: %v", err)
@@ -196,6 +212,36 @@ func TestFetchAllGoesOnWhereItStopped(t *testing.T) {
 	}
 	checkBlob(rotten)
 	l5.Close()
+
+	// A read over the rotten bytes checks them against the TOC: the
+	// chunk comes from the registry, and its verified bytes mend the
+	// blob file, whose digest then matches.
+	mended := filepath.Join(dir, "four")
+	l6 := rl.open(t, 0, lazy.WithBlobFile(mended), lazy.WithSyncEvery(256<<10))
+	if err := l6.FetchAll(context.Background(), rl.desc.Digest, rl.cutAfter(2*mib+100)); err == nil {
+		t.Fatal("FetchAll of a stream cut short succeeded")
+	}
+	l6.Close()
+	if f, err = os.OpenFile(mended, os.O_RDWR, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("rot"), mib/2); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	l7 := rl.open(t, 0, lazy.WithBlobFile(mended))
+	fetched = l7.Fetched()
+	if got := readFile(t, l7, "data/big", 0, mib); got != files[3].Content[:mib] {
+		t.Errorf("data/big over the rotten bytes differs")
+	}
+	if n := l7.Fetched() - fetched; n <= 0 || n > 2*64<<10 {
+		t.Errorf("reading over 3 rotten bytes fetched %d bytes; want their chunk", n)
+	}
+	if err := l7.FetchAll(context.Background(), rl.desc.Digest, recordOpen); err != nil || !l7.Complete() {
+		t.Fatalf("FetchAll over the mended prefix: %v", err)
+	}
+	checkBlob(mended)
+	l7.Close()
 }
 
 func readAll(t *testing.T, l *lazy.Layer, name string, size int) string {
@@ -308,7 +354,7 @@ func TestPrefetch(t *testing.T) {
 	if l.Fetched()-opened < int64(len(files[3].Content)) || rl.proxy.served.Load()-served != l.Fetched()-opened {
 		t.Errorf("prefetch fetched %d bytes (the registry served %d); want data/big's %d", l.Fetched()-opened, rl.proxy.served.Load()-served, len(files[3].Content))
 	}
-	prefetched := l.Fetched()
+	prefetched, region := l.Fetched(), l.Fetched()-opened
 	if got := readAll(t, l, "etc/hello", 100); got != files[1].Content {
 		t.Errorf("etc/hello: %q", got)
 	}
@@ -316,6 +362,64 @@ func TestPrefetch(t *testing.T) {
 	if l.Fetched() != prefetched {
 		t.Errorf("reading prefetched files fetched %d more bytes", l.Fetched()-prefetched)
 	}
+
+	// After a crash, the prefetch takes what the earlier process synced
+	// from the disk and fetches only the rest of its region.
+	blobFile := filepath.Join(t.TempDir(), "blob")
+	l1 := rl.open(t, 0, lazy.WithBlobFile(blobFile), lazy.WithSyncEvery(256<<10))
+	if err := l1.FetchAll(context.Background(), rl.desc.Digest, rl.cutAfter(1<<20+100)); err == nil {
+		t.Fatal("FetchAll of a stream cut short succeeded")
+	}
+	l1.Close()
+	l2 := rl.open(t, 0, lazy.WithBlobFile(blobFile))
+	if l2.Resumed() != 1<<20 {
+		t.Fatalf("the new layer takes up %d bytes; want %d", l2.Resumed(), 1<<20)
+	}
+	opened, served = l2.Fetched(), rl.proxy.served.Load()
+	if err := l2.Prefetch(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n, want := l2.Fetched()-opened, region-(1<<20); n != want || rl.proxy.served.Load()-served != want {
+		t.Errorf("the prefetch after a resume fetched %d bytes (the registry served %d); want its region's %d less the %d on disk",
+			n, rl.proxy.served.Load()-served, region, 1<<20)
+	}
+	resumedFetch := l2.Fetched()
+	if got := readFile(t, l2, "data/big", 0, int64(len(files[3].Content))); got != files[3].Content {
+		t.Errorf("data/big after the resumed prefetch differs")
+	}
+	if l2.Fetched() != resumedFetch {
+		t.Errorf("reading the prefetched data/big after a resume fetched %d more bytes", l2.Fetched()-resumedFetch)
+	}
+	l2.Close()
+
+	// Bytes on disk that rotted: the prefetch takes its region from the
+	// registry instead, and fails nothing.
+	rotten := filepath.Join(t.TempDir(), "blob")
+	l3 := rl.open(t, 0, lazy.WithBlobFile(rotten), lazy.WithSyncEvery(256<<10))
+	if err := l3.FetchAll(context.Background(), rl.desc.Digest, rl.cutAfter(1<<20+100)); err == nil {
+		t.Fatal("FetchAll of a stream cut short succeeded")
+	}
+	l3.Close()
+	f, err := os.OpenFile(rotten, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("rot"), 100<<10); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	l4 := rl.open(t, 0, lazy.WithBlobFile(rotten))
+	if err := l4.Prefetch(context.Background()); err != nil {
+		t.Fatalf("prefetch over rotten bytes: %v", err)
+	}
+	prefetched = l4.Fetched()
+	if got := readFile(t, l4, "data/big", 0, int64(len(files[3].Content))); got != files[3].Content {
+		t.Errorf("data/big after a prefetch over rotten bytes differs")
+	}
+	if l4.Fetched() != prefetched {
+		t.Errorf("reading data/big after a prefetch over rotten bytes fetched %d more bytes", l4.Fetched()-prefetched)
+	}
+	l4.Close()
 
 	// Without a landmark there is nothing to prefetch.
 	plain := pushLayer(t, []testutil.File{{Path: "a", Content: "a"}})

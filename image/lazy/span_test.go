@@ -20,6 +20,18 @@ func TestSpans(t *testing.T) {
 			t.Errorf("covered(%d, %d) = %v; want %v", s.start, s.end, got, want)
 		}
 	}
+	// The prefix the background fetch wrote counts, up to a gap.
+	l.streamed = 8
+	if l.covered(0, 10) || !l.covered(0, 8) || l.localFrom(0, false) != 6 {
+		t.Errorf("with 8 bytes streamed: covered(0, 10) %v, covered(0, 8) %v, %d verified from 0",
+			l.covered(0, 10), l.covered(0, 8), l.localFrom(0, false))
+	}
+	l.streamed = 12
+	if !l.covered(0, 40) || l.covered(0, 41) || l.localFrom(3, true) != 37 {
+		t.Errorf("with 12 bytes streamed: covered(0, 40) %v, covered(0, 41) %v, %d local from 3",
+			l.covered(0, 40), l.covered(0, 41), l.localFrom(3, true))
+	}
+	l.streamed = 0
 	l.forget(15, 35)
 	if want := []span{{0, 6}, {10, 15}, {35, 40}, {50, 60}}; !slices.Equal(l.local, want) {
 		t.Errorf("after forget(15, 35): %v; want %v", l.local, want)
