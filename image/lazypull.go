@@ -285,21 +285,7 @@ func (s *Store) reconcileLazy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	byBlob := map[digest.Digest][]digest.Digest{}
-	recs := map[digest.Digest]*lazyLayer{}
-	err = s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketLayers).ForEach(func(k, v []byte) error {
-			var rec layerRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("layer record %s: %w", k, err)
-			}
-			if rec.Lazy != nil {
-				byBlob[rec.Lazy.Blob] = append(byBlob[rec.Lazy.Blob], rec.ChainID)
-				recs[rec.Lazy.Blob] = rec.Lazy
-			}
-			return nil
-		})
-	})
+	byBlob, recs, err := s.lazyRecords()
 	if err != nil {
 		return storeIOError("read layers", err)
 	}
@@ -392,9 +378,9 @@ func (s *Store) releaseLazy(ctx context.Context, blob digest.Digest) {
 	if s.lazyMounting[blob] > 0 {
 		return
 	}
-	if named, err := s.lazyRecordNames(blob); err != nil || named {
+	if _, recs, err := s.lazyRecords(); err != nil || recs[blob] != nil {
 		if err != nil {
-			s.log.Warn("lazy layer kept: its records cannot be read", "layer", blob, "error", err)
+			s.log.Warn("lazy layer kept: the layer records cannot be read", "layer", blob, "error", err)
 		}
 		return
 	}
@@ -409,21 +395,24 @@ func (s *Store) releaseLazy(ctx context.Context, blob digest.Digest) {
 	}
 }
 
-// lazyRecordNames reports whether a layer record is served lazily from
-// blob.
-func (s *Store) lazyRecordNames(blob digest.Digest) (bool, error) {
-	named := false
-	err := s.db.View(func(tx *bolt.Tx) error {
+// lazyRecords returns the layer records served lazily: their chain IDs
+// and what they keep of the layer, by blob.
+func (s *Store) lazyRecords() (chains map[digest.Digest][]digest.Digest, layers map[digest.Digest]*lazyLayer, err error) {
+	chains, layers = map[digest.Digest][]digest.Digest{}, map[digest.Digest]*lazyLayer{}
+	err = s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketLayers).ForEach(func(k, v []byte) error {
 			var rec layerRecord
 			if err := json.Unmarshal(v, &rec); err != nil {
 				return fmt.Errorf("layer record %s: %w", k, err)
 			}
-			named = named || rec.Lazy != nil && rec.Lazy.Blob == blob
+			if rec.Lazy != nil {
+				chains[rec.Lazy.Blob] = append(chains[rec.Lazy.Blob], rec.ChainID)
+				layers[rec.Lazy.Blob] = rec.Lazy
+			}
 			return nil
 		})
 	})
-	return named, err
+	return chains, layers, err
 }
 
 // makeLocal unpacks a lazy layer's complete blob as a pull would have
