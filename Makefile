@@ -46,7 +46,7 @@ E2E_PKGS  := $(if $(SUITE),./conformance/$(SUITE)/,./conformance/...)
 
 BINARIES  := berth berth-shim pause berthd berthctl berth-lazy
 
-.PHONY: deps-check vm-image vm-image-background vm-stage test-vm test-vm-quick docs release deb all build deps test-deps cni-plugins kubelet kubernetes mkimage upstream-bins e2e-upstream e2e-upstream-run e2e-upstream-node e2e-upstream-conformance e2e-upstream-features upstream-report containerd cluster cluster-down gotestsum checkpointctl unit e2e race-bin e2e-race test test-quick lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
+.PHONY: deps-check vm-image vm-image-background vm-stage test-vm test-vm-quick docs release deb all build deps test-deps cni-plugins kubelet kubernetes mkimage upstream-bins upstream-bins-background e2e-upstream e2e-upstream-run e2e-upstream-node e2e-upstream-conformance e2e-upstream-features upstream-report containerd cluster cluster-down gotestsum checkpointctl unit e2e race-bin e2e-race test test-quick lint vet fmt install install-cni-config bench clean run run-oci fuzz fuzz-ci
 
 all: build
 
@@ -183,7 +183,19 @@ UPSTREAM_RESULTS  ?= conformance/upstream
 # cores; the longest specs (4 min of liveness probing) bound the run.
 UPSTREAM_PARALLEL ?= 8
 upstream-bins:
-	hack/kubernetes/build.sh $(K8S_DIR) e2e.test ginkgo agnhost
+	@mkdir -p $(K8S_DIR)
+	flock $(UPSTREAM_BINS_LOCK) hack/kubernetes/build.sh $(K8S_DIR) $(UPSTREAM_BINS)
+
+# e2e.test, ginkgo and agnhost take ten minutes and more to build: make
+# test builds them behind the e2e suites, which mostly wait on
+# containers, at the lowest CPU priority. upstream-bins then waits for
+# that build (one flock) and finds them built; if it failed, it builds
+# them again and shows why. The background build's log is
+# $(K8S_DIR)/upstream-bins.log.
+UPSTREAM_BINS      := e2e.test ginkgo agnhost
+UPSTREAM_BINS_LOCK := $(K8S_DIR)/.upstream-bins.lock
+upstream-bins-background: kubernetes
+	@mkdir -p $(K8S_DIR) && (flock $(UPSTREAM_BINS_LOCK) nice -n 19 hack/kubernetes/build.sh $(K8S_DIR) $(UPSTREAM_BINS) >$(K8S_DIR)/upstream-bins.log 2>&1 &)
 
 # upstream-results FOCUS,EXCLUDE,DIR: DIR/RESULTS.md and the trimmed JUnit
 # reports of the UPSTREAM_REPORT runtimes' runs, for the specs of FOCUS.
@@ -369,7 +381,7 @@ fuzz:
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz targets failed:$$failed"; exit 1; fi
 
-test: test-deps build lint unit fuzz-ci e2e e2e-race vm-image-background e2e-upstream-node test-vm-quick
+test: test-deps build lint unit fuzz-ci upstream-bins-background e2e e2e-race vm-image-background e2e-upstream-node test-vm-quick
 
 # berthd renders the bridge template for the pod CIDR the kubelet gives;
 # until then, or without a kubelet, the default bridge network (10.88.0.0/16)

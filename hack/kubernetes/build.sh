@@ -35,6 +35,10 @@ minor=${minor%%.*}
 mkdir -p "$out"
 # (absolute: the builds run in a directory of their own)
 out=$(cd "$out" && pwd)
+# Each build's module directory is this process's: make test builds the
+# upstream test binaries in the background while other targets call
+# this script.
+trap 'rm -rf "$out"/src-*."$$"' EXIT
 
 # gomod MODULE@VERSION prints the path of that module's go.mod.
 gomod() {
@@ -106,7 +110,7 @@ throwaway() {
 
 if [ ${#k8s[@]} -gt 0 ]; then
 	echo "building ${k8s[*]} $version into $out (first time: several minutes)" >&2
-	work="$out/src-kubernetes"
+	work="$out/src-kubernetes.$$"
 	throwaway "$work" k8s.io/kubernetes "$version"
 	pkgs=()
 	for c in "${k8s[@]}"; do
@@ -125,7 +129,7 @@ fi
 
 if [ -n "$want_e2e" ]; then
 	echo "building e2e.test $version into $out (first time: several minutes)" >&2
-	work="$out/src-e2e"
+	work="$out/src-e2e.$$"
 	throwaway "$work" k8s.io/kubernetes "$version"
 	(cd "$work" && CGO_ENABLED=0 GOFLAGS=-mod=mod go test -c -trimpath -ldflags "$ldflags" -o "$out/e2e.test" k8s.io/kubernetes/test/e2e)
 	echo "$version" >"$out/.version-e2e.test"
@@ -137,7 +141,7 @@ if [ -n "$want_etcd" ]; then
 	v=v${tag%-*}
 	if ! fresh etcd "$tag"; then
 		echo "building etcd $v into $out" >&2
-		work="$out/src-etcd"
+		work="$out/src-etcd.$$"
 		throwaway "$work" go.etcd.io/etcd/server/v3 "$v"
 		(cd "$work" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$out/etcd" go.etcd.io/etcd/server/v3)
 		echo "$tag" >"$out/.version-etcd"
@@ -149,7 +153,7 @@ if [ -n "$want_coredns" ]; then
 	tag=$(kubeadm_constant CoreDNSVersion) # v1.14.6
 	if ! fresh coredns "$tag"; then
 		echo "building coredns $tag into $out" >&2
-		work="$out/src-coredns"
+		work="$out/src-coredns.$$"
 		throwaway "$work" github.com/coredns/coredns "$tag"
 		(cd "$work" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$out/coredns" github.com/coredns/coredns)
 		echo "$tag" >"$out/.version-coredns"
