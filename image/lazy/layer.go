@@ -171,7 +171,7 @@ func (ra *readerAt) loadTail() error {
 	if size < estargz.FooterSize {
 		return fmt.Errorf("%w: a blob of %d bytes has no eStargz footer", ErrCorrupt, size)
 	}
-	footer, err := ra.l.readRange(ra.ctx, size-estargz.FooterSize, estargz.FooterSize)
+	footer, _, err := ra.l.readRange(ra.ctx, size-estargz.FooterSize, estargz.FooterSize, false)
 	if err != nil {
 		return err
 	}
@@ -185,7 +185,7 @@ func (ra *readerAt) loadTail() error {
 	if tocOff < 0 || tocOff >= size || size-tocOff > maxTOCBytes {
 		return fmt.Errorf("%w: TOC at %d of a %d-byte blob (at most %d bytes from its end)", ErrCorrupt, tocOff, size, maxTOCBytes)
 	}
-	tail, err := ra.l.readRange(ra.ctx, tocOff, size-tocOff)
+	tail, _, err := ra.l.readRange(ra.ctx, tocOff, size-tocOff, false)
 	if err != nil {
 		return err
 	}
@@ -216,7 +216,7 @@ func (ra *readerAt) ReadAt(p []byte, off int64) (int, error) {
 	if off >= ra.tailOff && ra.tail != nil {
 		copy(p, ra.tail[off-ra.tailOff:])
 	} else {
-		data, err := ra.l.readRange(ra.ctx, off, n)
+		data, _, err := ra.l.readRange(ra.ctx, off, n, false)
 		if err != nil {
 			return 0, err
 		}

@@ -161,26 +161,16 @@ func (l *Layer) Complete() bool {
 	return l.complete
 }
 
-// readRange returns the blob's bytes [off, off+n): from the blob file
-// when they are there and verified, else from the registry. The TOC is
-// read so: bytes on disk that no longer match would fail its digest.
-func (l *Layer) readRange(ctx context.Context, off, n int64) ([]byte, error) {
-	if l.file != nil && l.localFrom(off, false) >= n {
-		data := make([]byte, n)
-		if _, err := l.file.ReadAt(data, off); err == nil {
-			return data, nil
-		}
-	}
-	return l.fetchRemote(ctx, off, n)
-}
-
-// readChunks returns the blob's bytes [off, off+n) for a caller that
-// checks them chunk by chunk: from the blob file as far as they are
-// there from off on, written by the background fetch too (local says
-// how many), the rest from the registry.
-func (l *Layer) readChunks(ctx context.Context, off, n int64) (data []byte, local int64, err error) {
+// readRange returns the blob's bytes [off, off+n): from the blob file as
+// far as they are there from off on (local says how many), the rest from
+// the registry. With streamed, what the background fetch has written
+// counts too, which is verified only once the whole blob is: for a
+// caller that checks the bytes chunk by chunk against the TOC. The TOC
+// is read without: bytes on disk that no longer match would fail its
+// digest.
+func (l *Layer) readRange(ctx context.Context, off, n int64, streamed bool) (data []byte, local int64, err error) {
 	if l.file != nil {
-		local = min(l.localFrom(off, true), n)
+		local = min(l.localFrom(off, streamed), n)
 	}
 	data = make([]byte, local, n)
 	if local > 0 {
@@ -438,7 +428,7 @@ func (l *Layer) Prefetch(ctx context.Context) error {
 	if end <= 0 || end > l.size {
 		return fmt.Errorf("prefetch: %w: landmark at %d of a %d-byte blob", ErrCorrupt, end, l.size)
 	}
-	region, local, err := l.readChunks(ctx, 0, end)
+	region, local, err := l.readRange(ctx, 0, end, true)
 	if err != nil {
 		return fmt.Errorf("prefetch: %w", err)
 	}

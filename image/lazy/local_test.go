@@ -46,6 +46,31 @@ func (rl *registryLayer) cutAfter(n int64) func(context.Context, int64) (io.Read
 	}
 }
 
+// crashAfter leaves at path the blob file of a layer whose background
+// fetch broke after n bytes, synced every 256 KiB, and whose process then
+// died.
+func (rl *registryLayer) crashAfter(t *testing.T, path string, n int64) {
+	t.Helper()
+	l := rl.open(t, 0, lazy.WithBlobFile(path), lazy.WithSyncEvery(256<<10))
+	if err := l.FetchAll(context.Background(), rl.desc.Digest, rl.cutAfter(n)); err == nil {
+		t.Fatal("FetchAll of a stream cut short succeeded")
+	}
+	l.Close()
+}
+
+// rot overwrites three bytes of the file at path, at off.
+func rot(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte("rot"), off); err != nil {
+		t.Fatal(err)
+	}
+}
+
 type errReader struct{ err error }
 
 func (r errReader) Read([]byte) (int, error) { return 0, r.err }
@@ -142,11 +167,7 @@ func TestFetchAllGoesOnWhereItStopped(t *testing.T) {
 	// Across processes: from the last sync (every 256 KiB here; the
 	// stream is written a MiB at a time, so the sync at 2 MiB).
 	blobFile := filepath.Join(dir, "two")
-	l1 := rl.open(t, 0, lazy.WithBlobFile(blobFile), lazy.WithSyncEvery(256<<10))
-	if err := l1.FetchAll(context.Background(), rl.desc.Digest, rl.cutAfter(2*mib+100)); err == nil {
-		t.Fatal("FetchAll of a stream cut short succeeded")
-	}
-	l1.Close() // the process dies
+	rl.crashAfter(t, blobFile, 2*mib+100)
 	l2 := rl.open(t, 0, lazy.WithBlobFile(blobFile), lazy.WithSyncEvery(256<<10))
 	if l2.Resumed() != 2*mib || l2.Local() < 2*mib {
 		t.Errorf("a new layer on the blob file takes up %d bytes (%d local); want the %d synced", l2.Resumed(), l2.Local(), 2*mib)
@@ -183,19 +204,8 @@ func TestFetchAllGoesOnWhereItStopped(t *testing.T) {
 	// A prefix that rotted on disk: the digest fails, the next try
 	// starts from the first byte.
 	rotten := filepath.Join(dir, "three")
-	l4 := rl.open(t, 0, lazy.WithBlobFile(rotten), lazy.WithSyncEvery(256<<10))
-	if err := l4.FetchAll(context.Background(), rl.desc.Digest, rl.cutAfter(2*mib+100)); err == nil {
-		t.Fatal("FetchAll of a stream cut short succeeded")
-	}
-	l4.Close()
-	f, err := os.OpenFile(rotten, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte("rot"), mib/2); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	rl.crashAfter(t, rotten, 2*mib+100)
+	rot(t, rotten, mib/2)
 	l5 := rl.open(t, 0, lazy.WithBlobFile(rotten))
 	opened = nil
 	if err := l5.FetchAll(context.Background(), rl.desc.Digest, recordOpen); !errors.Is(err, lazy.ErrCorrupt) {
@@ -217,18 +227,8 @@ func TestFetchAllGoesOnWhereItStopped(t *testing.T) {
 	// chunk comes from the registry, and its verified bytes mend the
 	// blob file, whose digest then matches.
 	mended := filepath.Join(dir, "four")
-	l6 := rl.open(t, 0, lazy.WithBlobFile(mended), lazy.WithSyncEvery(256<<10))
-	if err := l6.FetchAll(context.Background(), rl.desc.Digest, rl.cutAfter(2*mib+100)); err == nil {
-		t.Fatal("FetchAll of a stream cut short succeeded")
-	}
-	l6.Close()
-	if f, err = os.OpenFile(mended, os.O_RDWR, 0); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte("rot"), mib/2); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	rl.crashAfter(t, mended, 2*mib+100)
+	rot(t, mended, mib/2)
 	l7 := rl.open(t, 0, lazy.WithBlobFile(mended))
 	fetched = l7.Fetched()
 	if got := readFile(t, l7, "data/big", 0, mib); got != files[3].Content[:mib] {
@@ -366,11 +366,7 @@ func TestPrefetch(t *testing.T) {
 	// After a crash, the prefetch takes what the earlier process synced
 	// from the disk and fetches only the rest of its region.
 	blobFile := filepath.Join(t.TempDir(), "blob")
-	l1 := rl.open(t, 0, lazy.WithBlobFile(blobFile), lazy.WithSyncEvery(256<<10))
-	if err := l1.FetchAll(context.Background(), rl.desc.Digest, rl.cutAfter(1<<20+100)); err == nil {
-		t.Fatal("FetchAll of a stream cut short succeeded")
-	}
-	l1.Close()
+	rl.crashAfter(t, blobFile, 1<<20+100)
 	l2 := rl.open(t, 0, lazy.WithBlobFile(blobFile))
 	if l2.Resumed() != 1<<20 {
 		t.Fatalf("the new layer takes up %d bytes; want %d", l2.Resumed(), 1<<20)
@@ -395,19 +391,8 @@ func TestPrefetch(t *testing.T) {
 	// Bytes on disk that rotted: the prefetch takes its region from the
 	// registry instead, and fails nothing.
 	rotten := filepath.Join(t.TempDir(), "blob")
-	l3 := rl.open(t, 0, lazy.WithBlobFile(rotten), lazy.WithSyncEvery(256<<10))
-	if err := l3.FetchAll(context.Background(), rl.desc.Digest, rl.cutAfter(1<<20+100)); err == nil {
-		t.Fatal("FetchAll of a stream cut short succeeded")
-	}
-	l3.Close()
-	f, err := os.OpenFile(rotten, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteAt([]byte("rot"), 100<<10); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	rl.crashAfter(t, rotten, 1<<20+100)
+	rot(t, rotten, 100<<10)
 	l4 := rl.open(t, 0, lazy.WithBlobFile(rotten))
 	if err := l4.Prefetch(context.Background()); err != nil {
 		t.Fatalf("prefetch over rotten bytes: %v", err)
